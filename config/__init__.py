@@ -1,0 +1,1 @@
+"""Shipped defaults (the price table), installed as package data (proxy.defaults)."""

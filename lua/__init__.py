@@ -1,0 +1,1 @@
+"""The Lua scripts, one file per atomic operation, shipped as package data (proxy.lua)."""

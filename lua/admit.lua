@@ -1,0 +1,221 @@
+-- admit: decide one request (included / extra usage / deny) and reserve its cost, atomically.
+--
+-- KEYS[1] org hash          settings, balance, org spend, reserved total, clock
+-- KEYS[2] members hash      "<member>|<field>" for every member of the org
+-- KEYS[3] credentials hash  "k:<sha256 of proxy key>" -> "<member>|<key id>"
+-- KEYS[4] ops hash          operation id -> JSON record (reservations, results), for replays
+-- KEYS[5] ops due zset      operation id scored by when its record expires
+-- ARGV[1]  request id (the operation id)
+-- ARGV[2]  "k": ARGV[3] is a proxy key hash; "m": ARGV[3] is a member id (check API)
+-- ARGV[4]  maximum cost, nano-USD (strict upper bound of the request)
+-- ARGV[5]  estimated cost, nano-USD (estimate policy)
+-- ARGV[6]  default reservation policy: strict | estimate | none (an org may override)
+-- ARGV[7]  reservation TTL, seconds
+-- ARGV[8]  "1" when the member accepts extra usage for this request
+-- ARGV[9]  "1" to reserve; "0" to answer without writing a reservation (status, dry check)
+-- ARGV[10] tiers: "name,session_allowance,weekly_allowance,session_s,weekly_s;..." (nano-USD, s)
+-- ARGV[11] pinned time in epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[12] retention of finished operation records, seconds
+-- Reply: JSON. {ok=0, err=...} for unknown key/member/org or a disabled member; else the
+-- decision {ok=1, d="allow"|"deny", mode, reason, ...} with every amount as a decimal string.
+-- Idempotent: a replayed request id returns the stored decision and writes nothing.
+-- Writes happen only after every check; reclaiming expired reservations comes first and is
+-- correct on its own.
+
+local org_k, mem_k, cred_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local rid = ARGV[1]
+local max_cost = tonumber(ARGV[4])
+local est_cost = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[7])
+local accept = ARGV[8] == '1'
+local reserve = ARGV[9] == '1'
+local retention = tonumber(ARGV[12])
+
+if reserve then
+  local prior = redis.call('HGET', ops_k, rid)
+  if prior then
+    local rec = cjson.decode(prior)
+    if rec.reply then
+      rec.reply.replay = '1'
+      return cjson.encode(rec.reply)
+    end
+    return fail('duplicate_id')
+  end
+end
+
+local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
+  'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on')
+local plan = o[1]
+if not plan then return fail('unknown_org') end
+if o[12] == '0' then return fail('org_disabled') end
+
+local mid, kid = ARGV[3], ''
+if ARGV[2] == 'k' then
+  local v = redis.call('HGET', cred_k, 'k:' .. ARGV[3])
+  if not v then return fail('unknown_key') end
+  mid, kid = split2(v)
+end
+
+local now, advanced = clock_now(org_k, tonumber(ARGV[11]))
+local period, month_end = month_of(now)
+
+-- reclaim reservations left by crashed proxies (bounded work per call)
+local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now, 'LIMIT', 0, 16)
+for _, id in ipairs(due) do
+  local raw = redis.call('HGET', ops_k, id)
+  if raw then
+    local rec = cjson.decode(raw)
+    if rec.s == 'r' then
+      local a = num(rec.a)
+      if rec.mode == 'extra_usage' and a > 0 then
+        redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-a))
+        redis.call('HINCRBY', org_k, 'eu_res', fmt(-a))
+      end
+      rec.s = 'x'
+      redis.call('HSET', ops_k, id, cjson.encode(rec))
+      redis.call('ZADD', due_k, now + retention, id)
+    else
+      redis.call('HDEL', ops_k, id)
+      redis.call('ZREM', due_k, id)
+    end
+  else
+    redis.call('ZREM', due_k, id)
+  end
+end
+-- the org's reserved total may have changed
+local org_res = num(redis.call('HGET', org_k, 'eu_res'))
+
+local p = mid .. '|'
+local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
+  p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
+  p .. 'limit', p .. 'eu', p .. 'consent')
+local tier = m[1]
+if not tier then return fail('unknown_member', mid) end
+if m[3] == '0' then return fail('member_disabled', mid) end
+
+local sa, wa, sl, wl
+for spec in string.gmatch(ARGV[10], '[^;]+') do
+  local name, a1, a2, l1, l2 = string.match(spec, '^([^,]+),(%d+),(%d+),(%d+),(%d+)$')
+  if name == tier then
+    sa, wa, sl, wl = tonumber(a1), tonumber(a2), tonumber(l1), tonumber(l2)
+  end
+end
+if not sa then return fail('unknown_tier', tier) end
+
+-- seat allowance: each window opens with the first admitted request when none is open
+local s_end, w_end = num(m[4]), num(m[6])
+local s_open, w_open = now < s_end, now < w_end
+local s_used = s_open and num(m[5]) or 0
+local w_used = w_open and num(m[7]) or 0
+local s_reset = s_open and s_end or (now + sl)
+local w_reset = w_open and w_end or (now + wl)
+local seat_ok = s_used < sa and w_used < wa
+local claim, claim_reset
+if w_used >= wa then
+  claim, claim_reset = 'seven_day', w_reset
+elseif s_used >= sa then
+  claim, claim_reset = 'five_hour', s_reset
+elseif w_used * sa > s_used * wa then
+  claim, claim_reset = 'seven_day', w_reset
+else
+  claim, claim_reset = 'five_hour', s_reset
+end
+
+-- extra usage: the four conditions, then every applicable limit and the balance
+local policy = o[10] or ARGV[6]
+local m_spend = in_period(m[8], m[9], period)
+local m_res = num(m[10])
+local org_spend = in_period(o[8], o[9], period)
+local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
+local tier_limit = nil
+if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
+local org_limit = opt(o[5])
+local balance = num(o[6])
+local consent_mode = o[4] or (plan == 'team' and 'automatic' or 'required')
+
+local eu_reason = ''
+if o[2] ~= '1' then
+  eu_reason = 'org_level_disabled'
+elseif plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
+  eu_reason = 'member_level_disabled'
+elseif plan == 'enterprise' and member_limit == 0 then
+  eu_reason = 'member_level_disabled'
+end
+
+local limits = {}
+if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
+if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
+if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
+if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
+
+local remaining = nil      -- the least room left under any limit (nil: unlimited)
+local limit_reason = ''
+local fits = '1'
+for _, l in ipairs(limits) do
+  local room
+  if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
+  if remaining == nil or room < remaining then remaining = room end
+  if limit_reason == '' then
+    if room <= 0 then
+      limit_reason = l[1]
+    elseif policy == 'strict' and room < max_cost then
+      limit_reason, fits = l[1], '0'
+    end
+  end
+end
+
+local consent_ok = consent_mode ~= 'required' or m[13] == '1' or accept
+local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
+local eu_disabled = eu_reason
+if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
+if eu_disabled == '' then eu_disabled = limit_reason end
+
+local decision, mode, reason, amount = 'allow', 'included', '', 0
+if not seat_ok then
+  if eu_available then
+    mode = 'extra_usage'
+    if policy == 'strict' then
+      amount = max_cost
+    elseif policy == 'estimate' then
+      amount = est_cost
+      if remaining ~= nil and remaining < amount then amount = remaining end
+    end
+  else
+    decision, mode, reason = 'deny', '', eu_disabled
+  end
+end
+
+local reply = {
+  ok = 1, d = decision, mode = mode, reason = reason, rid = rid, plan = plan,
+  member = mid, key = kid, tier = tier, role = m[2] or 'member', upstream = o[11] or '',
+  policy = policy, amount = fmt(amount), now = fmt(now), period = period,
+  s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
+  w_used = fmt(w_used), w_allow = fmt(wa), w_reset = fmt(w_reset),
+  claim = claim, claim_reset = fmt(claim_reset),
+  eu_on = o[2] == '1' and '1' or '0', eu_available = eu_available and '1' or '0',
+  eu_reason = eu_disabled, eu_remaining = remaining and fmt(remaining) or '',
+  eu_reset = fmt(month_end), fits = fits, consent = consent_mode,
+  consented = m[13] == '1' and '1' or '0',
+  spend = fmt(m_spend), org_spend = fmt(org_spend),
+  member_limit = member_limit and fmt(member_limit) or '',
+  tier_limit = tier_limit and fmt(tier_limit) or '',
+  org_limit = org_limit and fmt(org_limit) or '',
+  balance = plan == 'team' and fmt(balance) or '',
+  reserved = fmt(m_res), requests_on = o[14] == '0' and '0' or '1',
+  reload_pending = o[13] or '',
+}
+
+if decision == 'allow' and reserve then
+  if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
+  if not s_open then redis.call('HSET', mem_k, p .. 's_end', fmt(now + sl), p .. 's_used', '0') end
+  if not w_open then redis.call('HSET', mem_k, p .. 'w_end', fmt(now + wl), p .. 'w_used', '0') end
+  if mode == 'extra_usage' and amount > 0 then
+    redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(amount))
+    redis.call('HINCRBY', org_k, 'eu_res', fmt(amount))
+  end
+  local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl),
+    reply = reply }
+  redis.call('HSET', ops_k, rid, cjson.encode(rec))
+  redis.call('ZADD', due_k, now + ttl, rid)
+end
+return cjson.encode(reply)

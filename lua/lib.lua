@@ -1,0 +1,87 @@
+-- Shared prelude, prepended by proxy/store.py to every script before it is registered.
+-- Money is integer nano-USD. Lua 5.1 numbers are doubles: exact for integers up to 2^53
+-- (about $9M in nano-USD), and every value sent back to Redis or to Python goes through fmt()
+-- so that it is never written in exponent notation.
+
+local function num(v)
+  if v == false or v == nil or v == '' then return 0 end
+  return tonumber(v) or 0
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+-- optional integer: nil for "unset / unlimited"
+local function opt(v)
+  if v == false or v == nil or v == '' then return nil end
+  return tonumber(v)
+end
+
+-- Server time in seconds, never running backwards (a per-org high-water mark in the org hash);
+-- a test may pin it with override > 0, which bypasses the clamp.
+local function clock_now(org_key, override)
+  if override and override > 0 then return override, false end
+  local now = tonumber(redis.call('TIME')[1])
+  local last = num(redis.call('HGET', org_key, 'clock'))
+  if now < last then return last, false end
+  return now, now > last
+end
+
+local function floor(x) return math.floor(x) end
+
+-- days since 1970-01-01 -> year, month (Howard Hinnant's civil_from_days)
+local function civil(days)
+  local z = days + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- the calendar month (UTC) of an epoch second: "YYYY-MM", and the epoch second it ends
+local function month_of(now)
+  local y, m = civil(floor(now / 86400))
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
+end
+
+-- a monthly counter stored as (period, value): its value in `period`, 0 once the month moved on
+local function in_period(p, v, period)
+  if p == period then return num(v) end
+  return 0
+end
+
+-- add to a monthly counter, restarting it when the month moved on (no job at midnight)
+local function add_in_period(key, pfield, vfield, stored_p, period, amount)
+  if stored_p == period then
+    redis.call('HINCRBY', key, vfield, fmt(amount))
+  else
+    redis.call('HSET', key, pfield, period, vfield, fmt(amount))
+  end
+end
+
+local function split2(v)
+  local a, b = string.match(v, '^([^|]*)|(.*)$')
+  return a, b
+end
+
+local function fail(code, detail)
+  return cjson.encode({ ok = 0, err = code, detail = detail or '' })
+end

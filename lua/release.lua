@@ -1,0 +1,28 @@
+-- release: give back a reservation without charging (upstream failed before any byte,
+-- or a first-party backend decided not to serve the message).
+--
+-- KEYS[1] org hash, KEYS[2] members hash, KEYS[3] ops hash, KEYS[4] ops due zset
+-- ARGV[1] request id, ARGV[2] pinned time (tests only; 0 = Redis TIME),
+-- ARGV[3] retention of the finished record, seconds
+-- Reply: JSON {ok=1, released=<nano-USD>, replay?} or {ok=0, err="unknown_reservation"|"settled"}.
+-- Idempotent: releasing twice releases once.
+
+local org_k, mem_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rid = ARGV[1]
+local raw = redis.call('HGET', ops_k, rid)
+if not raw then return fail('unknown_reservation') end
+local rec = cjson.decode(raw)
+if rec.s == 'released' then return cjson.encode({ ok = 1, released = '0', replay = '1' }) end
+if rec.s == 'settled' then return fail('settled') end
+if rec.s ~= 'r' and rec.s ~= 'x' then return fail('unknown_reservation') end
+
+local now = clock_now(org_k, tonumber(ARGV[2]))
+local held = (rec.s == 'r') and num(rec.a) or 0
+if rec.mode == 'extra_usage' and held > 0 then
+  redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-held))
+  redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))
+end
+rec.s = 'released'
+redis.call('HSET', ops_k, rid, cjson.encode(rec))
+redis.call('ZADD', due_k, now + tonumber(ARGV[3]), rid)
+return cjson.encode({ ok = 1, released = fmt(held) })

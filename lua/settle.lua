@@ -1,0 +1,90 @@
+-- settle: charge a request's actual cost, release its reservation, append it to the ledger.
+--
+-- KEYS[1] org hash, KEYS[2] members hash, KEYS[3] ops hash, KEYS[4] ops due zset,
+-- KEYS[5] ledger stream
+-- ARGV[1] request id (the reservation made by admit.lua)
+-- ARGV[2] actual cost, nano-USD
+-- ARGV[3] model id as requested
+-- ARGV[4] usage as JSON (token counts by kind), copied into the ledger entry
+-- ARGV[5] pinned time (tests only; 0 = Redis TIME)
+-- ARGV[6] retention of the finished record, seconds
+-- ARGV[7] source of the charge ("proxy", "check", "journal")
+-- Reply: JSON {ok=1, mode, cost, overshoot, balance, reload_id, reload_amount, entry} or
+-- {ok=0, err="unknown_reservation"|"released"}.
+-- Idempotent by request id: a replay returns the stored result and charges nothing.
+-- Included usage goes to the seat windows (the allowance is soft: the whole cost is included);
+-- extra usage goes to the member, tier and org monthly spend and, on Team, the balance. The
+-- ledger entry is written in the same script, so counters always equal the ledger's sum.
+
+local org_k, mem_k, ops_k, due_k, ledger_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local rid = ARGV[1]
+local cost = tonumber(ARGV[2])
+local retention = tonumber(ARGV[6])
+
+local raw = redis.call('HGET', ops_k, rid)
+if not raw then return fail('unknown_reservation') end
+local rec = cjson.decode(raw)
+if rec.s == 'settled' then
+  rec.result.replay = '1'
+  return cjson.encode(rec.result)
+end
+if rec.s == 'released' then return fail('released') end
+if rec.s ~= 'r' and rec.s ~= 'x' then return fail('unknown_reservation') end
+
+local now, advanced = clock_now(org_k, tonumber(ARGV[5]))
+local period = month_of(now)
+local mid, tier, mode = rec.m, rec.t, rec.mode
+local p = mid .. '|'
+local held = (rec.s == 'r') and num(rec.a) or 0
+local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
+  'ar_amount', 'ar_pending', 'tspend_p:' .. tier)
+local plan = o[1] or ''
+local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
+
+local overshoot = 0
+local balance_delta = 0
+local balance = num(o[2])
+local reload_id, reload_amount = '', ''
+
+if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
+if mode == 'extra_usage' then
+  if cost > num(rec.a) then overshoot = cost - num(rec.a) end
+  if held > 0 then
+    redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(-held))
+    redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))
+  end
+  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost)
+  add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost)
+  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost)
+  if plan == 'team' then
+    balance_delta = -cost
+    balance = redis.call('HINCRBY', org_k, 'balance', fmt(-cost))
+    local threshold, ramount = opt(o[5]), num(o[6])
+    if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
+        and balance <= threshold then
+      -- one pending reload at a time: the pending id blocks the next until it is confirmed
+      reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
+      redis.call('HSET', ops_k, 'reload:' .. reload_id,
+        cjson.encode({ amount = reload_amount, state = 'pending', created = fmt(now) }))
+      redis.call('HSET', org_k, 'ar_pending', reload_id)
+    end
+  end
+else
+  if now < num(mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', fmt(cost)) end
+  if now < num(mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', fmt(cost)) end
+  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost)
+end
+
+local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+  'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
+  'cost', fmt(cost), 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+
+local result = { ok = 1, mode = mode, cost = fmt(cost), overshoot = fmt(overshoot),
+  reserved = rec.a, balance = plan == 'team' and fmt(balance) or '', period = period,
+  member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
+  entry = entry, expired = rec.s == 'x' and '1' or '0' }
+rec.s = 'settled'
+rec.result = result
+redis.call('HSET', ops_k, rid, cjson.encode(rec))
+redis.call('ZADD', due_k, now + retention, rid)
+return cjson.encode(result)

@@ -1,0 +1,133 @@
+"""Builds the aiohttp application. Every resource is opened in cleanup_ctx, under an AppKey."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy import admin_orgs, member_api
+from proxy.appkeys import CONFIG, METRICS, PAYMENTS, STORE, UPSTREAM
+from proxy.config import Config
+from proxy.errors import InternalError, ProxyError, StoreUnavailable, error_response
+from proxy.forward import METER, head_root, messages, passthrough, refuse_unmetered
+from proxy.metering import Meter
+from proxy.metrics import Metrics
+from proxy.payments import Payments
+from proxy.store import RedisClient, Store, make_client
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as err:
+        if isinstance(err, StoreUnavailable):
+            request.app[METRICS].redis_errors.labels("request").inc()
+        return error_response(err, request.headers.get("x-request-id"))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            kind = {
+                404: "not_found_error",
+                405: "invalid_request_error",
+                413: "request_too_large",
+            }.get(exc.status, "invalid_request_error")
+            http_err = ProxyError(exc.reason or "error", error_type=kind)
+            http_err.status = exc.status
+            return error_response(http_err, None)
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"fields": {"path": request.path}})
+        return error_response(InternalError("internal error in the proxy"), None)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+        await request.app[STORE].load_scripts()
+    except ProxyError as err:
+        return web.json_response({"status": "unavailable", "reason": err.message}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+def build_app(
+    config: Config, *, redis_client: RedisClient | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """The proxy application. ``redis_client`` lets the demo bring an embedded Redis."""
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware]
+    )
+    app[CONFIG] = config
+    app[METRICS] = metrics or Metrics()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        client = redis_client or make_client(config.redis)
+        store = Store(
+            client, prefix=config.redis.key_prefix, tiers=config.tiers, policy=config.policy
+        )
+        up = config.upstream
+        # a total timeout would cut long streams: bound connecting and each silence instead
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=up.connect_timeout_s, sock_read=up.read_timeout_s
+        )
+        connector = aiohttp.TCPConnector(
+            limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300
+        )
+        session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=True, skip_auto_headers=()
+        )
+        payments = Payments(config.payments, store, app[METRICS], session)
+        app[STORE] = store
+        app[UPSTREAM] = session
+        app[PAYMENTS] = payments
+        app[METER] = Meter(config, store, app[METRICS], payments)
+        try:
+            await store.load_scripts()
+        except StoreUnavailable:
+            log.warning("redis not reachable at start; /readyz will report it")
+        yield
+        await payments.close()
+        await session.close()
+        if redis_client is None:
+            await client.aclose()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", passthrough)
+    app.router.add_get("/v1/models", passthrough)
+    app.router.add_get("/v1/models/{model}", passthrough)
+    app.router.add_route("HEAD", "/", head_root)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.add_routes(member_api.routes)
+    app.add_routes(admin_orgs.routes)
+    app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
+    return app
+
+
+async def drain(app: web.Application, grace_s: float) -> None:
+    """Wait (bounded) for open streams to finish before shutdown."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while app[METRICS].active_streams._value.get() > 0:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)

@@ -1,0 +1,21 @@
+"""Typed application keys: every shared resource is opened in cleanup_ctx and stored here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.metrics import Metrics
+
+if TYPE_CHECKING:
+    from proxy.payments import Payments
+    from proxy.store import Store
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+STORE: web.AppKey[Store] = web.AppKey("store")
+UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")

@@ -1,0 +1,153 @@
+"""Command line: ``extra-usage-proxy serve | check-config | ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy.app import build_app, drain
+from proxy.config import Config, ConfigError, load_config
+from proxy.logs import setup_logging
+
+log = logging.getLogger("proxy")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config, *, reuse_port: bool) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=2048
+    )
+    await site.start()
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "host": config.server.host,
+                "port": config.server.port,
+                "upstream": config.upstream.url,
+            }
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: letting open streams finish")
+    await site.stop()  # stop accepting; open requests go on
+    await drain(app, config.server.shutdown_grace_s)
+    await runner.cleanup()
+
+
+def _serve_worker(path: str | None, port: int | None) -> None:
+    setup_logging()
+    _install_uvloop()
+    config = load_config(path)
+    if port is not None:
+        config = _with_port(config, port)
+    asyncio.run(_serve(config, reuse_port=True))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.port is not None:
+        config = _with_port(config, args.port)
+    if args.workers <= 1:
+        setup_logging()
+        _install_uvloop()
+        asyncio.run(_serve(config, reuse_port=False))
+        return 0
+    return _run_workers(args)
+
+
+def _with_port(config: Config, port: int) -> Config:
+    from dataclasses import replace
+
+    return replace(config, server=replace(config.server, port=port))
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_serve_worker, args=(args.config, args.port), daemon=False)
+        for _ in range(args.workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None:
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.file}: ok ({len(config.tiers)} tiers, "
+        f"{len(config.prices.families)} price families, "
+        f"reservation policy {config.policy.reservation}, fail mode {config.policy.fail_mode})"
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extra-usage-proxy",
+        description="Extra usage enforcement proxy for Claude Team and Enterprise organizations.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    s.add_argument("--port", type=int, default=None, help="override server.port")
+    s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

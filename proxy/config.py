@@ -1,0 +1,361 @@
+"""Configuration: loaded once from TOML, validated, with environment overrides.
+
+Errors name the file and the field (``config/example.toml: policy.reservation must be one
+of strict, estimate, none``). Secrets come only from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from proxy.money import AmountError, parse_usd
+from proxy.pricing import Family, PriceTable, family_from_toml, most_expensive
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    key_prefix: str = "eup"
+    socket_timeout_s: float = 5.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "https://api.anthropic.com"
+    api_key_env: str = "UPSTREAM_API_KEY"
+    api_key: str = ""
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    max_connections: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    reservation: str = "estimate"
+    fail_mode: str = "closed"
+    reservation_ttl_s: int = 900
+    op_retention_s: int = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    name: str
+    session_allowance: int  # nano-USD of API-equivalent cost
+    weekly_allowance: int
+    session_window_s: int = 18000
+    weekly_window_s: int = 604800
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    provider: str = "auto-approve"
+    webhook_url: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    database_url: str = "postgresql://127.0.0.1:5432/extra_usage"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    org_labels: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    redis: RedisConfig
+    upstream: UpstreamConfig
+    policy: PolicyConfig
+    tiers: dict[str, TierConfig]
+    payments: PaymentsConfig
+    ledger: LedgerConfig
+    metrics: MetricsConfig
+    prices: PriceTable
+    operator_token: str = ""
+    service_token: str = ""
+    source: str = "<defaults>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RESERVATION_POLICIES = ("strict", "estimate", "none")
+FAIL_MODES = ("closed", "open")
+PAYMENT_PROVIDERS = ("auto-approve", "webhook")
+
+
+class _Reader:
+    """Reads one TOML table, checking types and remembering which keys it consumed."""
+
+    def __init__(self, source: str, path: str, table: Mapping[str, Any]) -> None:
+        self.source, self.path, self.table = source, path, table
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where(key)} {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(key, f"must be {_kind_name(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"must be {_kind_name(kinds)} (got {value!r})")
+        return value
+
+    def positive(self, key: str, default: float, *, integer: bool = False) -> Any:
+        value = self.get(key, int if integer else (int, float), default)
+        if value <= 0:
+            raise self.fail(key, f"must be greater than 0 (got {value!r})")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value: str = self.get(key, str, default)
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def usd(self, key: str, default: str | None) -> int:
+        self.used.add(key)
+        value = self.table.get(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        try:
+            return parse_usd(value, field=self.where(key))
+        except AmountError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from exc
+
+    def done(self) -> None:
+        unknown = set(self.table) - self.used
+        if unknown:
+            raise self.fail(sorted(unknown)[0], "is not a known field")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _section(source: str, doc: Mapping[str, Any], name: str) -> _Reader:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {name} must be a table")
+    return _Reader(source, name, value)
+
+
+_DEFAULT_TIERS = {
+    "standard": {"session_allowance": "4.00", "weekly_allowance": "40.00"},
+    "premium": {"session_allowance": "20.00", "weekly_allowance": "200.00"},
+}
+
+
+def load_default_prices() -> dict[str, Any]:
+    text = resources.files("proxy.defaults").joinpath("prices.toml").read_text("utf-8")
+    prices: dict[str, Any] = tomllib.loads(text)["prices"]
+    return prices
+
+
+def parse_config(
+    doc: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed TOML document and apply the environment overrides."""
+    env = os.environ if env is None else env
+    known = {
+        "server",
+        "redis",
+        "upstream",
+        "policy",
+        "tiers",
+        "payments",
+        "ledger",
+        "prices",
+        "pricing",
+        "metrics",
+    }
+    for key in doc:
+        if key not in known:
+            raise ConfigError(f"{source}: {key} is not a known section")
+
+    r = _section(source, doc, "server")
+    server = ServerConfig(
+        host=r.get("host", str, "127.0.0.1"),
+        port=r.get("port", int, 8080),
+        max_body_bytes=r.positive("max_body_bytes", 32 * 1024 * 1024, integer=True),
+        shutdown_grace_s=float(r.positive("shutdown_grace_s", 30.0)),
+    )
+    if not 0 <= server.port <= 65535:
+        raise r.fail("port", f"must be between 0 and 65535 (got {server.port})")
+    r.done()
+
+    r = _section(source, doc, "redis")
+    redis = RedisConfig(
+        url=env.get("REDIS_URL") or r.get("url", str, "redis://127.0.0.1:6379/0"),
+        cluster=r.get("cluster", bool, False),
+        key_prefix=r.get("key_prefix", str, "eup"),
+        socket_timeout_s=float(r.positive("socket_timeout_s", 5.0)),
+        max_connections=r.positive("max_connections", 256, integer=True),
+    )
+    if not redis.key_prefix or any(c in redis.key_prefix for c in "{}: "):
+        raise r.fail("key_prefix", "must be a non-empty word without braces, colons or spaces")
+    r.done()
+
+    r = _section(source, doc, "upstream")
+    api_key_env = r.get("api_key_env", str, "UPSTREAM_API_KEY")
+    upstream = UpstreamConfig(
+        url=(env.get("UPSTREAM_URL") or r.get("url", str, "https://api.anthropic.com")).rstrip("/"),
+        api_key_env=api_key_env,
+        api_key=env.get("UPSTREAM_API_KEY") or env.get(api_key_env, ""),
+        connect_timeout_s=float(r.positive("connect_timeout_s", 10.0)),
+        read_timeout_s=float(r.positive("read_timeout_s", 600.0)),
+        max_connections=r.positive("max_connections", 4096, integer=True),
+    )
+    if not upstream.url.startswith(("http://", "https://")):
+        raise r.fail("url", f"must be an http:// or https:// URL (got {upstream.url!r})")
+    r.done()
+
+    r = _section(source, doc, "policy")
+    policy = PolicyConfig(
+        reservation=r.choice("reservation", RESERVATION_POLICIES, "estimate"),
+        fail_mode=r.choice("fail_mode", FAIL_MODES, "closed"),
+        reservation_ttl_s=r.positive("reservation_ttl_s", 900, integer=True),
+        op_retention_s=r.positive("op_retention_s", 7 * 86400, integer=True),
+    )
+    if policy.reservation_ttl_s <= upstream.read_timeout_s:
+        raise r.fail(
+            "reservation_ttl_s",
+            "must be longer than upstream.read_timeout_s "
+            f"({policy.reservation_ttl_s} <= {upstream.read_timeout_s:g})",
+        )
+    r.done()
+
+    tiers_doc = doc.get("tiers", _DEFAULT_TIERS)
+    if not isinstance(tiers_doc, dict) or not tiers_doc:
+        raise ConfigError(f"{source}: tiers must be a table of at least one tier")
+    tiers: dict[str, TierConfig] = {}
+    for name, raw in tiers_doc.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: tiers.{name} must be a table")
+        if not name.isidentifier() or "|" in name:
+            raise ConfigError(f"{source}: tiers.{name} is not a valid tier name")
+        t = _Reader(source, f"tiers.{name}", raw)
+        defaults = _DEFAULT_TIERS.get(name, {})
+        tiers[name] = TierConfig(
+            name=name,
+            session_allowance=t.usd("session_allowance", defaults.get("session_allowance")),
+            weekly_allowance=t.usd("weekly_allowance", defaults.get("weekly_allowance")),
+            session_window_s=t.positive("session_window_s", 18000, integer=True),
+            weekly_window_s=t.positive("weekly_window_s", 604800, integer=True),
+        )
+        t.done()
+
+    r = _section(source, doc, "payments")
+    payments = PaymentsConfig(
+        provider=r.choice("provider", PAYMENT_PROVIDERS, "auto-approve"),
+        webhook_url=r.get("webhook_url", str, ""),
+        webhook_timeout_s=float(r.positive("webhook_timeout_s", 10.0)),
+        webhook_attempts=r.positive("webhook_attempts", 3, integer=True),
+    )
+    if payments.provider == "webhook" and not payments.webhook_url.startswith(
+        ("http://", "https://")
+    ):
+        raise r.fail("webhook_url", 'must be an http(s) URL when provider is "webhook"')
+    r.done()
+
+    r = _section(source, doc, "ledger")
+    ledger = LedgerConfig(
+        database_url=env.get("DATABASE_URL")
+        or r.get("database_url", str, "postgresql://127.0.0.1:5432/extra_usage")
+    )
+    r.done()
+
+    r = _section(source, doc, "metrics")
+    metrics = MetricsConfig(org_labels=r.get("org_labels", bool, False))
+    r.done()
+
+    prices = _prices(source, doc)
+    return Config(
+        server=server,
+        redis=redis,
+        upstream=upstream,
+        policy=policy,
+        tiers=tiers,
+        payments=payments,
+        ledger=ledger,
+        metrics=metrics,
+        prices=prices,
+        operator_token=env.get("OPERATOR_TOKEN", ""),
+        service_token=env.get("SERVICE_TOKEN", ""),
+        source=source,
+    )
+
+
+def _prices(source: str, doc: Mapping[str, Any]) -> PriceTable:
+    raw: dict[str, Any] = dict(load_default_prices())
+    overrides = doc.get("prices", {})
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: prices must be a table of model families")
+    raw.update(overrides)
+    families: dict[str, Family] = {}
+    for name, table in raw.items():
+        where = f"prices.{name}" if name.isidentifier() else f'prices."{name}"'
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where} must be a table")
+        try:
+            families[name] = family_from_toml(name, table, where)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    r = _section(source, doc, "pricing")
+    unknown = r.get("unknown_model", str, "") or most_expensive(families)
+    if unknown not in families:
+        raise r.fail("unknown_model", f"must name a family of the price table (got {unknown!r})")
+    r.done()
+    return PriceTable(families, unknown)
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a TOML file (None: the built-in defaults)."""
+    if path is None:
+        return parse_config({}, "<defaults>", env)
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return parse_config(doc, str(p), env)

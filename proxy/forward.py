@@ -1,0 +1,390 @@
+"""The proxy surface: /v1/messages (admitted, forwarded, metered), count_tokens, models.
+
+The member's key never goes upstream: the org's upstream credential replaces it.
+``anthropic-*`` and unknown headers and the body pass through unchanged; hop-by-hop headers
+are dropped; responses come back unmodified apart from the unified rate-limit headers, and
+without a stale ``Content-Encoding`` (aiohttp decompresses what it reads). Streams are
+forwarded chunk by chunk as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.appkeys import CONFIG, METRICS, STORE, UPSTREAM
+from proxy.auth import member_of_key, proxy_key, raise_for_identity
+from proxy.decision import unified_headers
+from proxy.errors import (
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    ProxyError,
+    RequestTooLarge,
+    UpstreamUnavailable,
+)
+from proxy.logs import access
+from proxy.metering import Meter
+from proxy.pricing import Usage
+from proxy.store import Admission, StoreRefusal
+from proxy.usage import StreamUsage, usage_from_body
+
+log = logging.getLogger(__name__)
+
+METER: web.AppKey[Meter] = web.AppKey("meter")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# never sent upstream: our credentials and framing the client session recomputes
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "x-api-key",
+    "authorization",
+    "accept-encoding",
+    "x-extra-usage",
+}
+# never copied back: framing of a body that aiohttp already decoded
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding"}
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+def new_request_id() -> str:
+    return f"req_eup_{secrets.token_hex(12)}"
+
+
+def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in _DROP_REQUEST:
+            out.add(name, value)
+    out["x-api-key"] = api_key
+    return out
+
+
+def response_headers(upstream: Mapping[str, str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in _DROP_RESPONSE:
+            out.add(name, value)
+    return out
+
+
+def upstream_key(app: web.Application, ref: str) -> str:
+    """The org's upstream credential: the variable its reference names, or the default."""
+    if ref:
+        value = os.environ.get(ref)
+        if not value:
+            raise InternalError(
+                f"the upstream credential {ref!r} of this organization is "
+                "not configured on the proxy"
+            )
+        return value
+    return app[CONFIG].upstream.api_key
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limit} bytes"
+        )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise RequestTooLarge(f"request body is over the limit of {limit} bytes") from exc
+
+
+def parse_message_request(body: bytes) -> tuple[str, int, bool]:
+    """(model, max_tokens, stream) of a Messages request, or a 400 that says what is wrong."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest('model: field required (a model id such as "claude-sonnet-4-5")')
+    if len(model) > 256:
+        raise InvalidRequest("model: must be at most 256 characters")
+    max_tokens = doc.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: field required")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise InvalidRequest("max_tokens: must be an integer")
+    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidRequest(
+            f"max_tokens: must be between 1 and {MAX_TOKENS_LIMIT} (got {max_tokens})"
+        )
+    stream = doc.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream: must be true or false")
+    return model, max_tokens, stream
+
+
+def _upstream_url(app: web.Application, request: web.Request) -> str:
+    url = app[CONFIG].upstream.url + request.path
+    if request.query_string:
+        url += "?" + request.query_string
+    return url
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages: admit (round trip 1), forward, settle (round trip 2)."""
+    app = request.app
+    cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
+    started = time.perf_counter()
+    rid = new_request_id()
+    key = proxy_key(request)
+    body = await read_body(request, cfg.server.max_body_bytes)
+    model, max_tokens, _stream = parse_message_request(body)
+    max_cost, est_cost = meter.bounds(model, len(body), max_tokens)
+    accept = request.headers.get("x-extra-usage", "").strip().lower() == "accept"
+    try:
+        adm = await app[STORE].admit(
+            key.org,
+            rid,
+            who="k",
+            credential=key.secret_hash,
+            max_cost=max_cost,
+            est_cost=est_cost,
+            accept_extra=accept,
+        )
+    except StoreRefusal as exc:
+        raise_for_identity(exc)
+        if exc.code == "unknown_tier":
+            raise InternalError(
+                f"this member's seat tier {exc.detail!r} is not configured on the proxy"
+            ) from exc
+        raise InternalError(f"admission refused: {exc.code}") from exc
+    meter.record_decision(adm)
+    if not meter.prices.resolve(model).known:
+        metrics.unknown_models.inc()
+    if not adm.allowed:
+        access(
+            request_id=rid,
+            org=key.org,
+            member=adm["member"],
+            mode="deny",
+            reason=adm["reason"],
+            status=429,
+            cost="0",
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        raise meter.refuse(adm, model, len(body), max_cost)
+
+    try:
+        api_key = upstream_key(app, adm["upstream"])
+    except ProxyError:
+        await meter.release(key.org, rid)
+        raise
+    headers = upstream_headers(request.headers, api_key)
+    metrics.overhead.observe(time.perf_counter() - started)
+    t0 = time.perf_counter()
+    try:
+        upstream = await app[UPSTREAM].post(_upstream_url(app, request), data=body, headers=headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await meter.release(key.org, rid)
+        metrics.upstream_errors.labels("connect").inc()
+        raise UpstreamUnavailable(
+            f"the Anthropic API could not be reached: {type(exc).__name__}"
+        ) from exc
+    metrics.upstream_ttfb.observe(time.perf_counter() - t0)
+    ctx = _Ctx(rid, key.org, model, adm, started, t0)
+    try:
+        if upstream.status != 200:
+            return await _forward_error(request, upstream, ctx)
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return await _forward_stream(request, upstream, ctx)
+        return await _forward_body(request, upstream, ctx)
+    finally:
+        upstream.release()
+
+
+class _Ctx:
+    __slots__ = ("adm", "model", "org", "rid", "started", "t0")
+
+    def __init__(
+        self, rid: str, org: str, model: str, adm: Admission, started: float, t0: float
+    ) -> None:
+        self.rid, self.org, self.model, self.adm = rid, org, model, adm
+        self.started, self.t0 = started, t0
+
+
+def _out_headers(upstream: aiohttp.ClientResponse, ctx: _Ctx) -> CIMultiDict[str]:
+    out = response_headers(upstream.headers)
+    out.update(unified_headers(ctx.adm))
+    return out
+
+
+async def _finish(
+    request: web.Request,
+    ctx: _Ctx,
+    usage: Usage,
+    status: int,
+    model: str | None = None,
+    **extra: Any,
+) -> None:
+    """Settle (shielded: a cancelled handler must not lose the charge) and log the request."""
+    app = request.app
+    meter = app[METER]
+    result = await asyncio.shield(
+        meter.settle(ctx.org, ctx.rid, model or ctx.model, usage, policy=ctx.adm["policy"])
+    )
+    app[METRICS].upstream_latency.observe(time.perf_counter() - ctx.t0)
+    app[METRICS].requests.labels("messages", str(status)).inc()
+    access(
+        request_id=ctx.rid,
+        org=ctx.org,
+        member=ctx.adm["member"],
+        mode=ctx.adm["mode"],
+        model=model or ctx.model,
+        cost=result["cost"] if result else None,
+        status=status,
+        latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+        **extra,
+    )
+
+
+async def _forward_error(
+    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
+) -> web.StreamResponse:
+    """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
+    body = await upstream.read()
+    await request.app[METER].release(ctx.org, ctx.rid)
+    request.app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
+    request.app[METRICS].requests.labels("messages", str(upstream.status)).inc()
+    access(
+        request_id=ctx.rid,
+        org=ctx.org,
+        member=ctx.adm["member"],
+        mode="released",
+        status=upstream.status,
+        cost="0",
+        latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+    )
+    return web.Response(
+        status=upstream.status, body=body, headers=response_headers(upstream.headers)
+    )
+
+
+async def _forward_body(
+    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
+) -> web.StreamResponse:
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await request.app[METER].release(ctx.org, ctx.rid)
+        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
+    usage = usage_from_body(body) or Usage()
+    resp = web.Response(status=upstream.status, body=body, headers=_out_headers(upstream, ctx))
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    finally:
+        model = _model_of(body)
+        await _finish(request, ctx, usage, upstream.status, model)
+    return resp
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) else None
+
+
+async def _forward_stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
+) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    meter = StreamUsage()
+    resp = web.StreamResponse(status=upstream.status, headers=_out_headers(upstream, ctx))
+    outcome = "complete"
+    metrics.active_streams.inc()
+    try:
+        await resp.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            meter.feed(chunk)
+            await resp.write(chunk)
+        await resp.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+        # the client went away: stop paying for tokens nobody reads
+        outcome = "client_disconnected"
+        upstream.close()
+    except (aiohttp.ClientError, TimeoutError):
+        outcome = "upstream_broken"
+        metrics.upstream_errors.labels("mid_stream").inc()
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        metrics.active_streams.dec()
+        if meter.errored:
+            outcome = "upstream_error_event"
+        await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
+    return resp
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """count_tokens and models: forwarded for a valid member, never blocked, not metered."""
+    app = request.app
+    who = await member_of_key(app[STORE], request)
+    api_key = upstream_key(app, who.get("upstream", ""))
+    body = await read_body(request, app[CONFIG].server.max_body_bytes)
+    try:
+        async with app[UPSTREAM].request(
+            request.method,
+            _upstream_url(app, request),
+            data=body or None,
+            headers=upstream_headers(request.headers, api_key),
+        ) as upstream:
+            payload = await upstream.read()
+            route = "count_tokens" if request.path.endswith("count_tokens") else "models"
+            app[METRICS].requests.labels(route, str(upstream.status)).inc()
+            return web.Response(
+                status=upstream.status, body=payload, headers=response_headers(upstream.headers)
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamUnavailable(
+            f"the Anthropic API could not be reached: {type(exc).__name__}"
+        ) from exc
+
+
+UNMETERED = ("/v1/messages/batches", "/v1/complete")
+
+
+async def refuse_unmetered(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith(UNMETERED):
+        raise InvalidRequest(
+            f"{request.path} is not available through this proxy: it would "
+            "run inference without metering; use POST /v1/messages"
+        )
+    raise NotFound(f"{request.method} {request.path} is not served by this proxy")
+
+
+async def head_root(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200)

@@ -1,0 +1,48 @@
+"""Redis key names. Pure.
+
+Every key of one organization carries the org id as its hash tag (``eup:{acme}:org``), so that
+each script's keys live in one Redis Cluster slot. Members, credentials and operation records
+are fields of a few per-org hashes, never keys of their own: a script reaches a member whose id
+it only learns inside the script (from a proxy key) without inventing a key name in Lua.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ORG_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
+MEMBER_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._@+-]{0,127})$")
+
+
+@dataclass(frozen=True, slots=True)
+class OrgKeys:
+    org: str  # hash: plan, settings, balance, org spend, reserved total, clock
+    members: str  # hash: "<member>|<field>"
+    creds: str  # hash: proxy keys and admin tokens by hash
+    ops: str  # hash: operation id -> JSON record (reservations, results, reloads)
+    due: str  # zset: operation id by expiry
+    ledger: str  # stream: one entry per charge, purchase, reload
+    audit: str  # stream: who changed what, before, after, when
+
+
+def org_keys(prefix: str, org: str) -> OrgKeys:
+    tag = f"{prefix}:{{{org}}}"
+    return OrgKeys(
+        org=f"{tag}:org",
+        members=f"{tag}:members",
+        creds=f"{tag}:creds",
+        ops=f"{tag}:ops",
+        due=f"{tag}:due",
+        ledger=f"{tag}:ledger",
+        audit=f"{tag}:audit",
+    )
+
+
+def orgs_index(prefix: str) -> str:
+    """The set of all org ids: an index for operators and the ledger sink, outside scripts."""
+    return f"{prefix}:orgs"
+
+
+def member_field(member: str, name: str) -> str:
+    return f"{member}|{name}"

@@ -1,0 +1,128 @@
+"""Admission and settlement around one request: what the proxy and the check API share.
+
+Prices a request, admits it (round trip 1), and later settles its actual usage (round trip 2),
+keeping the metrics. Settlement never raises: a failure is logged and counted, because the
+answer has already reached the member by then.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from proxy.config import Config
+from proxy.decision import Fit, refusal
+from proxy.metrics import NANO, Metrics
+from proxy.payments import Payments
+from proxy.pricing import PriceTable, Usage
+from proxy.store import Admission, Store, StoreRefusal
+
+log = logging.getLogger(__name__)
+
+TOKEN_KINDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_input_tokens",
+)
+
+
+class Meter:
+    def __init__(self, config: Config, store: Store, metrics: Metrics, payments: Payments) -> None:
+        self.config = config
+        self.prices: PriceTable = config.prices
+        self.store = store
+        self.metrics = metrics
+        self.payments = payments
+
+    def bounds(self, model: str, prompt_bytes: int, max_tokens: int) -> tuple[int, int]:
+        """(maximum cost, estimated cost) of a request, nano-USD.
+
+        Every token is at least one byte, so the body's size bounds the prompt's tokens; the
+        estimate takes ~4 bytes a token.
+        """
+        return (
+            self.prices.max_cost(model, prompt_bytes, max_tokens),
+            self.prices.estimate(model, prompt_bytes // 4, max_tokens),
+        )
+
+    def fit(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Fit:
+        """For a strict refusal: the largest max_tokens that the room left would hold."""
+        family = self.prices.resolve(model).family
+        rates = family.rates_for(prompt_tokens)
+        room = a.nano("eu_remaining") - prompt_tokens * rates.max_prompt
+        return Fit(max_cost, max(0, room // rates.output) if rates.output else 0)
+
+    def record_decision(self, a: Admission) -> None:
+        self.metrics.decisions.labels(a["mode"] or "deny", a["reason"] or "none").inc()
+
+    def refuse(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Exception:
+        fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
+        return refusal(a, fit)
+
+    async def settle(
+        self,
+        org: str,
+        request_id: str,
+        model: str,
+        usage: Usage,
+        *,
+        source: str = "proxy",
+        policy: str = "",
+    ) -> dict[str, str] | None:
+        price = self.prices.resolve(model)
+        cost = self.prices.cost(model, usage)
+        detail = usage.as_dict()
+        try:
+            result = await self.store.settle(
+                org, request_id, cost=cost, model=model, usage=detail, source=source
+            )
+        except StoreRefusal as exc:
+            self.metrics.settle_failures.labels(exc.code).inc()
+            log.error(
+                "settle refused",
+                extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
+            )
+            return None
+        except Exception:
+            self.metrics.settle_failures.labels("store_unavailable").inc()
+            log.exception(
+                "settle failed",
+                extra={"fields": {"request_id": request_id, "org": org, "cost": cost}},
+            )
+            return None
+        if result.get("replay") != "1":
+            self._count(price.family.name if price.known else "unknown", detail, result, policy)
+        if result.get("reload_id"):
+            await self.payments.reload_requested(
+                org, result["reload_id"], int(result["reload_amount"])
+            )
+        return result
+
+    def _count(
+        self, family: str, detail: dict[str, int], result: dict[str, str], policy: str
+    ) -> None:
+        m = self.metrics
+        for kind in TOKEN_KINDS:
+            if detail[kind]:
+                m.tokens.labels(family, kind).inc(detail[kind])
+        cost = int(result["cost"])
+        if result["mode"] == "extra_usage":
+            m.extra_spend.inc(cost / NANO)
+            over = int(result.get("overshoot") or 0)
+            if over > 0:
+                m.overshoot.labels(policy or self.config.policy.reservation).inc(over / NANO)
+                m.overshoot_requests.labels(policy or self.config.policy.reservation).inc()
+        else:
+            m.included.inc(cost / NANO)
+
+    async def release(self, org: str, request_id: str) -> None:
+        try:
+            await self.store.release(org, request_id)
+        except StoreRefusal as exc:
+            log.warning(
+                "release refused", extra={"fields": {"request_id": request_id, "code": exc.code}}
+            )
+        except Exception:
+            self.metrics.settle_failures.labels("release_failed").inc()
+            log.exception("release failed", extra={"fields": {"request_id": request_id}})

@@ -1,0 +1,124 @@
+"""Prometheus metrics, on a registry of the application's own (no module globals).
+
+Names are in base units (seconds, USD) with ``_total`` on counters. Labels are bounded: routes,
+outcomes, modes, reasons, model families from the price table ("unknown" otherwise) — never
+member ids; org ids only when ``metrics.org_labels`` is on.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+NANO = 1e9
+_LATENCY = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "eup_requests_total", "Requests by route and outcome", ["route", "outcome"], registry=r
+        )
+        self.decisions = Counter(
+            "eup_admission_decisions_total",
+            "Admission decisions by mode and reason",
+            ["mode", "reason"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "eup_upstream_latency_seconds",
+            "Upstream request duration, to the last byte",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.upstream_ttfb = Histogram(
+            "eup_upstream_time_to_first_byte_seconds",
+            "Upstream time to the first response byte",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "eup_proxy_overhead_seconds",
+            "Time the proxy adds before forwarding (auth, admission)",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.redis_latency = Histogram(
+            "eup_redis_call_seconds",
+            "Redis script call latency",
+            ["script"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "eup_redis_errors_total", "Redis errors", ["script"], registry=r
+        )
+        self.tokens = Counter(
+            "eup_tokens_total",
+            "Tokens metered by model family and kind",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.extra_spend = Counter(
+            "eup_extra_usage_spend_usd_total", "Extra usage charged, USD", registry=r
+        )
+        self.included = Counter(
+            "eup_included_usage_usd_total", "Included (seat allowance) usage, USD", registry=r
+        )
+        self.overshoot = Counter(
+            "eup_reservation_overshoot_usd_total",
+            "Actual cost above the reservation, USD",
+            ["policy"],
+            registry=r,
+        )
+        self.overshoot_requests = Counter(
+            "eup_reservation_overshoot_requests_total",
+            "Requests whose cost exceeded their reservation",
+            ["policy"],
+            registry=r,
+        )
+        self.unknown_models = Counter(
+            "eup_unknown_model_requests_total",
+            "Requests for a model missing from the price table",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "eup_auto_reloads_total", "Auto-reloads by outcome", ["outcome"], registry=r
+        )
+        self.active_streams = Gauge(
+            "eup_active_streams", "Streams being forwarded", registry=r, multiprocess_mode="livesum"
+        )
+        self.settle_failures = Counter(
+            "eup_settle_failures_total",
+            "Settlements that could not be written",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "eup_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

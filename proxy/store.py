@@ -1,0 +1,339 @@
+"""The only module that talks to Redis.
+
+Scripts live in ``lua/`` (one file per atomic operation, shipped in the package as
+``proxy.lua``), get the shared prelude ``lib.lua`` prepended, are registered once, and are
+called through redis-py's ``Script`` (EVALSHA, reloading on NOSCRIPT). Redis errors become
+``StoreUnavailable`` here and nowhere else; a script's own "no" becomes ``StoreRefusal``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from proxy.config import PolicyConfig, RedisConfig, TierConfig
+from proxy.errors import StoreUnavailable
+from proxy.keys import OrgKeys, org_keys, orgs_index
+
+RedisClient = aioredis.Redis | RedisCluster
+
+SCRIPT_NAMES = ("admit", "settle", "release", "purchase", "write", "credential", "whois")
+# the keys each script takes, by OrgKeys attribute (a unit test checks they share one slot)
+SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
+    "admit": ("org", "members", "creds", "ops", "due"),
+    "settle": ("org", "members", "ops", "due", "ledger"),
+    "release": ("org", "members", "ops", "due"),
+    "purchase": ("org", "ops", "due", "ledger", "audit"),
+    "credential": ("creds", "members", "audit"),
+    "whois": ("org", "members", "creds"),
+}
+
+DELETE = "\0"  # the value that deletes a field in write.lua
+
+
+class StoreRefusal(Exception):
+    """A script refused an operation: unknown key, released reservation, guard failed..."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+def script_source(name: str) -> str:
+    pkg = resources.files("proxy.lua")
+    return (
+        pkg.joinpath("lib.lua").read_text("utf-8")
+        + "\n"
+        + pkg.joinpath(f"{name}.lua").read_text("utf-8")
+    )
+
+
+def tiers_spec(tiers: Mapping[str, TierConfig]) -> str:
+    return ";".join(
+        f"{t.name},{t.session_allowance},{t.weekly_allowance},"
+        f"{t.session_window_s},{t.weekly_window_s}"
+        for t in tiers.values()
+    )
+
+
+def make_client(cfg: RedisConfig) -> RedisClient:
+    if cfg.cluster:
+        return RedisCluster.from_url(
+            cfg.url,
+            socket_timeout=cfg.socket_timeout_s,
+            socket_connect_timeout=cfg.socket_timeout_s,
+            max_connections=cfg.max_connections,
+        )
+    return aioredis.Redis.from_url(
+        cfg.url,
+        socket_timeout=cfg.socket_timeout_s,
+        socket_connect_timeout=cfg.socket_timeout_s,
+        max_connections=cfg.max_connections,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What admit.lua answered, with amounts as ints of nano-USD."""
+
+    raw: dict[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.raw.get(name, "")
+
+    def nano(self, name: str) -> int:
+        v = self.raw.get(name, "")
+        return int(v) if v else 0
+
+    def opt_nano(self, name: str) -> int | None:
+        v = self.raw.get(name, "")
+        return int(v) if v else None
+
+    @property
+    def allowed(self) -> bool:
+        return self.raw.get("d") == "allow"
+
+
+class Store:
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str,
+        tiers: Mapping[str, TierConfig],
+        policy: PolicyConfig,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.policy = policy
+        self.tiers_spec = tiers_spec(tiers)
+        # test-only: a pinned epoch second passed to every script instead of Redis TIME
+        self.pinned_now = 0
+        self.scripts: dict[str, AsyncScript] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+        self.calls = 0  # round trips made, for the benchmarks
+
+    def keys(self, org: str) -> OrgKeys:
+        return org_keys(self.prefix, org)
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        self.calls += 1
+        try:
+            reply = await self.scripts[name](keys=list(keys), args=list(args))
+        except RedisError as exc:
+            raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
+        doc = orjson.loads(reply)
+        if doc.get("ok") == 0:
+            raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
+        return doc
+
+    async def _cmd(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except RedisError as exc:
+            raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
+
+    async def load_scripts(self) -> None:
+        """Load every script (readiness); EVALSHA would also reload them on NOSCRIPT."""
+        for script in self.scripts.values():
+            await self._cmd(self.client.script_load(script.script))
+
+    async def ping(self) -> bool:
+        return bool(await self._cmd(self.client.ping()))
+
+    # -- the request path: two round trips per metered request ---------------------------
+
+    async def admit(
+        self,
+        org: str,
+        request_id: str,
+        *,
+        who: str,
+        credential: str,
+        max_cost: int,
+        est_cost: int,
+        accept_extra: bool = False,
+        reserve: bool = True,
+    ) -> Admission:
+        k = self.keys(org)
+        doc = await self._run(
+            "admit",
+            (k.org, k.members, k.creds, k.ops, k.due),
+            (
+                request_id,
+                who,
+                credential,
+                max_cost,
+                est_cost,
+                self.policy.reservation,
+                self.policy.reservation_ttl_s,
+                "1" if accept_extra else "0",
+                "1" if reserve else "0",
+                self.tiers_spec,
+                self.pinned_now,
+                self.policy.op_retention_s,
+            ),
+        )
+        return Admission(doc)
+
+    async def settle(
+        self,
+        org: str,
+        request_id: str,
+        *,
+        cost: int,
+        model: str,
+        usage: Mapping[str, int],
+        source: str = "proxy",
+    ) -> dict[str, str]:
+        k = self.keys(org)
+        doc: dict[str, str] = await self._run(
+            "settle",
+            (k.org, k.members, k.ops, k.due, k.ledger),
+            (
+                request_id,
+                cost,
+                model,
+                orjson.dumps(usage).decode(),
+                self.pinned_now,
+                self.policy.op_retention_s,
+                source,
+            ),
+        )
+        return doc
+
+    async def release(self, org: str, request_id: str) -> dict[str, str]:
+        k = self.keys(org)
+        doc: dict[str, str] = await self._run(
+            "release",
+            (k.org, k.members, k.ops, k.due),
+            (request_id, self.pinned_now, self.policy.op_retention_s),
+        )
+        return doc
+
+    # -- money in ------------------------------------------------------------------------
+
+    async def purchase(
+        self, org: str, idempotency_key: str, amount: int, actor: str
+    ) -> dict[str, str]:
+        k = self.keys(org)
+        doc: dict[str, str] = await self._run(
+            "purchase",
+            (k.org, k.ops, k.due, k.ledger, k.audit),
+            (
+                "purchase",
+                f"purchase:{idempotency_key}",
+                amount,
+                actor,
+                self.pinned_now,
+                self.policy.op_retention_s,
+            ),
+        )
+        return doc
+
+    async def confirm_reload(self, org: str, reload_id: str, actor: str) -> dict[str, str]:
+        k = self.keys(org)
+        doc: dict[str, str] = await self._run(
+            "purchase",
+            (k.org, k.ops, k.due, k.ledger, k.audit),
+            (
+                "reload",
+                f"reload:{reload_id}",
+                0,
+                actor,
+                self.pinned_now,
+                self.policy.op_retention_s,
+            ),
+        )
+        return doc
+
+    # -- administration ------------------------------------------------------------------
+
+    async def write(
+        self,
+        key: str,
+        audit_key: str,
+        *,
+        actor: str,
+        action: str,
+        fields: Mapping[str, str],
+        guards: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        args: list[str | int] = [actor, action, self.pinned_now, "\n".join(guards)]
+        for f, v in fields.items():
+            args += [f, v]
+        doc: dict[str, Any] = await self._run("write", (key, audit_key), args)
+        return doc
+
+    async def create_org(self, org: str, fields: Mapping[str, str], actor: str) -> None:
+        k = self.keys(org)
+        await self.write(
+            k.org, k.audit, actor=actor, action="org.create", fields=fields, guards=["-plan"]
+        )
+        await self._cmd(self.client.sadd(orgs_index(self.prefix), org))
+
+    async def credential(
+        self,
+        org: str,
+        op: str,
+        kind: str,
+        *,
+        member: str,
+        cred_id: str,
+        secret_hash: str = "",
+        actor: str,
+    ) -> None:
+        k = self.keys(org)
+        await self._run(
+            "credential",
+            (k.creds, k.members, k.audit),
+            (op, kind, secret_hash, member, cred_id, actor, self.pinned_now),
+        )
+
+    async def whois(self, org: str, kind: str, secret_hash: str) -> dict[str, str]:
+        k = self.keys(org)
+        doc: dict[str, str] = await self._run(
+            "whois", (k.org, k.members, k.creds), (kind, secret_hash)
+        )
+        return doc
+
+    async def org_settings(self, org: str) -> dict[str, str]:
+        raw = await self._cmd(self.client.hgetall(self.keys(org).org))
+        return {_s(f): _s(v) for f, v in raw.items()}
+
+    async def member_fields(self, org: str, member: str, names: Sequence[str]) -> dict[str, str]:
+        fields = [f"{member}|{n}" for n in names]
+        values = await self._cmd(self.client.hmget(self.keys(org).members, fields))
+        return {n: _s(v) for n, v in zip(names, values, strict=True) if v is not None}
+
+    async def primary_owner(self, org: str) -> str | None:
+        v = await self._cmd(self.client.hget(self.keys(org).members, "|primary"))
+        return None if v is None else _s(v)
+
+    async def ledger(self, org: str, count: int = 10_000) -> list[dict[str, str]]:
+        rows = await self._cmd(self.client.xrange(self.keys(org).ledger, count=count))
+        return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows]
+
+    async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
+        rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))
+        return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows]
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def wall_clock() -> int:
+    """Seconds since the epoch, for messages only; decisions use Redis TIME."""
+    return int(time.time())

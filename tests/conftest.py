@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+
+from proxy.app import build_app
+from proxy.appkeys import STORE
+from proxy.config import Config, parse_config
+from proxy.mock_upstream import MockUpstream, build_mock_app
+from proxy.store import Store
+from tests.servers import RedisServer
+
+OPERATOR = "operator-test-token"
+SERVICE = "service-test-token"
+UPSTREAM_KEY = "sk-ant-upstream-test"
+_org_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+def make_config(redis_url: str, upstream_url: str, **sections: dict[str, Any]) -> Config:
+    doc: dict[str, Any] = {
+        "redis": {"url": redis_url},
+        "upstream": {"url": upstream_url, "read_timeout_s": 30},
+        "policy": {"reservation_ttl_s": 60},
+    }
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    env = {"OPERATOR_TOKEN": OPERATOR, "SERVICE_TOKEN": SERVICE, "UPSTREAM_API_KEY": UPSTREAM_KEY}
+    return parse_config(doc, "<test>", env)
+
+
+@dataclass
+class Proxy:
+    """A running proxy (real aiohttp server, real Redis) in front of a mock Messages API."""
+
+    server: TestServer
+    mock: MockUpstream
+    session: aiohttp.ClientSession
+    config: Config
+    orgs: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def store(self) -> Store:
+        return self.server.app[STORE]  # type: ignore[union-attr]
+
+    async def admin(
+        self, method: str, path: str, token: str = OPERATOR, json: Any = None
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.url + path, json=json, headers={"authorization": f"Bearer {token}"}
+        ) as r:
+            body = await r.json(content_type=None)
+            return r.status, body
+
+    async def org(self, plan: str = "team", **settings: Any) -> str:
+        org = f"org{next(_org_ids)}-{plan}"
+        status, body = await self.admin(
+            "POST", "/admin/v1/orgs", json={"id": org, "name": org, "plan": plan}
+        )
+        assert status == 201, body
+        if settings:
+            k = self.store.keys(org)
+            await self.store.client.hset(k.org, mapping=settings)
+        return org
+
+    async def member(
+        self, org: str, member: str, tier: str = "standard", role: str = "member"
+    ) -> str:
+        status, body = await self.admin(
+            "PUT", f"/admin/v1/orgs/{org}/members/{member}", json={"role": role, "tier": tier}
+        )
+        assert status in (200, 201), body
+        status, body = await self.admin("POST", f"/admin/v1/orgs/{org}/members/{member}/keys")
+        assert status == 201, body
+        return str(body["key"])
+
+    async def post(
+        self,
+        key: str,
+        body: dict[str, Any],
+        *,
+        path: str = "/v1/messages",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        h = {"x-api-key": key, "anthropic-version": "2023-06-01", **(headers or {})}
+        async with self.session.post(self.url + path, json=body, headers=h) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> tuple[TestServer, MockUpstream]:
+    mock = MockUpstream()
+    server = await aiohttp_server(build_mock_app(mock))
+    return server, mock
+
+
+@pytest.fixture
+async def proxy(
+    aiohttp_server: Any, redis_server: RedisServer, upstream: tuple[TestServer, MockUpstream]
+) -> AsyncIterator[Proxy]:
+    up_server, mock = upstream
+    config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"))
+    server = await aiohttp_server(build_app(config))
+    async with aiohttp.ClientSession() as session:
+        yield Proxy(server, mock, session, config)
+
+
+def message(
+    model: str = "claude-sonnet-4-5",
+    max_tokens: int = 100,
+    stream: bool = False,
+    text: str = "Hello",
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    }
