@@ -100,7 +100,7 @@ async def create_org(request: web.Request) -> web.Response:
             "id: must be 1-63 lowercase letters, digits or '-', starting with a letter or digit"
         )
     plan = choice(doc, "plan", PLANS)
-    name = string(doc, "name") or org
+    name = string(doc, "name", required=False) or org
     fields = {"plan": plan or "", "name": name, "enabled": "1"}
     upstream = string(doc, "upstream_credential", required=False)
     if upstream:

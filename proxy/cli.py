@@ -57,12 +57,10 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
     await runner.cleanup()
 
 
-def _serve_worker(path: str | None, port: int | None) -> None:
+def _serve_worker(path: str | None, host: str | None, port: int | None) -> None:
     setup_logging()
     _install_uvloop()
-    config = load_config(path)
-    if port is not None:
-        config = _with_port(config, port)
+    config = _with_listen(load_config(path), host, port)
     asyncio.run(_serve(config, reuse_port=True))
 
 
@@ -72,8 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.port is not None:
-        config = _with_port(config, args.port)
+    config = _with_listen(config, args.host, args.port)
     if args.workers <= 1:
         setup_logging()
         _install_uvloop()
@@ -82,10 +79,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_workers(args)
 
 
-def _with_port(config: Config, port: int) -> Config:
+def _with_listen(config: Config, host: str | None, port: int | None) -> Config:
     from dataclasses import replace
 
-    return replace(config, server=replace(config.server, port=port))
+    server = config.server
+    if host is not None:
+        server = replace(server, host=host)
+    if port is not None:
+        server = replace(server, port=port)
+    return replace(config, server=server)
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -94,7 +96,7 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_serve_worker, args=(args.config, args.port), daemon=False)
+        ctx.Process(target=_serve_worker, args=(args.config, args.host, args.port), daemon=False)
         for _ in range(args.workers)
     ]
     for p in procs:
@@ -136,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file (default: built-in defaults)")
     s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     s.add_argument("--port", type=int, default=None, help="override server.port")
+    s.add_argument("--host", default=None, help="override server.host (0.0.0.0 in a container)")
     s.set_defaults(func=cmd_serve)
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")

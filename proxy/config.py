@@ -171,6 +171,11 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def _override(env: Mapping[str, str], name: str, value: str) -> str:
+    """The environment wins over the file, for endpoints and secrets."""
+    return env.get(name) or value
+
+
 def _section(source: str, doc: Mapping[str, Any], name: str) -> _Reader:
     value = doc.get(name, {})
     if not isinstance(value, dict):
@@ -224,7 +229,7 @@ def parse_config(
 
     r = _section(source, doc, "redis")
     redis = RedisConfig(
-        url=env.get("REDIS_URL") or r.get("url", str, "redis://127.0.0.1:6379/0"),
+        url=_override(env, "REDIS_URL", r.get("url", str, "redis://127.0.0.1:6379/0")),
         cluster=r.get("cluster", bool, False),
         key_prefix=r.get("key_prefix", str, "eup"),
         socket_timeout_s=float(r.positive("socket_timeout_s", 5.0)),
@@ -237,7 +242,9 @@ def parse_config(
     r = _section(source, doc, "upstream")
     api_key_env = r.get("api_key_env", str, "UPSTREAM_API_KEY")
     upstream = UpstreamConfig(
-        url=(env.get("UPSTREAM_URL") or r.get("url", str, "https://api.anthropic.com")).rstrip("/"),
+        url=_override(env, "UPSTREAM_URL", r.get("url", str, "https://api.anthropic.com")).rstrip(
+            "/"
+        ),
         api_key_env=api_key_env,
         api_key=env.get("UPSTREAM_API_KEY") or env.get(api_key_env, ""),
         connect_timeout_s=float(r.positive("connect_timeout_s", 10.0)),
@@ -298,8 +305,11 @@ def parse_config(
 
     r = _section(source, doc, "ledger")
     ledger = LedgerConfig(
-        database_url=env.get("DATABASE_URL")
-        or r.get("database_url", str, "postgresql://127.0.0.1:5432/extra_usage")
+        database_url=_override(
+            env,
+            "DATABASE_URL",
+            r.get("database_url", str, "postgresql://127.0.0.1:5432/extra_usage"),
+        )
     )
     r.done()
 

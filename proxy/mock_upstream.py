@@ -106,15 +106,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _error(400, "invalid_request_error", "body is not JSON")
+    record: dict[str, Any] = {
+        "headers": dict(request.headers),
+        "query": request.query_string,
+        "body": body,
+        "path": request.path,
+        "completed": False,
+    }
     if mock.record:
-        mock.requests.append(
-            {
-                "headers": dict(request.headers),
-                "query": request.query_string,
-                "body": body,
-                "path": request.path,
-            }
-        )
+        mock.requests.append(record)
     if not request.headers.get("x-api-key"):
         return _error(401, "authentication_error", "x-api-key header is required")
     s = mock.settings(request, body)
@@ -138,6 +138,21 @@ async def messages(request: web.Request) -> web.StreamResponse:
             headers={"request-id": f"req_mock_{secrets.token_hex(6)}"},
         )
 
+    try:
+        return await _stream(request, model, msg_id, chunks, s, record)
+    except (ConnectionResetError, asyncio.CancelledError):
+        record["disconnected"] = True  # the proxy cancelled the upstream request
+        raise
+
+
+async def _stream(
+    request: web.Request,
+    model: str,
+    msg_id: str,
+    chunks: list[str],
+    s: dict[str, Any],
+    record: dict[str, Any],
+) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={
             "content-type": "text/event-stream; charset=utf-8",
@@ -222,6 +237,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         )
     await resp.write(_sse("message_stop", {"type": "message_stop"}))
     await resp.write_eof()
+    record["completed"] = True
     return resp
 
 

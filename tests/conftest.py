@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from proxy.app import build_app
 from proxy.appkeys import STORE
@@ -55,6 +56,7 @@ class Proxy:
 
     server: TestServer
     mock: MockUpstream
+    mock_server: TestServer
     session: aiohttp.ClientSession
     config: Config
     orgs: list[str] = field(default_factory=list)
@@ -62,6 +64,9 @@ class Proxy:
     @property
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
+
+    async def mock_server_close(self) -> None:
+        await self.mock_server.close()
 
     @property
     def store(self) -> Store:
@@ -105,10 +110,10 @@ class Proxy:
         *,
         path: str = "/v1/messages",
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, CIMultiDict[str], bytes]:
         h = {"x-api-key": key, "anthropic-version": "2023-06-01", **(headers or {})}
         async with self.session.post(self.url + path, json=body, headers=h) as r:
-            return r.status, dict(r.headers), await r.read()
+            return r.status, CIMultiDict(r.headers), await r.read()
 
 
 @pytest.fixture
@@ -126,7 +131,7 @@ async def proxy(
     config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"))
     server = await aiohttp_server(build_app(config))
     async with aiohttp.ClientSession() as session:
-        yield Proxy(server, mock, session, config)
+        yield Proxy(server, mock, up_server, session, config)
 
 
 def message(

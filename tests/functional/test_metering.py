@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import asyncio
+import calendar
+from datetime import UTC, datetime
+
+import orjson
+
+from proxy.store import script_source
+from tests.conftest import Proxy, message
+from tests.functional.helpers import expected_cost, ledger_sum, member_counters
+
+
+async def test_streamed_costs_exactly_what_non_streamed_costs(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "ann")
+    extra = {
+        "x-mock-cache-write": "300",
+        "x-mock-cache-1h": "100",
+        "x-mock-cache-read": "700",
+        "x-mock-output-tokens": "321",
+        "x-mock-input-tokens": "1234",
+    }
+    s1, _, _ = await proxy.post(key, message(max_tokens=500), headers=extra)
+    s2, _, _ = await proxy.post(key, message(max_tokens=500, stream=True), headers=extra)
+    assert (s1, s2) == (200, 200)
+    rows = await proxy.store.ledger(org)
+    assert len(rows) == 2
+    assert rows[0]["cost"] == rows[1]["cost"]
+    expected = 1234 * 3000 + 321 * 15000 + 200 * 3750 + 100 * 6000 + 700 * 300
+    assert int(rows[0]["cost"]) == expected
+    usage = orjson.loads(rows[1]["usage"])
+    assert usage["cache_write_1h_tokens"] == 100
+
+
+async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    await proxy.member(org, "bea")
+    store = proxy.store
+    a = await store.admit(
+        org, "req-replay-1", who="m", credential="bea", max_cost=10**6, est_cost=10**6
+    )
+    assert a.allowed
+    first = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
+    again = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
+    assert again["replay"] == "1"
+    assert first["entry"] == again["entry"]
+    assert len(await store.ledger(org)) == 1
+    assert (await member_counters(store, org, "bea"))["s_used"] == 777
+    # a replayed admission returns the stored decision and reserves nothing more
+    replay = await store.admit(
+        org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1
+    )
+    assert replay["replay"] == "1"
+
+
+async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "cid")
+    await proxy.store.client.script_flush()
+    assert await proxy.store.client.script_exists(proxy.store.scripts["admit"].sha) == [False]
+    status, _, body = await proxy.post(key, message())
+    assert status == 200, body
+    assert len(await proxy.store.ledger(org)) == 1
+
+
+async def test_200_concurrent_requests_counters_equal_ledger(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "dan", tier="premium")
+    bodies = [message(text="x" * (i % 37), stream=i % 2 == 0) for i in range(200)]
+    results = await asyncio.gather(*(proxy.post(key, b) for b in bodies))
+    assert [r[0] for r in results] == [200] * 200
+    expected = sum(expected_cost(proxy.config.prices, b) for b in bodies)
+    counters = await member_counters(proxy.store, org, "dan")
+    assert await ledger_sum(proxy.store, org) == expected
+    assert counters["s_used"] == counters["w_used"] == counters["inc"] == expected
+    assert counters["eu_res"] == 0
+    assert len(await proxy.store.ledger(org)) == 200
+
+
+async def test_seat_limit_refuses_with_rate_limit_error(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "eve")
+    # one request over the whole $4 session allowance: soft limit, it is still included
+    status, _, _ = await proxy.post(
+        key, message(max_tokens=300_000), headers={"x-mock-output-tokens": "300000"}
+    )
+    assert status == 200
+    calls = len(proxy.mock.requests)
+    status, headers, body = await proxy.post(key, message())
+    assert status == 429
+    doc = orjson.loads(body)
+    assert doc["type"] == "error"
+    assert doc["error"]["type"] == "rate_limit_error"
+    assert "You've hit your session limit · resets" in doc["error"]["message"]
+    assert "Extra usage is off for your organization" in doc["error"]["message"]
+    assert headers["x-should-retry"] == "false"
+    assert 17_000 < int(headers["retry-after"]) <= 18_000
+    assert headers["anthropic-ratelimit-unified-status"] == "rejected"
+    assert headers["anthropic-ratelimit-unified-representative-claim"] == "five_hour"
+    assert headers["anthropic-ratelimit-unified-overage-disabled-reason"] == "org_level_disabled"
+    assert float(headers["anthropic-ratelimit-unified-5h-utilization"]) > 1
+    assert len(proxy.mock.requests) == calls  # never reached the upstream
+    assert len(await proxy.store.ledger(org)) == 1
+
+
+async def test_warning_header_from_75_percent(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "fay")
+    # $3.10 of a $4 session: 77.5 %
+    await proxy.post(
+        key,
+        message(max_tokens=300_000),
+        headers={"x-mock-output-tokens": "206667", "x-mock-input-tokens": "0"},
+    )
+    status, headers, _ = await proxy.post(key, message())
+    assert status == 200
+    assert headers["anthropic-ratelimit-unified-status"] == "allowed_warning"
+
+
+async def test_windows_reset_when_they_close(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "gus")
+    store = proxy.store
+    t0 = 1_800_000_000
+    store.pinned_now = t0
+    await proxy.post(key, message(max_tokens=300_000), headers={"x-mock-output-tokens": "300000"})
+    assert (await proxy.post(key, message()))[0] == 429
+    store.pinned_now = t0 + 18_000  # the session window closed; the weekly one is open
+    status, _, _ = await proxy.post(key, message())
+    assert status == 200
+    counters = await member_counters(store, org, "gus")
+    assert counters["s_used"] < counters["w_used"]
+
+
+async def test_lua_calendar_months_match_python(proxy: Proxy) -> None:
+    lib = script_source("admit").split("\nlocal org_k")[0]
+    snippet = lib + "\nlocal p, e = month_of(tonumber(ARGV[1]))\nreturn {p, fmt(e)}"
+    probe = proxy.store.client.register_script(snippet)
+    moments = [
+        0,
+        951_782_399,
+        951_782_400,
+        1_709_251_199,
+        1_709_251_200,
+        1_798_761_599,
+        4_107_542_400,
+        1_764_547_200 - 1,
+        1_764_547_200,
+    ]
+    moments += list(range(1_700_000_000, 1_900_000_000, 2_345_678))
+    for t in moments:
+        period, end = await probe(keys=[], args=[t])
+        d = datetime.fromtimestamp(t, UTC)
+        ny, nm = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        assert period.decode() == f"{d.year:04d}-{d.month:02d}", t
+        assert int(end) == calendar.timegm((ny, nm, 1, 0, 0, 0)), t

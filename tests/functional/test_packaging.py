@@ -1,0 +1,52 @@
+"""The installed wheel carries the Lua scripts and the price table, not only a checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("extra_usage_proxy-*.whl"))
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(site)
+    for script in ("lib", "admit", "settle", "release", "purchase", "write", "credential", "whois"):
+        assert f"proxy/lua/{script}.lua" in names
+    assert "proxy/defaults/prices.toml" in names
+    code = (
+        "import proxy, proxy.store, proxy.config;"
+        f"assert proxy.__file__.startswith({str(site)!r}), proxy.__file__;"
+        "src = proxy.store.script_source('settle'); assert 'XADD' in src;"
+        "print(len(proxy.config.load_config(None, env={}).prices.families))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
+    assert int(out.stdout.strip()) > 10

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from proxy.credentials import PROXY_KEY_PREFIX, hash_secret, new_secret, org_of
+from proxy.keys import org_keys
+from proxy.store import SCRIPT_KEYS, SCRIPT_NAMES
+
+
+@pytest.mark.parametrize("org", ["acme", "a", "org-with-dashes-1", "z" * 63])
+def test_every_scripts_keys_map_to_one_slot(org: str) -> None:
+    keys = org_keys("eup", org)
+    for name, attrs in SCRIPT_KEYS.items():
+        slots = {key_slot(getattr(keys, a).encode()) for a in attrs}
+        assert len(slots) == 1, name
+    # write.lua takes the org or members hash plus the audit stream
+    assert key_slot(keys.members.encode()) == key_slot(keys.audit.encode())
+
+
+def test_every_script_declares_its_keys() -> None:
+    assert set(SCRIPT_KEYS) | {"write"} == set(SCRIPT_NAMES)
+
+
+def test_orgs_spread_over_slots() -> None:
+    slots = {key_slot(org_keys("eup", f"org{i}").org.encode()) for i in range(50)}
+    assert len(slots) > 40
+
+
+def test_secrets_name_their_org() -> None:
+    secret = new_secret(PROXY_KEY_PREFIX, "my-org-2")
+    assert org_of(secret, PROXY_KEY_PREFIX) == "my-org-2"
+    assert org_of(secret[:-1], PROXY_KEY_PREFIX) is None
+    assert org_of("sk-ant-api03-xyz", PROXY_KEY_PREFIX) is None
+    assert org_of(PROXY_KEY_PREFIX + "UPPER-" + "a" * 64, PROXY_KEY_PREFIX) is None
+    assert len(hash_secret(secret)) == 64
