@@ -9,11 +9,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from proxy import admin_orgs, member_api
+from proxy import admin_extra, admin_orgs, check_api, member_api
 from proxy.appkeys import CONFIG, METRICS, PAYMENTS, STORE, UPSTREAM
 from proxy.config import Config
 from proxy.errors import InternalError, ProxyError, StoreUnavailable, error_response
-from proxy.forward import METER, head_root, messages, passthrough, refuse_unmetered
+from proxy.forward import (
+    METER,
+    REQUEST_ID,
+    head_root,
+    messages,
+    new_request_id,
+    passthrough,
+    refuse_unmetered,
+)
 from proxy.metering import Meter
 from proxy.metrics import Metrics
 from proxy.payments import Payments
@@ -26,12 +34,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request gets an id; every error leaves in the Anthropic envelope carrying it."""
+    rid = request[REQUEST_ID] = new_request_id()
     try:
         return await handler(request)
     except ProxyError as err:
         if isinstance(err, StoreUnavailable):
             request.app[METRICS].redis_errors.labels("request").inc()
-        return error_response(err, request.headers.get("x-request-id"))
+        return error_response(err, rid)
     except web.HTTPException as exc:
         if exc.status >= 400:
             kind = {
@@ -41,11 +51,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             }.get(exc.status, "invalid_request_error")
             http_err = ProxyError(exc.reason or "error", error_type=kind)
             http_err.status = exc.status
-            return error_response(http_err, None)
+            return error_response(http_err, rid)
         raise
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
-        return error_response(InternalError("internal error in the proxy"), None)
+        return error_response(InternalError("internal error in the proxy"), rid)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -120,6 +130,8 @@ def build_app(
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(member_api.routes)
     app.add_routes(admin_orgs.routes)
+    app.add_routes(admin_extra.routes)
+    app.add_routes(check_api.routes)
     app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
     return app
 

@@ -37,11 +37,12 @@ from proxy.logs import access
 from proxy.metering import Meter
 from proxy.pricing import Usage
 from proxy.store import Admission, StoreRefusal
-from proxy.usage import StreamUsage, usage_from_body
+from proxy.usage import StreamUsage, response_usage
 
 log = logging.getLogger(__name__)
 
 METER: web.AppKey[Meter] = web.AppKey("meter")
+REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it
 
 HOP_BY_HOP = frozenset(
     {
@@ -155,7 +156,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     started = time.perf_counter()
-    rid = new_request_id()
+    rid: str = request[REQUEST_ID]
     key = proxy_key(request)
     body = await read_body(request, cfg.server.max_body_bytes)
     model, max_tokens, _stream = parse_message_request(body)
@@ -297,24 +298,10 @@ async def _forward_body(
     except (aiohttp.ClientError, TimeoutError) as exc:
         await request.app[METER].release(ctx.org, ctx.rid)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
-    usage = usage_from_body(body) or Usage()
-    resp = web.Response(status=upstream.status, body=body, headers=_out_headers(upstream, ctx))
-    try:
-        await resp.prepare(request)
-        await resp.write_eof()
-    finally:
-        model = _model_of(body)
-        await _finish(request, ctx, usage, upstream.status, model)
-    return resp
-
-
-def _model_of(body: bytes) -> str | None:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    model = doc.get("model") if isinstance(doc, dict) else None
-    return model if isinstance(model, str) else None
+    usage, model = response_usage(body)
+    # settled before the member sees the answer: their next request sees this charge
+    await _finish(request, ctx, usage or Usage(), upstream.status, model)
+    return web.Response(status=upstream.status, body=body, headers=_out_headers(upstream, ctx))
 
 
 async def _forward_stream(
@@ -324,14 +311,19 @@ async def _forward_stream(
     meter = StreamUsage()
     resp = web.StreamResponse(status=upstream.status, headers=_out_headers(upstream, ctx))
     outcome = "complete"
+    settled = False
     metrics.active_streams.inc()
     try:
         await resp.prepare(request)
         async for chunk in upstream.content.iter_any():
             meter.feed(chunk)
             await resp.write(chunk)
+        # settle before the terminating chunk: the member sees the end only once it is charged
+        outcome = "upstream_error_event" if meter.errored else outcome
+        await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
+        settled = True
         await resp.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         # the client went away: stop paying for tokens nobody reads
         outcome = "client_disconnected"
         upstream.close()
@@ -341,11 +333,14 @@ async def _forward_stream(
         upstream.close()
         if request.transport is not None:
             request.transport.close()
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        upstream.close()
+        raise
     finally:
         metrics.active_streams.dec()
-        if meter.errored:
-            outcome = "upstream_error_event"
-        await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
+        if not settled:
+            await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
     return resp
 
 

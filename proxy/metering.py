@@ -11,9 +11,10 @@ import logging
 
 from proxy.config import Config
 from proxy.decision import Fit, refusal
+from proxy.errors import StoreUnavailable
 from proxy.metrics import NANO, Metrics
 from proxy.payments import Payments
-from proxy.pricing import PriceTable, Usage
+from proxy.pricing import PriceTable, Usage, cost_of
 from proxy.store import Admission, Store, StoreRefusal
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,28 @@ class Meter:
         fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
         return refusal(a, fit)
 
+    async def charge(
+        self, org: str, request_id: str, model: str, usage: Usage, *, source: str, policy: str = ""
+    ) -> dict[str, str]:
+        """Settle a reservation on its actual usage; raises StoreRefusal/StoreUnavailable."""
+        price = self.prices.resolve(model)
+        detail = usage.as_dict()
+        result = await self.store.settle(
+            org,
+            request_id,
+            cost=cost_of(price.family, usage),
+            model=model,
+            usage=detail,
+            source=source,
+        )
+        if result.get("replay") != "1":
+            self._count(price.family.name if price.known else "unknown", detail, result, policy)
+        if result.get("reload_id"):
+            await self.payments.reload_requested(
+                org, result["reload_id"], int(result["reload_amount"])
+            )
+        return result
+
     async def settle(
         self,
         org: str,
@@ -70,34 +93,19 @@ class Meter:
         source: str = "proxy",
         policy: str = "",
     ) -> dict[str, str] | None:
-        price = self.prices.resolve(model)
-        cost = self.prices.cost(model, usage)
-        detail = usage.as_dict()
+        """Settle after the answer reached the member: a failure is logged and counted."""
         try:
-            result = await self.store.settle(
-                org, request_id, cost=cost, model=model, usage=detail, source=source
-            )
+            return await self.charge(org, request_id, model, usage, source=source, policy=policy)
         except StoreRefusal as exc:
             self.metrics.settle_failures.labels(exc.code).inc()
             log.error(
                 "settle refused",
                 extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
             )
-            return None
-        except Exception:
+        except StoreUnavailable:
             self.metrics.settle_failures.labels("store_unavailable").inc()
-            log.exception(
-                "settle failed",
-                extra={"fields": {"request_id": request_id, "org": org, "cost": cost}},
-            )
-            return None
-        if result.get("replay") != "1":
-            self._count(price.family.name if price.known else "unknown", detail, result, policy)
-        if result.get("reload_id"):
-            await self.payments.reload_requested(
-                org, result["reload_id"], int(result["reload_amount"])
-            )
-        return result
+            log.exception("settle failed", extra={"fields": {"request_id": request_id, "org": org}})
+        return None
 
     def _count(
         self, family: str, detail: dict[str, int], result: dict[str, str], policy: str

@@ -14,6 +14,7 @@ import logging
 import aiohttp
 
 from proxy.config import PaymentsConfig
+from proxy.errors import StoreUnavailable
 from proxy.metrics import Metrics
 from proxy.money import format_usd
 from proxy.store import Store, StoreRefusal
@@ -35,12 +36,19 @@ class Payments:
         self.session = session
         self.tasks: set[asyncio.Task[None]] = set()
 
+    async def confirm(self, org: str, reload_id: str, actor: str) -> dict[str, str]:
+        """The provider confirmed: credit the balance (idempotent by reload id)."""
+        result = await self.store.confirm_reload(org, reload_id, actor)
+        if result.get("replay") != "1":
+            self.metrics.reloads.labels("confirmed").inc()
+        return result
+
     async def reload_requested(self, org: str, reload_id: str, amount: int) -> None:
+        self.metrics.reloads.labels("requested").inc()
         if self.cfg.provider == "auto-approve":
             try:
-                await self.store.confirm_reload(org, reload_id, "payments:auto-approve")
-                self.metrics.reloads.labels("confirmed").inc()
-            except (StoreRefusal, Exception):
+                await self.confirm(org, reload_id, "payments:auto-approve")
+            except (StoreRefusal, StoreUnavailable):
                 self.metrics.reloads.labels("failed").inc()
                 log.exception(
                     "auto-approve of reload failed",
@@ -67,7 +75,7 @@ class Payments:
                     self.cfg.webhook_url, json=payload, timeout=timeout
                 ) as resp:
                     if resp.status < 300:
-                        self.metrics.reloads.labels("requested").inc()
+                        self.metrics.reloads.labels("webhook_delivered").inc()
                         return
                     reason = f"status {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -84,10 +92,14 @@ class Payments:
                     }
                 },
             )
-            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+            if attempt + 1 < self.cfg.webhook_attempts:
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
         self.metrics.reloads.labels("webhook_failed").inc()
 
     async def close(self) -> None:
+        """Let webhook deliveries in flight finish (bounded), then cancel the rest."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.cfg.webhook_timeout_s)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

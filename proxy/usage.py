@@ -19,24 +19,23 @@ from proxy.sse import SSEParser
 CHARS_PER_TOKEN = 4
 
 
-def usage_from_body(body: bytes) -> Usage | None:
-    """Usage of a non-streaming response body, or None when it has none."""
+def response_usage(body: bytes) -> tuple[Usage | None, str | None]:
+    """(usage, model) of a non-streaming response body; None where it has none."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return None, None
     if not isinstance(doc, dict):
-        return None
+        return None, None
+    raw_model = doc.get("model")
+    model = raw_model if isinstance(raw_model, str) else None
     usage = doc.get("usage")
     if not isinstance(usage, Mapping):
-        return None
+        return None, model
     try:
-        return usage_from_mapping(usage)
+        return usage_from_mapping(usage), model
     except UsageError:
-        return None
-
-
-_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        return None, model
 
 
 class StreamUsage:

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from proxy.sse import SSEParser
-from proxy.usage import StreamUsage, usage_from_body
+from proxy.usage import StreamUsage, response_usage
 
 
 def event(name: str, data: dict[str, object]) -> bytes:
@@ -149,11 +149,12 @@ def test_parser_multiline_data_and_comments() -> None:
     assert p.feed(b"ta: x\n\n") == [("message", b"x")]
 
 
-def test_usage_from_body() -> None:
-    body = orjson.dumps({"usage": {"input_tokens": 5, "output_tokens": 6}})
-    usage = usage_from_body(body)
+def test_response_usage() -> None:
+    body = orjson.dumps({"model": "m1", "usage": {"input_tokens": 5, "output_tokens": 6}})
+    usage, model = response_usage(body)
     assert usage is not None
-    assert (usage.input_tokens, usage.output_tokens) == (5, 6)
-    assert usage_from_body(b"not json") is None
-    assert usage_from_body(b"[]") is None
-    assert usage_from_body(b'{"usage": {"input_tokens": -1}}') is None
+    assert (usage.input_tokens, usage.output_tokens, model) == (5, 6, "m1")
+    assert response_usage(b"not json") == (None, None)
+    assert response_usage(b"[]") == (None, None)
+    assert response_usage(b'{"model": "m", "usage": {"input_tokens": -1}}') == (None, "m")
+    assert response_usage(b'{"usage": 3}') == (None, None)
