@@ -125,7 +125,8 @@ def refusal(a: Admission, fit: Fit | None = None) -> Refused:
             )
             if fit.max_tokens > 0:
                 head += f"; a max_tokens of at most {fit.max_tokens} would fit"
-            retry_after = None
+            if retry_after is not None:
+                head += f" (the limit resets {date_time(a.nano('eu_reset'))})"
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
         return Refused(

@@ -74,12 +74,15 @@ def make_client(cfg: RedisConfig) -> RedisClient:
             socket_connect_timeout=cfg.socket_timeout_s,
             max_connections=cfg.max_connections,
         )
-    return aioredis.Redis.from_url(
+    # a blocking pool: a burst wider than the pool waits for a connection instead of failing
+    pool = aioredis.BlockingConnectionPool.from_url(
         cfg.url,
+        max_connections=cfg.max_connections,
+        timeout=cfg.socket_timeout_s,
         socket_timeout=cfg.socket_timeout_s,
         socket_connect_timeout=cfg.socket_timeout_s,
-        max_connections=cfg.max_connections,
     )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 @dataclass(frozen=True, slots=True)

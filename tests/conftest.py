@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,15 +123,32 @@ async def upstream(aiohttp_server: Any) -> tuple[TestServer, MockUpstream]:
     return server, mock
 
 
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
 @pytest.fixture
-async def proxy(
+async def proxy_factory(
     aiohttp_server: Any, redis_server: RedisServer, upstream: tuple[TestServer, MockUpstream]
-) -> AsyncIterator[Proxy]:
+) -> AsyncIterator[ProxyFactory]:
+    """Start proxies (sharing one Redis and one mock upstream) with config overrides."""
     up_server, mock = upstream
-    config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"))
-    server = await aiohttp_server(build_app(config))
-    async with aiohttp.ClientSession() as session:
-        yield Proxy(server, mock, up_server, session, config)
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def make(**sections: dict[str, Any]) -> Proxy:
+        config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"), **sections)
+        server = await aiohttp_server(build_app(config))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        sessions.append(session)
+        return Proxy(server, mock, up_server, session, config)
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture
+async def proxy(proxy_factory: ProxyFactory) -> Proxy:
+    return await proxy_factory()
 
 
 def message(

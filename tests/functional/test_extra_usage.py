@@ -320,3 +320,31 @@ async def test_team_selected_members(proxy: Proxy) -> None:
     )
     assert status == 200
     assert (await driver.spend(org, "vi", 10)).allowed
+
+
+async def test_usage_me_shows_extra_usage_status(proxy: Proxy) -> None:
+    proxy.store.pinned_now = NOW
+    org = await proxy.org("enterprise")
+    driver = ProxyDriver(proxy)
+    await driver.member(org, "kim")
+    await exhaust_seat(proxy.store, org, "kim")
+    await settings(proxy, org, enabled=True, member_consent="automatic", monthly_limit="10")
+    await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/tiers/standard", json={"monthly_limit": "4.00"}
+    )
+    await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/kim", json={"monthly_limit": "2.50"}
+    )
+    assert (await driver.spend(org, "kim", 20_000)).allowed
+    async with proxy.session.get(
+        proxy.url + "/v1/usage/me", headers={"x-api-key": driver.keys[(org, "kim")]}
+    ) as r:
+        doc = await r.json()
+    assert doc["mode"] == "extra_usage"
+    eu = doc["extra_usage"]
+    assert eu["available"] is True
+    assert eu["month_to_date_spend"] == "0.30"
+    assert eu["limits"] == {"member": "2.50", "seat_tier": "4.00", "organization": "10.00"}
+    assert eu["remaining"] == "2.20"
+    assert eu["resets_at"] == "2026-12-01T00:00:00Z"
+    assert doc["windows"]["seven_day"]["resets_at"] == "2026-11-27T12:00:00Z"
