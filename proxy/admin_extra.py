@@ -143,11 +143,10 @@ async def patch_settings(request: web.Request) -> web.Response:
             fields["policy"] = choice(doc, "reservation_policy", RESERVATION_POLICIES) or ""
     if not fields:
         raise InvalidRequest("nothing to change: send at least one setting")
-    k = store.keys(org)
     try:
-        await store.write(
-            k.org,
-            k.audit,
+        await store.update(
+            org,
+            "org",
             actor=actor.name,
             action="extra_usage.update",
             fields=fields,
@@ -178,10 +177,9 @@ async def put_tier_limit(request: web.Request) -> web.Response:
             "seat-tier spend limits: only Enterprise organizations have them; "
             "this one is on the team plan"
         )
-    k = store.keys(org)
-    await store.write(
-        k.org,
-        k.audit,
+    await store.update(
+        org,
+        "org",
         actor=actor.name,
         action="extra_usage.tier_limit",
         fields={f"tlimit:{tier}": DELETE if value is None else str(value)},
@@ -214,11 +212,10 @@ async def put_member_setting(request: web.Request) -> web.Response:
         only(doc, {"monthly_limit"})
         value = limit(doc, "monthly_limit")
         fields[f"{member}|limit"] = DELETE if value is None else str(value)
-    k = store.keys(org)
     try:
-        await store.write(
-            k.members,
-            k.audit,
+        await store.update(
+            org,
+            "members",
             actor=actor.name,
             action="extra_usage.member",
             fields=fields,

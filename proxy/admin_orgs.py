@@ -141,9 +141,8 @@ async def patch_org(request: web.Request) -> web.Response:
         fields["upstream"] = string(doc, "upstream_credential", required=False) or DELETE
     if "enabled" in doc:
         fields["enabled"] = "1" if boolean(doc, "enabled") else "0"
-    k = store.keys(org)
-    await store.write(
-        k.org, k.audit, actor=actor.name, action="org.update", fields=fields, guards=["+plan"]
+    await store.update(
+        org, "org", actor=actor.name, action="org.update", fields=fields, guards=["+plan"]
     )
     return web.json_response(org_view(org, await store.org_settings(org)))
 
@@ -197,10 +196,9 @@ async def put_member(request: web.Request) -> web.Response:
         fields[PRIMARY] = member
         if primary_id:
             fields[f"{primary_id}|role"] = "owner"  # the old primary owner stays an owner
-    k = store.keys(org)
     try:
-        result = await store.write(
-            k.members, k.audit, actor=actor.name, action="member.put", fields=fields, guards=guards
+        result = await store.update(
+            org, "members", actor=actor.name, action="member.put", fields=fields, guards=guards
         )
     except StoreRefusal as exc:
         raise Conflict("the member changed meanwhile; retry") from exc
@@ -231,13 +229,12 @@ async def delete_member(request: web.Request) -> web.Response:
     org, member = org_id(request), member_id(request)
     actor = await actor_for(request, org, change=True)
     store = request.app[STORE]
-    k = store.keys(org)
     if await store.primary_owner(org) == member:
         raise Conflict("this member is the primary owner; make another member primary_owner first")
     try:
-        await store.write(
-            k.members,
-            k.audit,
+        await store.update(
+            org,
+            "members",
             actor=actor.name,
             action="member.delete",
             fields={f"{member}|enabled": "0", f"{member}|role": "member", f"{member}|deleted": "1"},

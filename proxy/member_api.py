@@ -47,10 +47,9 @@ async def consent(request: web.Request) -> web.Response:
     only(doc, {"accept"})
     accept = boolean(doc, "accept", required=False, default=True)
     org, member = who["org"], who["member"]
-    k = store.keys(org)
-    await store.write(
-        k.members,
-        k.audit,
+    await store.update(
+        org,
+        "members",
         actor=f"member:{member}",
         action="extra_usage.consent" if accept else "extra_usage.withdraw",
         fields={f"{member}|consent": "1" if accept else "0"},

@@ -263,26 +263,29 @@ class Store:
 
     # -- administration ------------------------------------------------------------------
 
-    async def write(
+    async def update(
         self,
-        key: str,
-        audit_key: str,
+        org: str,
+        target: str,
         *,
         actor: str,
         action: str,
         fields: Mapping[str, str],
         guards: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """Change fields of the org hash (``target="org"``) or the members hash, under guards,
+        with an audit entry in the same atomic step (write.lua)."""
+        k = self.keys(org)
+        key = k.org if target == "org" else k.members
         args: list[str | int] = [actor, action, self.pinned_now, "\n".join(guards)]
         for f, v in fields.items():
             args += [f, v]
-        doc: dict[str, Any] = await self._run("write", (key, audit_key), args)
+        doc: dict[str, Any] = await self._run("write", (key, k.audit), args)
         return doc
 
     async def create_org(self, org: str, fields: Mapping[str, str], actor: str) -> None:
-        k = self.keys(org)
-        await self.write(
-            k.org, k.audit, actor=actor, action="org.create", fields=fields, guards=["-plan"]
+        await self.update(
+            org, "org", actor=actor, action="org.create", fields=fields, guards=["-plan"]
         )
         await self._cmd(self.client.sadd(orgs_index(self.prefix), org))
 
