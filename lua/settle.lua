@@ -48,7 +48,7 @@ local reload_id, reload_amount = '', ''
 
 if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
 if mode == 'extra_usage' then
-  if cost > num(rec.a) then overshoot = cost - num(rec.a) end
+  if cost > held then overshoot = cost - held end  -- an expired reservation holds nothing
   if held > 0 then
     redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(-held))
     redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))

@@ -348,3 +348,43 @@ async def test_usage_me_shows_extra_usage_status(proxy: Proxy) -> None:
     assert eu["remaining"] == "2.20"
     assert eu["resets_at"] == "2026-12-01T00:00:00Z"
     assert doc["windows"]["seven_day"]["resets_at"] == "2026-11-27T12:00:00Z"
+
+
+async def test_a_crashed_proxys_reservation_is_reclaimed_by_the_next_admission(
+    proxy: Proxy,
+) -> None:
+    store = proxy.store
+    store.pinned_now = NOW
+    org = await proxy.org("enterprise")
+    await proxy.member(org, "lee")
+    await exhaust_seat(store, org, "lee")
+    await settings(
+        proxy,
+        org,
+        enabled=True,
+        member_consent="automatic",
+        monthly_limit="1.00",
+        reservation_policy="strict",
+    )
+    a = await store.admit(
+        org, "lost-1", who="m", credential="lee", max_cost=900_000_000, est_cost=900_000_000
+    )
+    assert (a["mode"], a["amount"]) == ("extra_usage", "900000000")
+    # the proxy that made it died: while it is held, the org has $0.10 of room
+    b = await store.admit(
+        org, "next-1", who="m", credential="lee", max_cost=200_000_000, est_cost=200_000_000
+    )
+    assert (b["d"], b["reason"]) == ("deny", "org_spend_limit")
+    store.pinned_now = NOW + proxy.config.policy.reservation_ttl_s  # the TTL passed
+    c = await store.admit(
+        org, "next-2", who="m", credential="lee", max_cost=200_000_000, est_cost=200_000_000
+    )
+    assert c["d"] == "allow"
+    assert int((await store.org_settings(org))["eu_res"]) == 200_000_000
+    assert (await store.member_fields(org, "lee", ("eu_res",)))["eu_res"] == "200000000"
+    # a late settle of the reclaimed one still charges what was used, once
+    late = await store.settle(org, "lost-1", cost=50_000_000, model="m", usage={})
+    assert (late["expired"], late["overshoot"]) == ("1", "50000000")
+    await store.settle(org, "next-2", cost=10, model="m", usage={})
+    s = await store.org_settings(org)
+    assert (int(s["eu_res"]), int(s["spend"])) == (0, 50_000_010)
