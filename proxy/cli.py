@@ -128,6 +128,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run
+
+    _install_uvloop()
+    try:
+        return asyncio.run(run(port=args.port, once=args.once, prefer=args.redis))
+    except KeyboardInterrupt:
+        return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="extra-usage-proxy",
@@ -140,6 +150,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="override server.port")
     s.add_argument("--host", default=None, help="override server.host (0.0.0.0 in a container)")
     s.set_defaults(func=cmd_serve)
+    d = sub.add_parser("demo", help="the whole product on this machine, no Redis or key needed")
+    d.add_argument("--once", action="store_true", help="exit after the scenario")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument(
+        "--redis",
+        choices=("auto", "redis-server", "in-process"),
+        default="auto",
+        help="embedded Redis: a local redis-server when installed, else in-process",
+    )
+    d.set_defaults(func=cmd_demo)
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")
     c.set_defaults(func=cmd_check_config)

@@ -198,6 +198,7 @@ def status_document(a: Admission) -> dict[str, object]:
             "period": a["period"],
             "resets_at": iso(a.nano("eu_reset")),
             "month_to_date_spend": format_usd(a.nano("spend")),
+            "organization_spend": format_usd(a.nano("org_spend")),
             "limits": {
                 "member": _usd(a.opt_nano("member_limit")),
                 "seat_tier": _usd(a.opt_nano("tier_limit")),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
@@ -134,9 +135,10 @@ async def proxy_factory(
     up_server, mock = upstream
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(**sections: dict[str, Any]) -> Proxy:
+    async def make(backend: str = "redis-server", **sections: dict[str, Any]) -> Proxy:
         config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"), **sections)
-        server = await aiohttp_server(build_app(config))
+        client = fakeredis.FakeAsyncRedis() if backend == "in-process" else None
+        server = await aiohttp_server(build_app(config, redis_client=client))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         sessions.append(session)
         return Proxy(server, mock, up_server, session, config)

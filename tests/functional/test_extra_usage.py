@@ -8,12 +8,18 @@ import pytest
 
 from proxy.money import format_usd
 from proxy.store import Store
-from tests.conftest import Proxy, message
+from tests.conftest import Proxy, ProxyFactory, message
 from tests.functional.drivers import OUT, CheckDriver, Driver, ProxyDriver
 from tests.functional.helpers import ledger_sum
 
 NOW = calendar.timegm((2026, 11, 20, 12, 0, 0))
 DEC_1 = calendar.timegm((2026, 12, 1, 0, 0, 0))
+
+
+@pytest.fixture(params=["redis-server", "in-process"])
+async def proxy(request: pytest.FixtureRequest, proxy_factory: ProxyFactory) -> Proxy:
+    """The scenarios run on a real redis-server and on the demo's in-process Redis."""
+    return await proxy_factory(backend=request.param)
 
 
 @pytest.fixture(params=["proxy", "check"])
