@@ -16,6 +16,9 @@
 -- ARGV[10] tiers: "name,session_allowance,weekly_allowance,session_s,weekly_s;..." (nano-USD, s)
 -- ARGV[11] pinned time in epoch seconds (tests only; 0 = Redis TIME)
 -- ARGV[12] retention of finished operation records, seconds
+-- ARGV[13] "1" to force admission: replaying usage journaled while Redis was down (the request
+--          already ran): included while the seat allows, else extra usage when the org and
+--          member have it (past any limit), else included past the seat allowance
 -- Reply: JSON. {ok=0, err=...} for unknown key/member/org or a disabled member; else the
 -- decision {ok=1, d="allow"|"deny", mode, reason, ...} with every amount as a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
@@ -30,6 +33,7 @@ local ttl = tonumber(ARGV[7])
 local accept = ARGV[8] == '1'
 local reserve = ARGV[9] == '1'
 local retention = tonumber(ARGV[12])
+local force = ARGV[13] == '1'
 
 if reserve then
   local prior = redis.call('HGET', ops_k, rid)
@@ -180,6 +184,8 @@ if not seat_ok then
       amount = est_cost
       if remaining ~= nil and remaining < amount then amount = remaining end
     end
+  elseif force then
+    mode = (eu_reason == '') and 'extra_usage' or 'included'
   else
     decision, mode, reason = 'deny', '', eu_disabled
   end

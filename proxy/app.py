@@ -22,6 +22,7 @@ from proxy.forward import (
     passthrough,
     refuse_unmetered,
 )
+from proxy.journal import Journal
 from proxy.metering import Meter
 from proxy.metrics import Metrics
 from proxy.payments import Payments
@@ -91,7 +92,11 @@ def build_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = redis_client or make_client(config.redis)
         store = Store(
-            client, prefix=config.redis.key_prefix, tiers=config.tiers, policy=config.policy
+            client,
+            prefix=config.redis.key_prefix,
+            tiers=config.tiers,
+            policy=config.policy,
+            metrics=app[METRICS],
         )
         up = config.upstream
         # a total timeout would cut long streams: bound connecting and each silence instead
@@ -108,12 +113,18 @@ def build_app(
         app[STORE] = store
         app[UPSTREAM] = session
         app[PAYMENTS] = payments
-        app[METER] = Meter(config, store, app[METRICS], payments)
+        journal = Journal(config.policy.journal_dir, app[METRICS])
+        app[METER] = meter = Meter(config, store, app[METRICS], payments, journal)
+        # journals left by this or an earlier process are replayed as soon as Redis answers
+        replayer = asyncio.create_task(journal.run(meter.replay, store.ping))
         try:
             await store.load_scripts()
         except StoreUnavailable:
             log.warning("redis not reachable at start; /readyz will report it")
         yield
+        replayer.cancel()
+        await asyncio.gather(replayer, return_exceptions=True)
+        journal.close()
         await payments.close()
         await session.close()
         if redis_client is None:

@@ -55,6 +55,7 @@ class PolicyConfig:
     fail_mode: str = "closed"
     reservation_ttl_s: int = 900
     op_retention_s: int = 7 * 86400
+    journal_dir: str = "journal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,7 @@ def parse_config(
         fail_mode=r.choice("fail_mode", FAIL_MODES, "closed"),
         reservation_ttl_s=r.positive("reservation_ttl_s", 900, integer=True),
         op_retention_s=r.positive("op_retention_s", 7 * 86400, integer=True),
+        journal_dir=r.get("journal_dir", str, "journal"),
     )
     if policy.reservation_ttl_s <= upstream.read_timeout_s:
         raise r.fail(

@@ -25,13 +25,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on a free port, in a temporary folder of its own."""
 
-    def __init__(self, *extra: str, port: int | None = None) -> None:
+    def __init__(self, *extra: str, port: int | None = None, directory: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.port = port or free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="eup-redis-"))
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="eup-redis-"))
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 

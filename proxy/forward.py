@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.appkeys import CONFIG, METRICS, STORE, UPSTREAM
-from proxy.auth import member_of_key, proxy_key, raise_for_identity
+from proxy.auth import ProxyKey, member_of_key, proxy_key, raise_for_identity
 from proxy.decision import unified_headers
 from proxy.errors import (
     InternalError,
@@ -31,6 +31,7 @@ from proxy.errors import (
     NotFound,
     ProxyError,
     RequestTooLarge,
+    StoreUnavailable,
     UpstreamUnavailable,
 )
 from proxy.logs import access
@@ -179,10 +180,21 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 f"this member's seat tier {exc.detail!r} is not configured on the proxy"
             ) from exc
         raise InternalError(f"admission refused: {exc.code}") from exc
-    meter.record_decision(adm)
+    except StoreUnavailable:
+        if cfg.policy.fail_mode != "open":
+            raise StoreUnavailable(
+                "the usage store (Redis) is unavailable and this proxy fails closed: requests "
+                "are refused until it is back"
+            ) from None
+        # fail_open: let the request run unmetered now; its usage is journaled and replayed
+        metrics.fail_open.inc()
+        adm = None
     if not meter.prices.resolve(model).known:
         metrics.unknown_models.inc()
-    if not adm.allowed:
+    if adm is None:
+        ref = meter.upstream_refs.get(key.org, "")
+    elif not adm.allowed:
+        meter.record_decision(adm)
         access(
             request_id=rid,
             org=key.org,
@@ -194,25 +206,27 @@ async def messages(request: web.Request) -> web.StreamResponse:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         raise meter.refuse(adm, model, len(body), max_cost)
-
+    else:
+        meter.record_decision(adm)
+        ref = meter.upstream_refs[key.org] = adm["upstream"]
+    ctx = _Ctx(rid, key, model, adm, started)
     try:
-        api_key = upstream_key(app, adm["upstream"])
+        api_key = upstream_key(app, ref)
     except ProxyError:
-        await meter.release(key.org, rid)
+        await _release(request, ctx)
         raise
     headers = upstream_headers(request.headers, api_key)
     metrics.overhead.observe(time.perf_counter() - started)
-    t0 = time.perf_counter()
+    ctx.t0 = time.perf_counter()
     try:
         upstream = await app[UPSTREAM].post(_upstream_url(app, request), data=body, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        await meter.release(key.org, rid)
+        await _release(request, ctx)
         metrics.upstream_errors.labels("connect").inc()
         raise UpstreamUnavailable(
             f"the Anthropic API could not be reached: {type(exc).__name__}"
         ) from exc
-    metrics.upstream_ttfb.observe(time.perf_counter() - t0)
-    ctx = _Ctx(rid, key.org, model, adm, started, t0)
+    metrics.upstream_ttfb.observe(time.perf_counter() - ctx.t0)
     try:
         if upstream.status != 200:
             return await _forward_error(request, upstream, ctx)
@@ -224,19 +238,28 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 class _Ctx:
-    __slots__ = ("adm", "model", "org", "rid", "started", "t0")
+    """One metered request on its way: who, what, and what admission decided (None when it
+    runs unmetered under fail_open)."""
+
+    __slots__ = ("adm", "key", "model", "org", "rid", "started", "t0")
 
     def __init__(
-        self, rid: str, org: str, model: str, adm: Admission, started: float, t0: float
+        self, rid: str, key: ProxyKey, model: str, adm: Admission | None, started: float
     ) -> None:
-        self.rid, self.org, self.model, self.adm = rid, org, model, adm
-        self.started, self.t0 = started, t0
+        self.rid, self.key, self.org, self.model, self.adm = rid, key, key.org, model, adm
+        self.started = self.t0 = started
 
 
 def _out_headers(upstream: aiohttp.ClientResponse, ctx: _Ctx) -> CIMultiDict[str]:
     out = response_headers(upstream.headers)
-    out.update(unified_headers(ctx.adm))
+    if ctx.adm is not None:
+        out.update(unified_headers(ctx.adm))
     return out
+
+
+async def _release(request: web.Request, ctx: _Ctx) -> None:
+    if ctx.adm is not None:
+        await request.app[METER].release(ctx.org, ctx.rid)
 
 
 async def _finish(
@@ -247,21 +270,39 @@ async def _finish(
     model: str | None = None,
     **extra: Any,
 ) -> None:
-    """Settle (shielded: a cancelled handler must not lose the charge) and log the request."""
+    """Settle (shielded: a cancelled handler must not lose the charge), or under fail_open
+    journal the usage durably; then log the request."""
     app = request.app
     meter = app[METER]
-    result = await asyncio.shield(
-        meter.settle(ctx.org, ctx.rid, model or ctx.model, usage, policy=ctx.adm["policy"])
-    )
+    model = model or ctx.model
+    if ctx.adm is None:
+        await asyncio.shield(
+            meter.journal_usage(ctx.org, ctx.rid, ctx.key.secret_hash, model, usage)
+        )
+        cost: str | None = str(meter.prices.cost(model, usage))
+        member, mode = None, "journaled"
+    else:
+        result = await asyncio.shield(
+            meter.settle(
+                ctx.org,
+                ctx.rid,
+                model,
+                usage,
+                key_hash=ctx.key.secret_hash,
+                policy=ctx.adm["policy"],
+            )
+        )
+        cost = result["cost"] if result else None
+        member, mode = ctx.adm["member"], ctx.adm["mode"]
     app[METRICS].upstream_latency.observe(time.perf_counter() - ctx.t0)
     app[METRICS].requests.labels("messages", str(status)).inc()
     access(
         request_id=ctx.rid,
         org=ctx.org,
-        member=ctx.adm["member"],
-        mode=ctx.adm["mode"],
-        model=model or ctx.model,
-        cost=result["cost"] if result else None,
+        member=member,
+        mode=mode,
+        model=model,
+        cost=cost,
         status=status,
         latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
         **extra,
@@ -273,13 +314,13 @@ async def _forward_error(
 ) -> web.StreamResponse:
     """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
     body = await upstream.read()
-    await request.app[METER].release(ctx.org, ctx.rid)
+    await _release(request, ctx)
     request.app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     request.app[METRICS].requests.labels("messages", str(upstream.status)).inc()
     access(
         request_id=ctx.rid,
         org=ctx.org,
-        member=ctx.adm["member"],
+        member=ctx.adm["member"] if ctx.adm else None,
         mode="released",
         status=upstream.status,
         cost="0",
@@ -296,7 +337,7 @@ async def _forward_body(
     try:
         body = await upstream.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        await request.app[METER].release(ctx.org, ctx.rid)
+        await _release(request, ctx)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     usage, model = response_usage(body)
     # settled before the member sees the answer: their next request sees this charge

@@ -8,10 +8,12 @@ answer has already reached the member by then.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from proxy.config import Config
 from proxy.decision import Fit, refusal
 from proxy.errors import StoreUnavailable
+from proxy.journal import Journal
 from proxy.metrics import NANO, Metrics
 from proxy.payments import Payments
 from proxy.pricing import PriceTable, Usage, cost_of
@@ -29,12 +31,17 @@ TOKEN_KINDS = (
 
 
 class Meter:
-    def __init__(self, config: Config, store: Store, metrics: Metrics, payments: Payments) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, payments: Payments, journal: Journal
+    ) -> None:
         self.config = config
         self.prices: PriceTable = config.prices
         self.store = store
         self.metrics = metrics
         self.payments = payments
+        self.journal = journal
+        # the last upstream credential reference seen per org: a hint for fail_open only
+        self.upstream_refs: dict[str, str] = {}
 
     def bounds(self, model: str, prompt_bytes: int, max_tokens: int) -> tuple[int, int]:
         """(maximum cost, estimated cost) of a request, nano-USD.
@@ -90,12 +97,13 @@ class Meter:
         model: str,
         usage: Usage,
         *,
-        source: str = "proxy",
+        key_hash: str,
         policy: str = "",
     ) -> dict[str, str] | None:
-        """Settle after the answer reached the member: a failure is logged and counted."""
+        """Settle after the answer reached the member: never raises. If Redis is unavailable
+        the usage goes to the journal, replayed when Redis is back; a refusal is counted."""
         try:
-            return await self.charge(org, request_id, model, usage, source=source, policy=policy)
+            return await self.charge(org, request_id, model, usage, source="proxy", policy=policy)
         except StoreRefusal as exc:
             self.metrics.settle_failures.labels(exc.code).inc()
             log.error(
@@ -103,9 +111,22 @@ class Meter:
                 extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
             )
         except StoreUnavailable:
-            self.metrics.settle_failures.labels("store_unavailable").inc()
-            log.exception("settle failed", extra={"fields": {"request_id": request_id, "org": org}})
+            self.metrics.settle_failures.labels("journaled").inc()
+            await self.journal_usage(org, request_id, key_hash, model, usage)
         return None
+
+    async def journal_usage(
+        self, org: str, request_id: str, key_hash: str, model: str, usage: Usage
+    ) -> None:
+        await self.journal.append(
+            {
+                "rid": request_id,
+                "org": org,
+                "key": key_hash,
+                "model": model,
+                "usage": usage.as_dict(),
+            }
+        )
 
     def _count(
         self, family: str, detail: dict[str, int], result: dict[str, str], policy: str
@@ -123,6 +144,17 @@ class Meter:
                 m.overshoot_requests.labels(policy or self.config.policy.reservation).inc()
         else:
             m.included.inc(cost / NANO)
+
+    async def replay(self, entry: dict[str, Any]) -> None:
+        """Charge one journaled request (fail_open) into Redis: admitted by force, since it
+        already ran, then settled; both idempotent by its request id."""
+        org, rid = entry["org"], entry["rid"]
+        await self.store.admit(
+            org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
+        )
+        await self.charge(
+            org, rid, entry["model"], Usage.from_dict(entry["usage"]), source="journal"
+        )
 
     async def release(self, org: str, request_id: str) -> None:
         try:

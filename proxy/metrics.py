@@ -120,5 +120,17 @@ class Metrics:
             "eup_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=r
         )
 
+        self.journal_entries = Counter(
+            "eup_journal_entries_total",
+            "fail_open journal entries by outcome (written, replayed, dropped_*, torn)",
+            ["outcome"],
+            registry=r,
+        )
+        self.fail_open = Counter(
+            "eup_fail_open_requests_total",
+            "Requests let through unmetered while Redis was unavailable",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -75,6 +75,19 @@ class Usage:
             return self.cache_creation_input_tokens, 0
         return self.cache_creation_5m or 0, self.cache_creation_1h or 0
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, int]) -> Usage:
+        """The inverse of ``as_dict``."""
+        return cls(
+            input_tokens=d["input_tokens"],
+            output_tokens=d["output_tokens"],
+            cache_creation_input_tokens=d["cache_creation_input_tokens"],
+            cache_read_input_tokens=d["cache_read_input_tokens"],
+            cache_creation_5m=d["cache_write_5m_tokens"],
+            cache_creation_1h=d["cache_write_1h_tokens"],
+            web_search_requests=d["web_search_requests"],
+        )
+
     def as_dict(self) -> dict[str, int]:
         five, hour = self.cache_writes()
         return {

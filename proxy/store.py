@@ -17,12 +17,17 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.config import PolicyConfig, RedisConfig, TierConfig
 from proxy.errors import StoreUnavailable
 from proxy.keys import OrgKeys, org_keys, orgs_index
+from proxy.metrics import Metrics
 
 RedisClient = aioredis.Redis | RedisCluster
 
@@ -67,12 +72,19 @@ def tiers_spec(tiers: Mapping[str, TierConfig]) -> str:
 
 
 def make_client(cfg: RedisConfig) -> RedisClient:
+    """The Redis client: it retries a call twice on connection errors and timeouts, briefly
+    (every script is idempotent, so a call that ran but whose reply was lost is harmless),
+    and then gives up quickly so that fail_closed / fail_open decide fast in an outage."""
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2)
+    errors: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError]
     if cfg.cluster:
         return RedisCluster.from_url(
             cfg.url,
             socket_timeout=cfg.socket_timeout_s,
             socket_connect_timeout=cfg.socket_timeout_s,
             max_connections=cfg.max_connections,
+            retry=retry,
+            retry_on_error=errors,
         )
     # a blocking pool: a burst wider than the pool waits for a connection instead of failing
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -81,6 +93,8 @@ def make_client(cfg: RedisConfig) -> RedisClient:
         timeout=cfg.socket_timeout_s,
         socket_timeout=cfg.socket_timeout_s,
         socket_connect_timeout=cfg.socket_timeout_s,
+        retry=retry,
+        retry_on_error=errors,
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
@@ -115,8 +129,10 @@ class Store:
         prefix: str,
         tiers: Mapping[str, TierConfig],
         policy: PolicyConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
+        self.metrics = metrics
         self.prefix = prefix
         self.policy = policy
         self.tiers_spec = tiers_spec(tiers)
@@ -132,10 +148,15 @@ class Store:
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         self.calls += 1
+        started = time.perf_counter()
         try:
             reply = await self.scripts[name](keys=list(keys), args=list(args))
         except RedisError as exc:
+            if self.metrics is not None:
+                self.metrics.redis_errors.labels(name).inc()
             raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
+        if self.metrics is not None:
+            self.metrics.redis_latency.labels(name).observe(time.perf_counter() - started)
         doc = orjson.loads(reply)
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
@@ -145,6 +166,8 @@ class Store:
         try:
             return await coro
         except RedisError as exc:
+            if self.metrics is not None:
+                self.metrics.redis_errors.labels("command").inc()
             raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
 
     async def load_scripts(self) -> None:
@@ -168,6 +191,7 @@ class Store:
         est_cost: int,
         accept_extra: bool = False,
         reserve: bool = True,
+        force: bool = False,
     ) -> Admission:
         k = self.keys(org)
         doc = await self._run(
@@ -186,6 +210,7 @@ class Store:
                 self.tiers_spec,
                 self.pinned_now,
                 self.policy.op_retention_s,
+                "1" if force else "0",
             ),
         )
         return Admission(doc)
