@@ -87,7 +87,7 @@ def build_app(
         client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware]
     )
     app[CONFIG] = config
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = redis_client or make_client(config.redis)
@@ -145,12 +145,3 @@ def build_app(
     app.add_routes(check_api.routes)
     app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
     return app
-
-
-async def drain(app: web.Application, grace_s: float) -> None:
-    """Wait (bounded) for open streams to finish before shutdown."""
-    deadline = asyncio.get_running_loop().time() + grace_s
-    while app[METRICS].active_streams._value.get() > 0:
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.05)

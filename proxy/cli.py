@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from proxy.app import build_app, drain
+from proxy.app import build_app
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import setup_logging
 
@@ -51,10 +51,14 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: letting open streams finish")
-    await site.stop()  # stop accepting; open requests go on
-    await drain(app, config.server.shutdown_grace_s)
+    log.info(
+        "shutting down: letting open streams finish",
+        extra={"fields": {"grace_s": config.server.shutdown_grace_s}},
+    )
+    # stops listening, waits up to shutdown_timeout for open requests (streams included),
+    # cancels the rest (their handlers still settle), then closes Redis and the upstream
     await runner.cleanup()
+    log.info("stopped")
 
 
 def _serve_worker(path: str | None, host: str | None, port: int | None) -> None:
@@ -91,9 +95,17 @@ def _with_listen(config: Config, host: str | None, port: int | None) -> Config:
 
 
 def _run_workers(args: argparse.Namespace) -> int:
+    """N processes on one port (SO_REUSEPORT), each with its own Redis pool, upstream session
+    and scripts; metrics are shared through prometheus-client's multiprocess files."""
     import multiprocessing as mp
     import os
+    import shutil
+    import tempfile
 
+    from prometheus_client import multiprocess
+
+    metrics_dir = tempfile.mkdtemp(prefix="eup-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_serve_worker, args=(args.config, args.host, args.port), daemon=False)
@@ -109,8 +121,13 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.join()
+            if p.pid is not None:
+                multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((p.exitcode or 0) for p in procs)
 
 

@@ -83,7 +83,9 @@ class Meter:
             source=source,
         )
         if result.get("replay") != "1":
-            self._count(price.family.name if price.known else "unknown", detail, result, policy)
+            self._count(
+                org, price.family.name if price.known else "unknown", detail, result, policy
+            )
         if result.get("reload_id"):
             await self.payments.reload_requested(
                 org, result["reload_id"], int(result["reload_amount"])
@@ -129,7 +131,7 @@ class Meter:
         )
 
     def _count(
-        self, family: str, detail: dict[str, int], result: dict[str, str], policy: str
+        self, org: str, family: str, detail: dict[str, int], result: dict[str, str], policy: str
     ) -> None:
         m = self.metrics
         for kind in TOKEN_KINDS:
@@ -137,7 +139,7 @@ class Meter:
                 m.tokens.labels(family, kind).inc(detail[kind])
         cost = int(result["cost"])
         if result["mode"] == "extra_usage":
-            m.extra_spend.inc(cost / NANO)
+            m.spend(org, cost / NANO)
             over = int(result.get("overshoot") or 0)
             if over > 0:
                 m.overshoot.labels(policy or self.config.policy.reservation).inc(over / NANO)

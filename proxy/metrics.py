@@ -7,7 +7,9 @@ member ids; org ids only when ``metrics.org_labels`` is on.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 
 NANO = 1e9
@@ -36,7 +38,11 @@ _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, org_labels: bool = False
+    ) -> None:
+        # per-org series only when the operator asks for them (cardinality grows with orgs)
+        self.org_labels = org_labels
         r = self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "eup_requests_total", "Requests by route and outcome", ["route", "outcome"], registry=r
@@ -82,7 +88,10 @@ class Metrics:
             registry=r,
         )
         self.extra_spend = Counter(
-            "eup_extra_usage_spend_usd_total", "Extra usage charged, USD", registry=r
+            "eup_extra_usage_spend_usd_total",
+            "Extra usage charged, USD",
+            ["org"] if org_labels else [],
+            registry=r,
         )
         self.included = Counter(
             "eup_included_usage_usd_total", "Included (seat allowance) usage, USD", registry=r
@@ -132,5 +141,14 @@ class Metrics:
             registry=r,
         )
 
+    def spend(self, org: str, usd: float) -> None:
+        (self.extra_spend.labels(org) if self.org_labels else self.extra_spend).inc(usd)
+
     def render(self) -> bytes:
+        """The exposition; with ``--workers N`` (PROMETHEUS_MULTIPROC_DIR set) the sum over
+        every worker, whichever one answers the scrape."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -272,3 +272,18 @@ async def test_webhook_reload_is_retried_confirmed_once_and_never_doubled(
 
 def test_mock_is_importable() -> None:
     assert MockUpstream().events == 10
+
+
+async def test_org_labels_only_when_enabled(proxy_factory: ProxyFactory) -> None:
+    for enabled in (False, True):
+        proxy = await proxy_factory(metrics={"org_labels": enabled})
+        proxy.store.pinned_now = 1_800_000_000
+        org = await proxy.org("enterprise")
+        key = await proxy.member(org, "ola")
+        await exhaust_seat(proxy.store, org, "ola")
+        await settings(proxy, org, enabled=True, member_consent="automatic")
+        assert (await proxy.post(key, message(max_tokens=10)))[0] == 200
+        async with proxy.session.get(proxy.url + "/metrics") as r:
+            text = await r.text()
+        assert (f'eup_extra_usage_spend_usd_total{{org="{org}"}}' in text) == enabled
+        assert 'member="' not in text  # never member ids

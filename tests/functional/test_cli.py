@@ -70,3 +70,127 @@ async def test_serve_runs_the_proxy_and_stops_on_sigterm(
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert b'"msg":"serving"' in err
+
+
+def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(BIN), "serve", *args], env=env, stderr=subprocess.PIPE)
+
+
+async def _ready(base: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(400):
+            try:
+                async with s.get(base + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("the proxy did not become ready")
+
+
+async def test_workers_share_one_port_and_metrics_sum_over_them(
+    redis_server: RedisServer, upstream: Any
+) -> None:
+    up_server, _ = upstream
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "OPERATOR_TOKEN": "op",
+        "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
+        "UPSTREAM_API_KEY": "k",
+    }
+    proc = _serve(["--workers", "2", "--port", str(port)], env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _ready(base)
+        op = {"authorization": "Bearer op"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                base + "/admin/v1/orgs", json={"id": "wk-org", "plan": "team"}, headers=op
+            ) as r:
+                assert r.status in (201, 409)
+            async with s.put(
+                base + "/admin/v1/orgs/wk-org/members/w",
+                headers=op,
+                json={"role": "member", "tier": "standard"},
+            ) as r:
+                assert r.status in (200, 201)
+            async with s.post(base + "/admin/v1/orgs/wk-org/members/w/keys", headers=op) as r:
+                key = (await r.json())["key"]
+        for _ in range(40):  # a new connection each: the kernel spreads them over workers
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    base + "/v1/messages",
+                    headers={"x-api-key": key},
+                    json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []},
+                ) as r,
+            ):
+                assert r.status == 200
+        scrapes = []
+        for _ in range(6):
+            async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+                scrapes.append(await r.text())
+        for text in scrapes:
+            assert 'eup_requests_total{outcome="200",route="messages"} 40.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    pids = {
+        line.split(b'"pid":')[1].split(b",")[0]
+        for line in err.splitlines()
+        if b'"msg":"request"' in line
+    }
+    assert len(pids) == 2  # both workers served
+
+
+async def test_sigterm_lets_an_open_stream_finish_and_settles_it(
+    redis_server: RedisServer, upstream: Any
+) -> None:
+    up_server, _ = upstream
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "OPERATOR_TOKEN": "op",
+        "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
+        "UPSTREAM_API_KEY": "k",
+    }
+    proc = _serve(["--port", str(port)], env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _ready(base)
+        op = {"authorization": "Bearer op"}
+        async with aiohttp.ClientSession() as s:
+            await s.post(base + "/admin/v1/orgs", json={"id": "gs-org", "plan": "team"}, headers=op)
+            await s.put(
+                base + "/admin/v1/orgs/gs-org/members/g",
+                headers=op,
+                json={"role": "member", "tier": "standard"},
+            )
+            async with s.post(base + "/admin/v1/orgs/gs-org/members/g/keys", headers=op) as r:
+                key = (await r.json())["key"]
+            headers = {"x-api-key": key, "x-mock-delay-ms": "50", "x-mock-events": "20"}
+            async with s.post(
+                base + "/v1/messages",
+                headers=headers,
+                json={
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 100,
+                    "stream": True,
+                    "messages": [],
+                },
+            ) as r:
+                first = await r.content.readany()
+                proc.send_signal(signal.SIGTERM)  # mid-stream
+                rest = await r.read()
+        body = first + rest
+        assert b"event: message_stop" in body  # the stream was allowed to finish
+    finally:
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert b'"stream":"complete"' in err
+    assert b"shutting down" in err

@@ -1,0 +1,103 @@
+"""Every script on a real 3-master Redis Cluster: orgs spread over slots and nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from proxy.keys import org_keys
+from tests.cluster import RedisCluster
+from tests.conftest import SERVICE, ProxyFactory, message
+from tests.functional.helpers import ledger_sum, member_counters
+from tests.functional.test_extra_usage import exhaust_seat, settings
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    c = RedisCluster().start()
+    yield c
+    c.cleanup()
+
+
+def node_of(cluster: RedisCluster, key: str) -> int:
+    slot = key_slot(key.encode())
+    with redis.Redis(port=cluster.nodes[0].port) as c:
+        for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                port = master[1]
+                return [n.port for n in cluster.nodes].index(port)
+    raise AssertionError("slot not served")
+
+
+async def test_every_script_runs_on_a_cluster_and_survives_a_restarted_node(
+    cluster: RedisCluster, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(redis={"url": cluster.url, "cluster": True})
+    orgs, keys = [], {}
+    for org in ("acme", "globex", "initech", "umbrella", "hooli", "stark"):
+        status, _ = await proxy.admin("POST", "/admin/v1/orgs", json={"id": org, "plan": "team"})
+        assert status == 201
+        orgs.append(org)
+        keys[org] = await proxy.member(org, "ann")
+    nodes = {node_of(cluster, org_keys("eup", o).org) for o in orgs}
+    assert len(nodes) >= 2  # the orgs live on different masters
+    for org in orgs:
+        for stream in (False, True):
+            status, _, body = await proxy.post(keys[org], message(stream=stream))
+            assert status == 200, body
+    # extra usage, purchase, auto-reload, check API, release: every script
+    org = orgs[0]
+    proxy.store.pinned_now = 1_800_000_000
+    await exhaust_seat(proxy.store, org, "ann")
+    await settings(
+        proxy,
+        org,
+        enabled=True,
+        auto_reload={"enabled": True, "threshold": "1.00", "amount": "1.00"},
+    )
+    status, _ = await proxy.admin(
+        "POST",
+        f"/admin/v1/orgs/{org}/extra-usage/purchases",
+        json={"amount": "1.50", "idempotency_key": "c1"},
+    )
+    assert status == 201
+    status, _, _ = await proxy.post(
+        keys[org],
+        message(max_tokens=40000),
+        headers={"x-mock-output-tokens": "40000", "x-mock-input-tokens": "0"},
+    )
+    assert status == 200
+    assert (
+        int((await proxy.store.org_settings(org))["balance"])
+        == 1_500_000_000 - 600_000_000 + 1_000_000_000
+    )
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    body = {
+        "org_id": org,
+        "member_id": "ann",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": "cl-1",
+    }
+    async with proxy.session.post(proxy.url + "/v1/usage/check", json=body, headers=auth) as r:
+        rsv = (await r.json())["reservation_id"]
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/release", json={"reservation_id": rsv}, headers=auth
+    ) as r:
+        assert r.status == 200
+    proxy.store.pinned_now = 0
+
+    # restart the master that holds the last org: its script cache is gone (NOSCRIPT)
+    victim = orgs[-1]
+    cluster.restart(node_of(cluster, org_keys("eup", victim).org))
+    for _ in range(50):
+        status, _, _ = await proxy.post(keys[victim], message())
+        if status == 200:
+            break
+    assert status == 200
+    counters = await member_counters(proxy.store, victim, "ann")
+    assert counters["inc"] == await ledger_sum(proxy.store, victim)
