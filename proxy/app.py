@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from proxy import admin_extra, admin_orgs, check_api, member_api
-from proxy.appkeys import CONFIG, METRICS, PAYMENTS, STORE, UPSTREAM
+from proxy import admin_billing, admin_extra, admin_orgs, check_api, member_api
+from proxy.appkeys import CONFIG, LEDGER, METRICS, PAYMENTS, STORE, UPSTREAM
 from proxy.config import Config
 from proxy.errors import InternalError, ProxyError, StoreUnavailable, error_response
 from proxy.forward import (
@@ -23,6 +23,7 @@ from proxy.forward import (
     refuse_unmetered,
 )
 from proxy.journal import Journal
+from proxy.ledger_db import LazyLedger
 from proxy.metering import Meter
 from proxy.metrics import Metrics
 from proxy.payments import Payments
@@ -114,6 +115,7 @@ def build_app(
         app[UPSTREAM] = session
         app[PAYMENTS] = payments
         journal = Journal(config.policy.journal_dir, app[METRICS])
+        app[LEDGER] = ledger = LazyLedger(config.ledger.database_url)
         app[METER] = meter = Meter(config, store, app[METRICS], payments, journal)
         # journals left by this or an earlier process are replayed as soon as Redis answers
         replayer = asyncio.create_task(journal.run(meter.replay, store.ping))
@@ -125,6 +127,7 @@ def build_app(
         replayer.cancel()
         await asyncio.gather(replayer, return_exceptions=True)
         journal.close()
+        await ledger.close()
         await payments.close()
         await session.close()
         if redis_client is None:
@@ -142,6 +145,7 @@ def build_app(
     app.add_routes(member_api.routes)
     app.add_routes(admin_orgs.routes)
     app.add_routes(admin_extra.routes)
+    app.add_routes(admin_billing.routes)
     app.add_routes(check_api.routes)
     app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
     return app

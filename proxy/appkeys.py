@@ -11,6 +11,7 @@ from proxy.config import Config
 from proxy.metrics import Metrics
 
 if TYPE_CHECKING:
+    from proxy.ledger_db import LazyLedger
     from proxy.payments import Payments
     from proxy.store import Store
 
@@ -19,3 +20,4 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE: web.AppKey[Store] = web.AppKey("store")
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
 PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
+LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")

@@ -155,6 +155,95 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
 
 
+def _config_or_exit(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from proxy.ledger_db import LedgerDB
+
+    config = _config_or_exit(args.config)
+
+    async def go() -> list[str]:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        try:
+            return await db.migrate()
+        finally:
+            await db.close()
+
+    applied = asyncio.run(go())
+    print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
+    return 0
+
+
+def cmd_ledger_sink(args: argparse.Namespace) -> int:
+    from proxy.ledger_db import LedgerDB
+    from proxy.sink import LedgerSink
+    from proxy.store import make_client
+
+    config = _config_or_exit(args.config)
+    setup_logging()
+
+    async def go() -> int:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        client = make_client(config.redis)
+        try:
+            sink = LedgerSink(
+                client,
+                db,
+                prefix=config.redis.key_prefix,
+                consumer=args.consumer,
+                claim_idle_ms=0 if args.once else 60_000,
+            )
+            result = await sink.run(once=args.once, interval_s=args.interval)
+            for org, d in result.items():
+                print(f"{org}: written {d.written}, lag {d.lag}, pending {d.pending}")
+            return 0
+        finally:
+            await client.aclose()
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from proxy.ledger_db import LedgerDB
+    from proxy.reconcile import reconcile, repair
+    from proxy.statements import current_period, report
+    from proxy.store import Store, make_client
+
+    config = _config_or_exit(args.config)
+    period = args.period or current_period(__import__("time").time())
+
+    async def go() -> int:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        client = make_client(config.redis)
+        store = Store(
+            client, prefix=config.redis.key_prefix, tiers=config.tiers, policy=config.policy
+        )
+        try:
+            if args.repair:
+                diffs = await repair(store, db, args.org, period)
+                sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
+                diffs = await reconcile(store, db, args.org, period)
+            else:
+                diffs = await reconcile(store, db, args.org, period)
+                sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
+            return 0 if not diffs else 1
+        finally:
+            await client.aclose()
+            await db.close()
+
+    return asyncio.run(go())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="extra-usage-proxy",
@@ -177,6 +266,23 @@ def parser() -> argparse.ArgumentParser:
         help="embedded Redis: a local redis-server when installed, else in-process",
     )
     d.set_defaults(func=cmd_demo)
+    m = sub.add_parser("migrate", help="apply the PostgreSQL schema of the durable ledger")
+    m.add_argument("--config")
+    m.set_defaults(func=cmd_migrate)
+    k = sub.add_parser("ledger-sink", help="move the ledger streams into PostgreSQL")
+    k.add_argument("--config")
+    k.add_argument("--once", action="store_true", help="drain what is there and exit")
+    k.add_argument("--consumer", default="sink-1", help="consumer name in the group")
+    k.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+    k.set_defaults(func=cmd_ledger_sink)
+    r = sub.add_parser("reconcile", help="Redis counters against the durable ledger")
+    r.add_argument("org")
+    r.add_argument("--config")
+    r.add_argument("--period", help="YYYY-MM (default: the current month)")
+    r.add_argument(
+        "--repair", action="store_true", help="rewrite the derived counters from the ledger"
+    )
+    r.set_defaults(func=cmd_reconcile)
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")
     c.set_defaults(func=cmd_check_config)

@@ -78,6 +78,7 @@ class PaymentsConfig:
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
     database_url: str = "postgresql://127.0.0.1:5432/extra_usage"
+    close_after_s: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,8 @@ def parse_config(
             env,
             "DATABASE_URL",
             r.get("database_url", str, "postgresql://127.0.0.1:5432/extra_usage"),
-        )
+        ),
+        close_after_s=r.positive("close_after_s", 86400, integer=True),
     )
     r.done()
 

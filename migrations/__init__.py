@@ -1,0 +1,1 @@
+"""PostgreSQL schema migrations of the durable ledger, applied in order by `migrate`."""
