@@ -199,9 +199,9 @@ async def put_member_setting(request: web.Request) -> web.Response:
     s = await org_or_404(store, org)
     fields: dict[str, str] = {}
     if s["plan"] == "team":
-        only(doc, {"enabled"})
         if "monthly_limit" in doc:
             raise Conflict("monthly_limit: per-member limits are an Enterprise setting")
+        only(doc, {"enabled"})
         fields[f"{member}|eu"] = "1" if boolean(doc, "enabled") else "0"
     else:
         if "enabled" in doc:

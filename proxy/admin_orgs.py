@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from proxy.appkeys import CONFIG, STORE
@@ -86,6 +87,50 @@ def refusal_error(exc: StoreRefusal) -> Exception:
     if exc.code == "exists":
         return Conflict(f"{exc.detail} already exists")
     return Conflict(f"conflicting change ({exc.code}: {exc.detail})")
+
+
+@routes.get("/admin/v1/me")
+async def me(request: web.Request) -> web.Response:
+    """Who the admin token acts for: the admin page starts here."""
+    actor = await actor_for(request)
+    out: dict[str, Any] = {
+        "actor": actor.name,
+        "role": actor.role,
+        "org_id": actor.org,
+        "member_id": actor.member,
+    }
+    if actor.org:
+        s = await request.app[STORE].org_settings(actor.org)
+        out.update(org_name=s.get("name"), plan=s.get("plan"))
+    return web.json_response(out)
+
+
+@routes.get("/admin/v1/orgs/{org}/audit")
+async def audit(request: web.Request) -> web.Response:
+    """The audit log, newest first: who, what, before, after, when."""
+    org = org_id(request)
+    await actor_for(request, org)
+    try:
+        count = min(max(int(request.query.get("limit", "100")), 1), 1000)
+    except ValueError as exc:
+        raise InvalidRequest("limit: must be an integer from 1 to 1000") from exc
+    rows = await request.app[STORE].audit(org, count)
+    return web.json_response(
+        {
+            "org_id": org,
+            "entries": [
+                {
+                    "id": r["id"],
+                    "at": int(r["ts"]),
+                    "actor": r["actor"],
+                    "action": r["action"],
+                    "before": orjson.loads(r["before"]),
+                    "after": orjson.loads(r["after"]),
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
 @routes.post("/admin/v1/orgs")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from proxy import admin_billing, admin_extra, admin_orgs, check_api, member_api
+from proxy import admin_billing, admin_extra, admin_orgs, check_api, eu_requests, member_api
 from proxy.appkeys import CONFIG, LEDGER, METRICS, PAYMENTS, STORE, UPSTREAM
 from proxy.config import Config
 from proxy.errors import InternalError, ProxyError, StoreUnavailable, error_response
@@ -146,6 +146,7 @@ def build_app(
     app.add_routes(admin_orgs.routes)
     app.add_routes(admin_extra.routes)
     app.add_routes(admin_billing.routes)
+    app.add_routes(eu_requests.routes)
     app.add_routes(check_api.routes)
     app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
     return app

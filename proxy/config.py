@@ -82,6 +82,11 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationsConfig:
+    webhook_url: str = ""  # new extra-usage requests are announced here (empty: not announced)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     org_labels: bool = False
 
@@ -97,6 +102,7 @@ class Config:
     ledger: LedgerConfig
     metrics: MetricsConfig
     prices: PriceTable
+    notifications: NotificationsConfig = NotificationsConfig()
     operator_token: str = ""
     service_token: str = ""
     source: str = "<defaults>"
@@ -213,6 +219,7 @@ def parse_config(
         "prices",
         "pricing",
         "metrics",
+        "notifications",
     }
     for key in doc:
         if key not in known:
@@ -321,6 +328,14 @@ def parse_config(
     metrics = MetricsConfig(org_labels=r.get("org_labels", bool, False))
     r.done()
 
+    r = _section(source, doc, "notifications")
+    notifications = NotificationsConfig(webhook_url=r.get("webhook_url", str, ""))
+    if notifications.webhook_url and not notifications.webhook_url.startswith(
+        ("http://", "https://")
+    ):
+        raise r.fail("webhook_url", "must be an http(s) URL or empty")
+    r.done()
+
     prices = _prices(source, doc)
     return Config(
         server=server,
@@ -332,6 +347,7 @@ def parse_config(
         ledger=ledger,
         metrics=metrics,
         prices=prices,
+        notifications=notifications,
         operator_token=env.get("OPERATOR_TOKEN", ""),
         service_token=env.get("SERVICE_TOKEN", ""),
         source=source,

@@ -24,6 +24,7 @@ class OrgKeys:
     due: str  # zset: operation id by expiry
     ledger: str  # stream: one entry per charge, purchase, reload
     audit: str  # stream: who changed what, before, after, when
+    requests: str  # hash: extra-usage request id -> JSON (Enterprise)
 
 
 def org_keys(prefix: str, org: str) -> OrgKeys:
@@ -36,6 +37,7 @@ def org_keys(prefix: str, org: str) -> OrgKeys:
         due=f"{tag}:due",
         ledger=f"{tag}:ledger",
         audit=f"{tag}:audit",
+        requests=f"{tag}:requests",
     )
 
 

@@ -8,7 +8,6 @@ silent; the reload stays pending, so no second one is requested meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -18,6 +17,7 @@ from proxy.errors import StoreUnavailable
 from proxy.metrics import Metrics
 from proxy.money import format_usd
 from proxy.store import Store, StoreRefusal
+from proxy.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ class Payments:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
-        self.session = session
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.webhooks = Webhooks(
+            session, metrics.reloads, attempts=cfg.webhook_attempts, timeout_s=cfg.webhook_timeout_s
+        )
 
     async def confirm(self, org: str, reload_id: str, actor: str) -> dict[str, str]:
         """The provider confirmed: credit the balance (idempotent by reload id)."""
@@ -55,51 +56,16 @@ class Payments:
                     extra={"fields": {"org": org, "reload_id": reload_id}},
                 )
             return
-        task = asyncio.create_task(self._webhook(org, reload_id, amount))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _webhook(self, org: str, reload_id: str, amount: int) -> None:
-        assert self.session is not None
-        payload = {
-            "type": "extra_usage.reload_requested",
-            "org_id": org,
-            "reload_id": reload_id,
-            "amount": format_usd(amount),
-            "confirm_path": f"/admin/v1/orgs/{org}/extra-usage/reloads/{reload_id}/confirm",
-        }
-        timeout = aiohttp.ClientTimeout(total=self.cfg.webhook_timeout_s)
-        for attempt in range(self.cfg.webhook_attempts):
-            try:
-                async with self.session.post(
-                    self.cfg.webhook_url, json=payload, timeout=timeout
-                ) as resp:
-                    if resp.status < 300:
-                        self.metrics.reloads.labels("webhook_delivered").inc()
-                        return
-                    reason = f"status {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = repr(exc)
-            self.metrics.reloads.labels("webhook_retry").inc()
-            log.warning(
-                "reload webhook failed",
-                extra={
-                    "fields": {
-                        "org": org,
-                        "reload_id": reload_id,
-                        "attempt": attempt + 1,
-                        "reason": reason,
-                    }
-                },
-            )
-            if attempt + 1 < self.cfg.webhook_attempts:
-                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-        self.metrics.reloads.labels("webhook_failed").inc()
+        self.webhooks.send(
+            self.cfg.webhook_url,
+            {
+                "type": "extra_usage.reload_requested",
+                "org_id": org,
+                "reload_id": reload_id,
+                "amount": format_usd(amount),
+                "confirm_path": f"/admin/v1/orgs/{org}/extra-usage/reloads/{reload_id}/confirm",
+            },
+        )
 
     async def close(self) -> None:
-        """Let webhook deliveries in flight finish (bounded), then cancel the rest."""
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=self.cfg.webhook_timeout_s)
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.webhooks.close()

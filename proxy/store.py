@@ -298,10 +298,10 @@ class Store:
         fields: Mapping[str, str],
         guards: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Change fields of the org hash (``target="org"``) or the members hash, under guards,
-        with an audit entry in the same atomic step (write.lua)."""
+        """Change fields of one of the org's hashes (``target``: "org", "members" or
+        "requests"), under guards, with an audit entry in the same atomic step (write.lua)."""
         k = self.keys(org)
-        key = k.org if target == "org" else k.members
+        key = {"org": k.org, "members": k.members, "requests": k.requests}[target]
         args: list[str | int] = [actor, action, self.pinned_now, "\n".join(guards)]
         for f, v in fields.items():
             args += [f, v]
@@ -347,6 +347,12 @@ class Store:
         fields = [f"{member}|{n}" for n in names]
         values = await self._cmd(self.client.hmget(self.keys(org).members, fields))
         return {n: _s(v) for n, v in zip(names, values, strict=True) if v is not None}
+
+    async def hash_fields(self, org: str, target: str) -> dict[str, str]:
+        k = self.keys(org)
+        key = {"org": k.org, "members": k.members, "requests": k.requests}[target]
+        raw = await self._cmd(self.client.hgetall(key))
+        return {_s(f): _s(v) for f, v in raw.items()}
 
     async def primary_owner(self, org: str) -> str | None:
         v = await self._cmd(self.client.hget(self.keys(org).members, "|primary"))

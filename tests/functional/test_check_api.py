@@ -247,7 +247,7 @@ async def test_webhook_reload_is_retried_confirmed_once_and_never_doubled(
     headers = {"x-mock-output-tokens": "40000", "x-mock-input-tokens": "0"}  # $0.60
     for _ in range(2):  # 1.50 -> 0.90 (reload requested) -> 0.30 (still pending: no second)
         assert (await proxy.post(key, message(max_tokens=40000), headers=headers))[0] == 200
-    for task in list(proxy.server.app[__import__("proxy.appkeys").appkeys.PAYMENTS].tasks):
+    for task in list(proxy.server.app[__import__("proxy.appkeys").appkeys.PAYMENTS].webhooks.tasks):
         await task
     assert len(posts) == 2  # one reload, delivered on the second attempt
     assert posts[0] == posts[1]

@@ -1,0 +1,203 @@
+"""Admin API: route × role × foreign org, extra usage requests, the audit log, validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import Proxy, ProxyFactory
+
+READ = [
+    ("GET", "/admin/v1/orgs/{org}"),
+    ("GET", "/admin/v1/orgs/{org}/extra-usage"),
+    ("GET", "/admin/v1/orgs/{org}/extra-usage/requests"),
+    ("GET", "/admin/v1/orgs/{org}/usage"),
+    ("GET", "/admin/v1/orgs/{org}/audit"),
+    ("GET", "/admin/v1/orgs/{org}/members/mia"),
+]
+CHANGE = [
+    ("PATCH", "/admin/v1/orgs/{org}/extra-usage", {"monthly_limit": "100.00"}),
+    ("PUT", "/admin/v1/orgs/{org}/extra-usage/tiers/standard", {"monthly_limit": "5"}),
+    ("PUT", "/admin/v1/orgs/{org}/extra-usage/members/mia", {"monthly_limit": "5"}),
+    ("PUT", "/admin/v1/orgs/{org}/members/newbie", {"role": "member", "tier": "standard"}),
+    ("POST", "/admin/v1/orgs/{org}/members/mia/keys", None),
+]
+OPERATOR_ONLY = [
+    ("PATCH", "/admin/v1/orgs/{org}", {"name": "x"}),
+    ("POST", "/admin/v1/orgs/{org}/members/mia/admin-tokens", None),
+]
+
+
+async def tokens(proxy: Proxy, org: str) -> dict[str, str]:
+    out = {}
+    for member, role in (
+        ("olga", "primary_owner"),
+        ("otto", "owner"),
+        ("ada", "admin"),
+        ("mia", "member"),
+    ):
+        await proxy.member(org, member, role=role)
+        _, tok = await proxy.admin("POST", f"/admin/v1/orgs/{org}/members/{member}/admin-tokens")
+        out[role] = tok["token"]
+    return out
+
+
+async def test_route_role_and_foreign_org_matrix(proxy: Proxy) -> None:
+    org = await proxy.org("enterprise")
+    other = await proxy.org("enterprise")
+    toks = await tokens(proxy, org)
+    foreign = (await tokens(proxy, other))["primary_owner"]
+    expected_read = {"primary_owner": 200, "owner": 200, "admin": 200, "member": 403}
+    for method, path in READ:
+        for role, token in toks.items():
+            status, body = await proxy.admin(method, path.format(org=org), token=token)
+            assert status == expected_read[role], (method, path, role, body)
+        status, _ = await proxy.admin(method, path.format(org=org), token=foreign)
+        assert status == 404, (method, path)  # another org does not exist for you
+    expected_change = {
+        "primary_owner": (200, 201),
+        "owner": (200, 201),
+        "admin": (403,),
+        "member": (403,),
+    }
+    for method, path, body in CHANGE:
+        for role, token in toks.items():
+            status, doc = await proxy.admin(method, path.format(org=org), token=token, json=body)
+            assert status in expected_change[role], (method, path, role, doc)
+        status, _ = await proxy.admin(method, path.format(org=org), token=foreign, json=body)
+        assert status == 404
+    for method, path, body in OPERATOR_ONLY:
+        for token in toks.values():
+            status, _ = await proxy.admin(method, path.format(org=org), token=token, json=body)
+            assert status == 403
+    status, me = await proxy.admin("GET", "/admin/v1/me", token=toks["admin"])
+    assert me == {
+        "actor": "member:ada",
+        "role": "admin",
+        "org_id": org,
+        "member_id": "ada",
+        "org_name": org,
+        "plan": "enterprise",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"monthly_limit": "-5"}, 400, "must not be negative"),
+        ({"monthly_limit": "abc"}, 400, "decimal amount"),
+        ({"monthly_limit": 12.5}, 400, "not a float"),
+        ({"monthly_limit": "1.0000000001"}, 400, "more than 9 decimal places"),
+        ({"enabled": "yes"}, 400, "enabled: must be true or false"),
+        ({"member_scope": "all"}, 409, "only Team organizations"),
+        ({"auto_reload": {"enabled": True}}, 409, "only Team organizations"),
+        ({"member_consent": "sometimes"}, 400, "member_consent: must be one of"),
+        ({}, 400, "nothing to change"),
+    ],
+)
+async def test_validation_changes_nothing(
+    proxy: Proxy, body: dict[str, Any], status: int, needle: str
+) -> None:
+    org = await proxy.org("enterprise")
+    before = await proxy.store.org_settings(org)
+    got, doc = await proxy.admin("PATCH", f"/admin/v1/orgs/{org}/extra-usage", json=body)
+    assert got == status, doc
+    assert needle in doc["error"]["message"]
+    assert await proxy.store.org_settings(org) == before
+
+
+async def test_team_only_and_enterprise_only_routes(proxy: Proxy) -> None:
+    team = await proxy.org("team")
+    ent = await proxy.org("enterprise")
+    await proxy.member(team, "t1")
+    await proxy.member(ent, "e1")
+    status, _doc = await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{team}/extra-usage/tiers/standard", json={"monthly_limit": "1"}
+    )
+    assert status == 409
+    status, _ = await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{ent}/extra-usage/tiers/gold", json={"monthly_limit": "1"}
+    )
+    assert status == 404
+    status, _ = await proxy.admin(
+        "POST",
+        f"/admin/v1/orgs/{ent}/extra-usage/purchases",
+        json={"amount": "1", "idempotency_key": "k"},
+    )
+    assert status == 409
+    status, _ = await proxy.admin(
+        "PATCH", f"/admin/v1/orgs/{team}/extra-usage", json={"requests_enabled": True}
+    )
+    assert status == 409
+    status, _ = await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{team}/extra-usage/members/t1", json={"monthly_limit": "1"}
+    )
+    assert status == 409
+    status, _ = await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{ent}/extra-usage/members/nobody", json={"monthly_limit": "1"}
+    )
+    assert status == 404
+
+
+async def test_extra_usage_requests_flow(proxy_factory: ProxyFactory, aiohttp_server: Any) -> None:
+    announced: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        announced.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/n", hook)
+    hook_server = await aiohttp_server(app)
+    proxy = await proxy_factory(notifications={"webhook_url": str(hook_server.make_url("/n"))})
+    org = await proxy.org("enterprise")
+    key = await proxy.member(org, "rita")
+    await proxy.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/rita", json={"monthly_limit": "20.00"}
+    )
+    headers = {"x-api-key": key}
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/me/extra-usage-requests",
+        json={"amount": "30.00", "message": "launch week"},
+        headers=headers,
+    ) as r:
+        assert r.status == 201
+        req = await r.json()
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/me/extra-usage-requests", json={}, headers=headers
+    ) as r:
+        assert (r.status, (await r.json())["id"]) == (200, req["id"])  # one pending each
+    status, listed = await proxy.admin("GET", f"/admin/v1/orgs/{org}/extra-usage/requests")
+    assert [r["id"] for r in listed["requests"]] == [req["id"]]
+    assert listed["requests"][0]["amount"] == "30.00"
+    path = f"/admin/v1/orgs/{org}/extra-usage/requests/{req['id']}"
+    status, done = await proxy.admin("POST", path + "/approve")
+    assert (status, done["state"], done["new_limit"]) == (200, "approved", "50.00")
+    status, again = await proxy.admin("POST", path + "/approve")
+    assert again["new_limit"] == "50.00"  # replayed, not raised twice
+    status, _ = await proxy.admin("POST", path + "/dismiss")
+    assert status == 409
+    f = await proxy.store.member_fields(org, "rita", ("limit",))
+    assert f["limit"] == str(50 * 10**9)
+    assert announced and announced[0]["type"] == "extra_usage.request_created"
+    # switched off
+    await proxy.admin(
+        "PATCH", f"/admin/v1/orgs/{org}/extra-usage", json={"requests_enabled": False}
+    )
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/me/extra-usage-requests", json={}, headers=headers
+    ) as r:
+        assert r.status == 403
+    status, log = await proxy.admin("GET", f"/admin/v1/orgs/{org}/audit?limit=5")
+    actions = [e["action"] for e in log["entries"]]
+    assert actions[:3] == [
+        "extra_usage.update",
+        "extra_usage_request.approved",
+        "extra_usage.member",
+    ]
+    change = log["entries"][2]
+    assert change["before"] == {"rita|limit": str(20 * 10**9)}
+    assert change["after"] == {"rita|limit": str(50 * 10**9)}
+    assert change["actor"] == "operator"
