@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -71,6 +72,14 @@ async def readyz(request: web.Request) -> web.Response:
     except ProxyError as err:
         return web.json_response({"status": "unavailable", "reason": err.message}, status=503)
     return web.json_response({"status": "ready"})
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def admin_page(request: web.Request) -> web.FileResponse:
+    """GET /admin: "Admin settings > Usage" (plain HTML and an ES module, no build step)."""
+    return web.FileResponse(STATIC / "admin.html", headers={"cache-control": "no-store"})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -142,6 +151,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/admin", admin_page)
+    app.router.add_static("/admin/static", STATIC)
     app.add_routes(member_api.routes)
     app.add_routes(admin_orgs.routes)
     app.add_routes(admin_extra.routes)

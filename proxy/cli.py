@@ -244,6 +244,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    """The built-in mock of the Messages API, alone (benchmarks, browser tests, trying out)."""
+    from aiohttp import web as aioweb
+
+    from proxy.mock_upstream import MockUpstream, build_mock_app
+
+    _install_uvloop()
+    aioweb.run_app(
+        build_mock_app(MockUpstream(record=False)),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="extra-usage-proxy",
@@ -283,6 +300,10 @@ def parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="rewrite the derived counters from the ledger"
     )
     r.set_defaults(func=cmd_reconcile)
+    u = sub.add_parser("mock-upstream", help="run the built-in mock of the Messages API")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8089)
+    u.set_defaults(func=cmd_mock_upstream)
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")
     c.set_defaults(func=cmd_check_config)

@@ -1,0 +1,224 @@
+// "Admin settings > Usage": plain ES module, no build step. Talks to the admin API with the
+// admin token the owner pasted (kept in sessionStorage, never in a URL).
+const TOKEN = "eup-admin-token";
+const $ = (id) => document.getElementById(id);
+const state = { me: null, settings: null, usage: null, requests: [] };
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function plainWords(err) {
+  if (err.status === 401) return "Your admin token was not accepted. Sign in again with a valid token.";
+  if (err.status === 403) return `You don't have permission to do that: ${err.message}`;
+  if (err.status === 404) return `Not found: ${err.message}`;
+  if (err.status >= 500) return `The service could not complete this right now (${err.message}). Try again in a moment.`;
+  return err.message;
+}
+
+async function api(method, path, body) {
+  const resp = await fetch(path, {
+    method,
+    headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN)}`,
+               "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const doc = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new ApiError(resp.status, doc?.error?.message || resp.statusText);
+  return doc;
+}
+
+function showError(err) {
+  const box = $("error");
+  box.textContent = err ? plainWords(err) : "";
+  box.hidden = !err;
+}
+
+function notice(text) {
+  const box = $("notice");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+const money = (v) => (v === null || v === undefined ? "Unlimited" : `$${v}`);
+const org = () => state.me.org_id;
+const canChange = () => ["primary_owner", "owner"].includes(state.me.role);
+
+async function act(fn, done) {
+  showError(null);
+  try { await fn(); if (done) notice(done); await load(); } catch (err) { showError(err); }
+}
+
+// -- the limit dialog: one for the org, the tiers and the members ----------------------------
+let onLimit = null;
+function openLimitDialog(title, current, apply) {
+  $("limit-dialog-title").textContent = title;
+  $("limit-amount").value = current ?? "";
+  $("limit-error").textContent = "";
+  onLimit = apply;
+  $("limit-dialog").showModal();
+  $("limit-amount").focus();
+}
+
+$("limit-form").addEventListener("submit", async (ev) => {
+  const choice = ev.submitter?.value;
+  if (choice === "cancel") return;
+  ev.preventDefault();
+  const amount = choice === "unlimited" ? null : $("limit-amount").value.trim();
+  if (amount === "") { $("limit-error").textContent = "Enter an amount in USD, such as 500.00."; return; }
+  try {
+    await onLimit(amount);
+    $("limit-dialog").close();
+    notice(amount === null ? "Limit set to unlimited." : `Limit set to $${amount}.`);
+    await load();
+  } catch (err) {
+    $("limit-error").textContent = plainWords(err);
+  }
+});
+
+// -- rendering ------------------------------------------------------------------------------
+function pencil(label, title, current, apply) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = "✎";
+  b.setAttribute("aria-label", label);
+  b.disabled = !canChange();
+  b.addEventListener("click", () => openLimitDialog(title, current, apply));
+  return b;
+}
+
+function cell(row, text) { const td = row.insertCell(); td.textContent = text; return td; }
+
+function render() {
+  const s = state.settings;
+  const team = s.plan === "team";
+  $("who").textContent = `${state.me.org_name} (${s.plan}) · signed in as ${state.me.member_id ?? "operator"}, ${state.me.role.replace("_", " ")}`;
+  $("eu-enabled").checked = s.enabled;
+  $("limit-value").textContent = money(s.monthly_limit);
+  $("team-credit").hidden = !team;
+  $("team-members").hidden = !team;
+  $("tier-limits").hidden = team;
+  $("user-limits").hidden = team;
+  $("requests").hidden = team;
+  if (team) {
+    $("balance").textContent = `$${s.balance}`;
+    $("reload-enabled").checked = s.auto_reload.enabled;
+    $("reload-threshold").value = s.auto_reload.threshold ?? "";
+    $("reload-amount").value = s.auto_reload.amount ?? "";
+    $("member-scope").value = s.member_scope;
+    const rows = $("team-member-rows");
+    rows.replaceChildren();
+    for (const m of state.usage.members) {
+      const r = rows.insertRow();
+      cell(r, m.member_id); cell(r, m.tier); cell(r, `$${m.extra_usage}`);
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = s.member_scope === "all" || m.extra_usage_enabled;
+      box.disabled = s.member_scope === "all" || !canChange();
+      box.setAttribute("aria-label", `Extra usage for ${m.member_id}`);
+      box.addEventListener("change", () => act(() => api("PUT",
+        `/admin/v1/orgs/${org()}/extra-usage/members/${m.member_id}`, { enabled: box.checked })));
+      r.insertCell().append(box);
+    }
+  } else {
+    const tiers = $("tier-rows");
+    tiers.replaceChildren();
+    for (const [tier, limit] of Object.entries(s.tier_limits)) {
+      const name = tier.charAt(0).toUpperCase() + tier.slice(1);
+      const r = tiers.insertRow();
+      cell(r, name); cell(r, money(limit));
+      r.insertCell().append(pencil(`Edit ${name} limit`, `${name} seat limit`, limit,
+        (amount) => api("PUT", `/admin/v1/orgs/${org()}/extra-usage/tiers/${tier}`, { monthly_limit: amount })));
+    }
+    const users = $("user-rows");
+    users.replaceChildren();
+    for (const m of state.usage.members) {
+      const r = users.insertRow();
+      cell(r, m.member_id); cell(r, m.tier); cell(r, `$${m.extra_usage}`);
+      cell(r, m.monthly_limit === null ? `Unlimited (tier: ${money(m.tier_limit)})` : money(m.monthly_limit));
+      r.insertCell().append(pencil(`Edit limit for ${m.member_id}`, `Limit for ${m.member_id}`,
+        m.monthly_limit, (amount) => api("PUT",
+          `/admin/v1/orgs/${org()}/extra-usage/members/${m.member_id}`, { monthly_limit: amount })));
+    }
+    const list = $("request-list");
+    list.replaceChildren();
+    const pending = state.requests.filter((r) => r.state === "pending");
+    $("no-requests").hidden = pending.length > 0;
+    for (const req of pending) {
+      const li = document.createElement("li");
+      li.textContent = `${req.member_id} asks for ${req.amount ? "$" + req.amount : "more"}${req.message ? ` — “${req.message}”` : ""} `;
+      for (const [label, verb] of [["Approve", "approve"], ["Dismiss", "dismiss"]]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = label;
+        b.disabled = !canChange();
+        b.setAttribute("aria-label", `${label} the request of ${req.member_id}`);
+        b.addEventListener("click", () => act(() => api("POST",
+          `/admin/v1/orgs/${org()}/extra-usage/requests/${req.id}/${verb}`), `Request ${verb === "approve" ? "approved" : "dismissed"}.`));
+        li.append(b);
+      }
+      list.append(li);
+    }
+  }
+  for (const el of document.querySelectorAll("#app input, #app select, #adjust-limit, #app form button")) {
+    if (!canChange()) el.disabled = true;
+  }
+}
+
+async function load() {
+  state.me = await api("GET", "/admin/v1/me");
+  if (!state.me.org_id) throw new ApiError(400, "The operator token has no organization: sign in with an owner's admin token.");
+  if (!["primary_owner", "owner", "admin"].includes(state.me.role)) {
+    throw new ApiError(403, `your role (${state.me.role}) cannot view usage settings; ask an owner of ${state.me.org_name}`);
+  }
+  const [settings, usage] = await Promise.all([
+    api("GET", `/admin/v1/orgs/${org()}/extra-usage`),
+    api("GET", `/admin/v1/orgs/${org()}/usage`)]);
+  state.settings = settings;
+  state.usage = usage;
+  state.requests = settings.plan === "enterprise"
+    ? (await api("GET", `/admin/v1/orgs/${org()}/extra-usage/requests`)).requests : [];
+  render();
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("sign-out").hidden = false;
+}
+
+async function start() {
+  if (!sessionStorage.getItem(TOKEN)) return;
+  try { await load(); } catch (err) { $("app").hidden = true; showError(err); }
+}
+
+// -- controls -------------------------------------------------------------------------------
+$("signin-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN, $("token").value.trim());
+  $("token").value = "";
+  showError(null);
+  start();
+});
+$("sign-out").addEventListener("click", () => { sessionStorage.removeItem(TOKEN); location.reload(); });
+$("eu-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
+  `/admin/v1/orgs/${org()}/extra-usage`, { enabled: ev.target.checked }),
+  ev.target.checked ? "Extra usage is on." : "Extra usage is off."));
+$("adjust-limit").addEventListener("click", () => openLimitDialog("Adjust limit",
+  state.settings.monthly_limit, (amount) => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`,
+    { monthly_limit: amount })));
+$("buy-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const amount = $("buy-amount").value.trim();
+  act(() => api("POST", `/admin/v1/orgs/${org()}/extra-usage/purchases`,
+    { amount, idempotency_key: crypto.randomUUID() }), `Bought $${amount} of credit.`);
+  $("buy-amount").value = "";
+});
+$("reload-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const auto_reload = { enabled: $("reload-enabled").checked };
+  if ($("reload-threshold").value.trim()) auto_reload.threshold = $("reload-threshold").value.trim();
+  if ($("reload-amount").value.trim()) auto_reload.amount = $("reload-amount").value.trim();
+  act(() => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`, { auto_reload }), "Auto-reload saved.");
+});
+$("member-scope").addEventListener("change", (ev) => act(() => api("PATCH",
+  `/admin/v1/orgs/${org()}/extra-usage`, { member_scope: ev.target.value })));
+
+start();

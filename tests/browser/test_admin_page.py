@@ -1,0 +1,266 @@
+"""The admin page in a real headless Chromium (Playwright, Debian's chromium), against a real
+proxy process, a real redis-server and the mock Messages API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from proxy.embedded import RedisServer
+from tests.servers import free_port
+
+BIN = Path(sys.executable).parent / "extra-usage-proxy"
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+OPERATOR = "browser-operator-token"
+CHROMIUM = "/usr/bin/chromium"
+
+
+class Live:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str = OPERATOR,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        h = {"content-type": "application/json", **(headers or {})}
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def org(self, org: str, plan: str) -> dict[str, str]:
+        """An org with an owner (admin token), an admin-role member and two members' keys."""
+        assert (
+            self.call("POST", "/admin/v1/orgs", {"id": org, "name": org.title(), "plan": plan})[0]
+            == 201
+        )
+        out: dict[str, str] = {}
+        for member, role, tier in (
+            ("olga", "primary_owner", "premium"),
+            ("mia", "member", "standard"),
+            ("pat", "member", "premium"),
+        ):
+            self.call("PUT", f"/admin/v1/orgs/{org}/members/{member}", {"role": role, "tier": tier})
+            _, tok = self.call("POST", f"/admin/v1/orgs/{org}/members/{member}/admin-tokens")
+            out[f"{member}_token"] = tok["token"]
+            _, key = self.call("POST", f"/admin/v1/orgs/{org}/members/{member}/keys")
+            out[f"{member}_key"] = key["key"]
+        return out
+
+    def message(self, key: str, output_tokens: int) -> tuple[int, Any]:
+        return self.call(
+            "POST",
+            "/v1/messages",
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": output_tokens,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            token="",
+            headers={
+                "x-api-key": key,
+                "x-mock-output-tokens": str(output_tokens),
+                "x-mock-input-tokens": "0",
+            },
+        )
+
+
+def _wait(url: str) -> None:
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+    raise AssertionError(f"{url} did not come up")
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    redis = RedisServer().start()
+    mock_port, port = free_port(), free_port()
+    mock = subprocess.Popen(
+        [str(BIN), "mock-upstream", "--port", str(mock_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": redis.url,
+        "OPERATOR_TOKEN": OPERATOR,
+        "UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
+        "UPSTREAM_API_KEY": "k",
+    }
+    proxy = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/healthz")
+        yield Live(f"http://127.0.0.1:{port}")
+    finally:
+        for p in (proxy, mock):
+            p.terminate()
+            p.wait(20)
+        redis.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+def sign_in(page: Page, live: Live, token: str) -> None:
+    page.goto(live.base + "/admin")
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def shot(page: Page, name: str, selector: str | None = None) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if selector:
+        page.locator(selector).screenshot(path=str(SHOTS / f"{name}.png"))
+    else:
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, live: Live) -> None:
+    t = live.org("browser-team", "team")
+    live.call("PATCH", "/admin/v1/orgs/browser-team/extra-usage", {"enabled": True})
+    live.call(
+        "POST",
+        "/admin/v1/orgs/browser-team/extra-usage/purchases",
+        {"amount": "10.00", "idempotency_key": "b1"},
+    )
+    assert live.message(t["mia_key"], 300_000)[0] == 200  # past the seat allowance
+    assert live.message(t["mia_key"], 100)[0] == 200  # extra usage
+    sign_in(page, live, t["olga_token"])
+    expect(page.locator("#who")).to_contain_text("Browser-Team (team)")
+    expect(page.locator("#limit-value")).to_have_text("Unlimited")
+    expect(page.locator("#balance")).to_have_text("$9.9985")
+    shot(page, "team-page")
+    shot(page, "team-credit", "#team-credit")
+    page.get_by_role("button", name="Adjust limit").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Monthly limit (USD)").fill("0.0015")
+    shot(page, "limit-dialog", "#limit-dialog")
+    dialog.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#limit-value")).to_have_text("$0.0015")
+    status, body = live.message(t["mia_key"], 100)  # the very next request
+    assert status == 429
+    assert body["error"]["type"] == "billing_error"
+    assert "monthly organization spend limit" in body["error"]["message"]
+    # and back to unlimited
+    page.get_by_role("button", name="Adjust limit").click()
+    page.get_by_role("dialog").get_by_role("button", name="Set to unlimited").click()
+    expect(page.locator("#limit-value")).to_have_text("Unlimited")
+    assert live.message(t["mia_key"], 100)[0] == 200
+    shot(page, "spend-limit", "#spend-limit")
+    # a bad amount is explained in plain words and changes nothing
+    page.get_by_role("button", name="Adjust limit").click()
+    page.get_by_label("Monthly limit (USD)").fill("-5")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#limit-error")).to_contain_text("must not be negative")
+    page.keyboard.press("Escape")
+    # keyboard: buy credit with the keyboard only
+    page.get_by_label("Credit to buy (USD)").focus()
+    page.keyboard.type("5")
+    page.keyboard.press("Enter")
+    expect(page.locator("#balance")).to_have_text("$14.997")
+    page.get_by_label("Auto-reload").check()
+    page.get_by_label("Reload when balance reaches").fill("2.00")
+    page.get_by_label("reload amount").fill("20.00")
+    page.get_by_role("button", name="Save auto-reload").click()
+    expect(page.locator("#notice")).to_have_text("Auto-reload saved.")
+    _, s = live.call("GET", "/admin/v1/orgs/browser-team/extra-usage")
+    assert s["auto_reload"] == {
+        "enabled": True,
+        "threshold": "2.00",
+        "amount": "20.00",
+        "pending_reload_id": None,
+    }
+    shot(page, "team-members", "#team-members")
+
+
+def test_owner_edits_a_tier_limit_and_reviews_requests(page: Page, live: Live) -> None:
+    t = live.org("browser-ent", "enterprise")
+    live.call(
+        "POST",
+        "/v1/usage/me/extra-usage-requests",
+        {"amount": "25.00", "message": "quarter close"},
+        token="",
+        headers={"x-api-key": t["pat_key"]},
+    )
+    sign_in(page, live, t["olga_token"])
+    expect(page.get_by_role("heading", name="Seat-tier limits")).to_be_visible()
+    page.get_by_role("button", name="Edit Standard limit").click()
+    page.get_by_label("Monthly limit (USD)").fill("75.50")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#tier-rows")).to_contain_text("$75.50")
+    _, s = live.call("GET", "/admin/v1/orgs/browser-ent/extra-usage")
+    assert s["tier_limits"]["standard"] == "75.50"
+    shot(page, "tier-limits", "#tier-limits")
+    page.get_by_role("button", name="Edit limit for mia").click()
+    page.get_by_label("Monthly limit (USD)").fill("10")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#user-rows")).to_contain_text("$10.00")
+    shot(page, "user-limits", "#user-limits")
+    expect(page.locator("#request-list")).to_contain_text("pat asks for $25.00")
+    shot(page, "requests", "#requests")
+    page.get_by_role("button", name="Approve the request of pat").click()
+    expect(page.locator("#no-requests")).to_be_visible()
+    _, usage = live.call("GET", "/admin/v1/orgs/browser-ent/usage")
+    pat = next(m for m in usage["members"] if m["member_id"] == "pat")
+    assert pat["monthly_limit"] == "25.00"
+    shot(page, "enterprise-page")
+
+
+def test_a_members_token_sees_no_data(page: Page, live: Live) -> None:
+    t = live.org("browser-priv", "enterprise")
+    sign_in(page, live, t["mia_token"])
+    expect(page.get_by_role("alert").first).to_contain_text("cannot view usage settings")
+    expect(page.locator("#app")).to_be_hidden()
+    assert "$" not in page.locator("body").inner_text()
+    shot(page, "member-refused")
+    # a token never goes into a URL
+    assert t["mia_token"] not in page.url
