@@ -29,7 +29,7 @@ routes = web.RouteTableDef()
 
 def _period(value: str) -> str:
     if not PERIOD.match(value):
-        raise InvalidRequest(f"period: must be YYYY-MM (got {value!r})")
+        raise InvalidRequest(f"period: must be YYYY-MM, from 2000-01 (got {value!r})")
     return value
 
 

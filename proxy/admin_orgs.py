@@ -19,7 +19,7 @@ from proxy.credentials import ADMIN_TOKEN_PREFIX, PROXY_KEY_PREFIX, hash_secret,
 from proxy.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from proxy.keys import MEMBER_ID, ORG_ID
 from proxy.store import DELETE, Store, StoreRefusal
-from proxy.validate import boolean, choice, json_object, only, string
+from proxy.validate import boolean, choice, env_name, json_object, only, string
 
 PLANS = ("team", "enterprise")
 ROLES = ("primary_owner", "owner", "admin", "member")
@@ -147,7 +147,7 @@ async def create_org(request: web.Request) -> web.Response:
     plan = choice(doc, "plan", PLANS)
     name = string(doc, "name", required=False) or org
     fields = {"plan": plan or "", "name": name, "enabled": "1"}
-    upstream = string(doc, "upstream_credential", required=False)
+    upstream = env_name(doc, "upstream_credential")
     if upstream:
         fields["upstream"] = upstream
     if plan == "team":
@@ -183,7 +183,7 @@ async def patch_org(request: web.Request) -> web.Response:
     if "plan" in doc:
         fields["plan"] = choice(doc, "plan", PLANS) or ""
     if "upstream_credential" in doc:
-        fields["upstream"] = string(doc, "upstream_credential", required=False) or DELETE
+        fields["upstream"] = env_name(doc, "upstream_credential") or DELETE
     if "enabled" in doc:
         fields["enabled"] = "1" if boolean(doc, "enabled") else "0"
     await store.update(

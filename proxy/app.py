@@ -27,6 +27,7 @@ from proxy.journal import Journal
 from proxy.ledger_db import LazyLedger
 from proxy.metering import Meter
 from proxy.metrics import Metrics
+from proxy.openapi import document
 from proxy.payments import Payments
 from proxy.store import RedisClient, Store, make_client
 
@@ -80,6 +81,10 @@ STATIC = Path(__file__).parent / "static"
 async def admin_page(request: web.Request) -> web.FileResponse:
     """GET /admin: "Admin settings > Usage" (plain HTML and an ES module, no build step)."""
     return web.FileResponse(STATIC / "admin.html", headers={"cache-control": "no-store"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -152,6 +157,7 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/admin", admin_page)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_static("/admin/static", STATIC)
     app.add_routes(member_api.routes)
     app.add_routes(admin_orgs.routes)

@@ -57,7 +57,7 @@ def parse_reservation(doc: dict[str, Any]) -> tuple[str, str, str]:
         ):
             raise ValueError
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
-        raise InvalidRequest("reservation_id: not a reservation this service issued") from exc
+        raise NotFound("reservation_id: not a reservation this service issued") from exc
     return org, f"chk:{request_id}", model
 
 
@@ -65,6 +65,8 @@ def _int(doc: dict[str, Any], name: str, *, low: int, high: int) -> int:
     value = doc.get(name)
     if value is None:
         raise InvalidRequest(f"{name}: field required")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 12.0 is the integer 12
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"{name}: must be an integer")
     if not low <= value <= high:

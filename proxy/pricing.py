@@ -112,6 +112,8 @@ def usage_from_mapping(data: Mapping[str, object]) -> Usage:
         value = container.get(key, 0)
         if value is None:
             return 0
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 12.0 is the integer 12
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UsageError(f"{where}{key} must be a non-negative integer")
         return value

@@ -14,7 +14,7 @@ import orjson
 
 from proxy.money import format_usd
 
-PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD = re.compile(r"^(2\d{3})-(0[1-9]|1[0-2])$")  # years 2000-2999
 TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",

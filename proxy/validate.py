@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -48,8 +49,19 @@ def string(
     value = doc[name]
     if not isinstance(value, str):
         raise InvalidRequest(f"{name}: must be a string")
-    if not value.strip() or len(value) > max_len:
+    if not value.strip(" \t\r\n") or len(value) > max_len:
         raise InvalidRequest(f"{name}: must be 1 to {max_len} characters")
+    return value
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def env_name(doc: dict[str, Any], name: str) -> str | None:
+    """The name of an environment variable (where a secret lives), or None when absent."""
+    value = string(doc, name, required=False, max_len=128)
+    if value is not None and not ENV_NAME.match(value):
+        raise InvalidRequest(f"{name}: must name an environment variable (letters, digits, _)")
     return value
 
 
@@ -77,6 +89,8 @@ def boolean(
 
 def amount(value: Any, name: str, *, allow_zero: bool = True) -> int:
     """A decimal USD string (or integer dollars) as nano-USD; floats and negatives refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)  # JSON has one number type: 12.0 is exactly 12 dollars
     if isinstance(value, float):
         raise InvalidRequest(f'{name}: must be a decimal string such as "12.50", not a float')
     try:

@@ -92,10 +92,10 @@ async def test_check_settle_release_and_their_replays(proxy: Proxy) -> None:
         (
             "/v1/usage/settle",
             {"reservation_id": "nope", "usage": {}},
-            400,
+            404,
             "not a reservation this service issued",
         ),
-        ("/v1/usage/settle", {"reservation_id": "rsv_e30", "usage": {}}, 400, "not a reservation"),
+        ("/v1/usage/settle", {"reservation_id": "rsv_e30", "usage": {}}, 404, "not a reservation"),
         ("/v1/usage/release", {}, 400, "reservation_id: field required"),
     ],
 )
