@@ -10,13 +10,15 @@ request with ``x-mock-*`` headers (which the proxy forwards unchanged):
 - ``x-mock-fault``: ``status-529`` (overloaded before any byte), ``error-event`` (an
   ``event: error`` mid-stream), ``drop`` (connection cut mid-stream), ``no-delta`` (stream
   ends without message_delta);
-- ``x-mock-events``: number of text deltas (default 10); ``x-mock-delay-ms``: pause per event.
+- ``x-mock-events``: number of text deltas (default 10); ``x-mock-delay-ms``: pause per event;
+- ``x-mock-timestamps: 1``: each text delta carries ``sent_ns``, when it left the mock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,7 @@ class MockUpstream:
             "events": int(h.get("x-mock-events", self.events)),
             "delay": float(h.get("x-mock-delay-ms", self.delay_ms)) / 1000.0,
             "web_searches": self.web_searches,
+            "timestamps": h.get("x-mock-timestamps") == "1",
         }
 
 
@@ -218,6 +221,8 @@ async def _stream(
                     "type": "content_block_delta",
                     "index": 0,
                     "delta": {"type": "text_delta", "text": text},
+                    # when it left the mock: lets a benchmark time each chunk's forwarding
+                    **({"sent_ns": time.time_ns()} if s["timestamps"] else {}),
                 },
             )
         )

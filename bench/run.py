@@ -1,0 +1,371 @@
+"""Benchmarks: the candidate (extra-usage-proxy metering on a real redis-server) against
+(a) the mock upstream directly and (b) a bare aiohttp pass-through proxy, in one run.
+
+    .venv/bin/python bench/run.py [--quick]
+
+Prints a table and writes bench/results/latest.json. Everything runs on loopback; every loop
+is bounded. Numbers are ratios and differences measured in the same run, because these
+machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent / "extra-usage-proxy"
+sys.path.insert(0, str(ROOT))
+from proxy.embedded import RedisServer, free_port  # noqa: E402
+
+OPERATOR = "bench-operator"
+SMALL = {"model": "claude-sonnet-4-5", "max_tokens": 50,
+         "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def wait_http(url: str) -> None:
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def children(pid: int) -> list[int]:
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out += children(int(entry.name))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in children(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def cpu_s(pid: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in children(pid):
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Stack:
+    """redis-server, the mock upstream, the candidate and the bare pass-through."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.redis = RedisServer().start()
+        self.mock_port, self.cand_port, self.bare_port = free_port(), free_port(), free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.mock = self._start([str(BIN), "mock-upstream", "--port", str(self.mock_port)])
+        env = {**os.environ, "REDIS_URL": self.redis.url, "OPERATOR_TOKEN": OPERATOR,
+               "UPSTREAM_URL": self.url(self.mock_port), "UPSTREAM_API_KEY": "bench",
+               "PYTHONWARNINGS": "ignore"}
+        self.journal = tempfile.mkdtemp(prefix="eup-bench-")
+        self.cand = self._start([str(BIN), "serve", "--config", str(ROOT / "bench" /
+                                                                     "config.toml"),
+                                 "--port", str(self.cand_port), "--workers", str(workers)],
+                                env=env, cwd=self.journal)
+        self.bare = self._start([sys.executable, str(ROOT / "bench" / "passthrough.py"),
+                                 "--port", str(self.bare_port), "--upstream",
+                                 self.url(self.mock_port), "--workers", str(workers)])
+        for port in (self.cand_port,):
+            wait_http(self.url(port) + "/healthz")
+        time.sleep(0.5)
+        self.key = self._provision()
+
+    @staticmethod
+    def url(port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def _start(self, cmd: list[str], env: dict[str, str] | None = None,
+               cwd: str | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def _provision(self) -> str:
+        def call(method: str, path: str, body: Any = None) -> Any:
+            req = urllib.request.Request(self.url(self.cand_port) + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"authorization": f"Bearer {OPERATOR}",
+                                                  "content-type": "application/json"})
+            with urllib.request.urlopen(req) as r:
+                return json.loads(r.read())
+        call("POST", "/admin/v1/orgs", {"id": "bench", "plan": "team"})
+        call("PUT", "/admin/v1/orgs/bench/members/b", {"role": "member", "tier": "standard"})
+        return str(call("POST", "/admin/v1/orgs/bench/members/b/keys")["key"])
+
+    def targets(self) -> dict[str, str]:
+        return {"a_direct": self.url(self.mock_port), "b_bare": self.url(self.bare_port),
+                "c_candidate": self.url(self.cand_port)}
+
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self.key, "anthropic-version": "2023-06-01",
+                "content-type": "application/json"}
+
+    def redis_counts(self) -> tuple[int, int]:
+        with redis.Redis(port=self.redis.port) as c:
+            stats = c.info("commandstats")
+            info = c.info("stats")
+        evals = sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_evalsha"))
+        return int(info["total_commands_processed"]), int(evals)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.redis.cleanup()
+
+
+async def sequential(url: str, headers: dict[str, str], body: bytes, n: int) -> list[float]:
+    out = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(20):  # warm up
+            async with s.post(url + "/v1/messages", data=body, headers=headers) as r:
+                await r.read()
+        for _ in range(n):
+            t = time.perf_counter()
+            async with s.post(url + "/v1/messages", data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200, r.status
+            out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def wrk(url: str, headers: dict[str, str], conns: int, seconds: int) -> dict[str, float]:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(SMALL))}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("\n".join(lines))
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
+                          f.name, url + "/v1/messages"], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    os.unlink(f.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)", out, re.M)
+        assert m, out
+        return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors[1]) if errors else 0}
+
+
+async def stream_delays(url: str, headers: dict[str, str], n: int) -> dict[str, list[float]]:
+    """Per chunk: arrival at the client minus when the mock sent it; and time to first byte."""
+    body = json.dumps({**SMALL, "stream": True, "max_tokens": 300}).encode()
+    h = {**headers, "x-mock-events": "30", "x-mock-delay-ms": "2", "x-mock-timestamps": "1",
+         "x-mock-output-tokens": "300"}
+    delays, ttfb = [], []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            t = time.perf_counter()
+            async with s.post(url + "/v1/messages", data=body, headers=h) as r:
+                first = True
+                buf = b""
+                async for chunk in r.content.iter_any():
+                    now = time.time_ns()
+                    if first:
+                        ttfb.append((time.perf_counter() - t) * 1000)
+                        first = False
+                    buf += chunk
+                    while b"\n\n" in buf:
+                        event, buf = buf.split(b"\n\n", 1)
+                        m = re.search(rb'"sent_ns":(\d+)', event)
+                        if m:
+                            delays.append((now - int(m[1])) / 1e6)
+    return {"delays": delays, "ttfb": ttfb}
+
+
+async def open_streams(url: str, headers: dict[str, str], n: int, pid: int) -> float:
+    """RSS of the process tree while n streams are open."""
+    body = json.dumps({**SMALL, "stream": True}).encode()
+    h = {**headers, "x-mock-events": "4", "x-mock-delay-ms": "3000"}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async def one() -> None:
+            async with s.post(url + "/v1/messages", data=body, headers=h) as r:
+                await r.read()
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await asyncio.sleep(2.5)  # every stream open, mid-way
+        rss = rss_mb(pid)
+        await asyncio.gather(*tasks)
+    return rss
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n = 300 if quick else 1500
+    secs = 3 if quick else 6
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python":
+                                           platform.python_version(),
+                                           "kernel": platform.release()}}
+    stack = Stack(workers=1)
+    try:
+        t = stack.targets()
+        h = stack.headers()
+        body = json.dumps(SMALL).encode()
+        lat = {name: asyncio.run(sequential(url, h, body, n)) for name, url in t.items()}
+        base50, base99 = pct(lat["a_direct"], .5), pct(lat["a_direct"], .99)
+        results["c1_small"] = {name: {"p50_ms": round(pct(v, .5), 3),
+                                      "p99_ms": round(pct(v, .99), 3),
+                                      "added_p50_ms": round(pct(v, .5) - base50, 3),
+                                      "added_p99_ms": round(pct(v, .99) - base99, 3)}
+                               for name, v in lat.items()}
+        # Redis work and CPU per metered request
+        before_cmds, before_evals = stack.redis_counts()
+        cpu0 = cpu_s(stack.cand.pid)
+        asyncio.run(sequential(t["c_candidate"], h, body, 500))
+        cpu1 = cpu_s(stack.cand.pid)
+        after_cmds, after_evals = stack.redis_counts()
+        reqs = 520  # 20 warm-up + 500
+        results["redis_per_request"] = {"round_trips": (after_evals - before_evals) / reqs,
+                                        "commands": (after_cmds - before_cmds) / reqs}
+        results["cpu_ms_per_request"] = {"c_candidate": round((cpu1 - cpu0) * 1000 / reqs, 3)}
+        cpu0 = cpu_s(stack.bare.pid)
+        asyncio.run(sequential(t["b_bare"], h, body, 500))
+        results["cpu_ms_per_request"]["b_bare"] = round((cpu_s(stack.bare.pid) - cpu0)
+                                                        * 1000 / reqs, 3)
+        # big bodies
+        results["bodies"] = {}
+        for label, size in (("1MiB", 1 << 20), ("8MiB", 8 << 20)):
+            big = json.dumps({**SMALL, "messages": [{"role": "user",
+                                                     "content": "x" * size}]}).encode()
+            k = 20 if quick else 40
+            got = {name: asyncio.run(sequential(url, h, big, k)) for name, url in t.items()}
+            results["bodies"][label] = {name: round(statistics.median(v) -
+                                                    statistics.median(got["a_direct"]), 3)
+                                        for name, v in got.items()}
+        # streams
+        streams = {name: asyncio.run(stream_delays(url, h, 20 if quick else 60))
+                   for name, url in t.items()}
+        results["streams"] = {name: {
+            "chunk_delay_p50_ms": round(pct(v["delays"], .5), 3),
+            "chunk_delay_p99_ms": round(pct(v["delays"], .99), 3),
+            "ttfb_p50_ms": round(pct(v["ttfb"], .5), 3)} for name, v in streams.items()}
+        for name in ("b_bare", "c_candidate"):
+            results["streams"][name]["added_chunk_p99_ms"] = round(
+                pct(streams[name]["delays"], .99) - pct(streams["a_direct"]["delays"], .99), 3)
+            results["streams"][name]["added_ttfb_p50_ms"] = round(
+                pct(streams[name]["ttfb"], .5) - pct(streams["a_direct"]["ttfb"], .5), 3)
+        results["open_streams_1000"] = {
+            "c_candidate_rss_mb": round(asyncio.run(open_streams(t["c_candidate"], h, 1000,
+                                                                 stack.cand.pid)), 1),
+            "b_bare_rss_mb": round(asyncio.run(open_streams(t["b_bare"], h, 1000,
+                                                            stack.bare.pid)), 1)}
+    finally:
+        stack.stop()
+    stack = Stack(workers=2)
+    try:
+        t, h = stack.targets(), stack.headers()
+        results["throughput_workers2"] = {}
+        for conns in (16, 64):
+            row = {name: wrk(url, h, conns, secs) for name, url in t.items()}
+            row["ratio_rps_c_over_b"] = round(row["c_candidate"]["rps"] / row["b_bare"]["rps"],
+                                              3)
+            row["ratio_p99_c_over_b"] = round(row["c_candidate"]["p99_ms"] /
+                                              row["b_bare"]["p99_ms"], 3)
+            results["throughput_workers2"][f"c{conns}"] = row
+    finally:
+        stack.stop()
+    return results
+
+
+def table(r: dict[str, Any]) -> str:
+    c1 = r["c1_small"]
+    lines = ["| measure | (a) direct | (b) bare proxy | (c) extra-usage-proxy | target |",
+             "|---|---|---|---|---|"]
+    lines.append(f"| c=1 small, p50 / p99 ms | {c1['a_direct']['p50_ms']} / "
+                 f"{c1['a_direct']['p99_ms']} | {c1['b_bare']['p50_ms']} / "
+                 f"{c1['b_bare']['p99_ms']} | {c1['c_candidate']['p50_ms']} / "
+                 f"{c1['c_candidate']['p99_ms']} | |")
+    lines.append(f"| c=1 added p50 over (a), ms | | {c1['b_bare']['added_p50_ms']} | "
+                 f"{c1['c_candidate']['added_p50_ms']} | ≤ (b) + 0.5 |")
+    lines.append(f"| c=1 added p99 over (a), ms | | {c1['b_bare']['added_p99_ms']} | "
+                 f"{c1['c_candidate']['added_p99_ms']} | ≤ 5 |")
+    for c, row in r["throughput_workers2"].items():
+        lines.append(f"| 2 workers {c}: RPS | {row['a_direct']['rps']:.0f} | "
+                     f"{row['b_bare']['rps']:.0f} | {row['c_candidate']['rps']:.0f} "
+                     f"({row['ratio_rps_c_over_b']:.0%} of b) | ≥ 70 % of (b) |")
+        lines.append(f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "
+                     f"{row['b_bare']['p99_ms']} | {row['c_candidate']['p99_ms']} "
+                     f"({row['ratio_p99_c_over_b']}× b) | ≤ 1.5× (b) |")
+    s = r["streams"]
+    lines.append(f"| stream chunk forwarding p99, ms (added over a) | "
+                 f"{s['a_direct']['chunk_delay_p99_ms']} | {s['b_bare']['added_chunk_p99_ms']} | "
+                 f"{s['c_candidate']['added_chunk_p99_ms']} | ≤ 1 |")
+    lines.append(f"| stream added time to first byte p50, ms | | "
+                 f"{s['b_bare']['added_ttfb_p50_ms']} | {s['c_candidate']['added_ttfb_p50_ms']}"
+                 f" | |")
+    for label, row in r["bodies"].items():
+        lines.append(f"| {label} body: added median ms | | {row['b_bare']} | "
+                     f"{row['c_candidate']} | {'≤ 20' if label == '8MiB' else ''} |")
+    o = r["open_streams_1000"]
+    lines.append(f"| 1000 open streams: RSS MB | | {o['b_bare_rss_mb']} | "
+                 f"{o['c_candidate_rss_mb']} | < 300 |")
+    cpu = r["cpu_ms_per_request"]
+    lines.append(f"| CPU ms per request (c=1) | | {cpu['b_bare']} | {cpu['c_candidate']} | |")
+    rr = r["redis_per_request"]
+    lines.append(f"| Redis round trips / commands per metered request | | | "
+                 f"{rr['round_trips']:.2f} / {rr['commands']:.2f} | exactly 2 round trips |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    uvloop.install()
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = p.parse_args()
+    res = run(args.quick)
+    res["table"] = table(res)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(res["table"])
