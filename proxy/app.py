@@ -15,6 +15,7 @@ from proxy.appkeys import CONFIG, LEDGER, METRICS, PAYMENTS, STORE, UPSTREAM
 from proxy.config import Config
 from proxy.errors import InternalError, ProxyError, StoreUnavailable, error_response
 from proxy.forward import (
+    ACCESS_LOG,
     METER,
     REQUEST_ID,
     head_root,
@@ -25,6 +26,7 @@ from proxy.forward import (
 )
 from proxy.journal import Journal
 from proxy.ledger_db import LazyLedger
+from proxy.logs import AccessLog
 from proxy.metering import Meter
 from proxy.metrics import Metrics
 from proxy.openapi import document
@@ -103,6 +105,7 @@ def build_app(
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
+    app[ACCESS_LOG] = access_log = AccessLog()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = redis_client or make_client(config.redis)
@@ -138,6 +141,7 @@ def build_app(
         except StoreUnavailable:
             log.warning("redis not reachable at start; /readyz will report it")
         yield
+        access_log.flush()
         replayer.cancel()
         await asyncio.gather(replayer, return_exceptions=True)
         journal.close()

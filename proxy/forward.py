@@ -10,6 +10,7 @@ forwarded chunk by chunk as they arrive.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -34,7 +35,7 @@ from proxy.errors import (
     StoreUnavailable,
     UpstreamUnavailable,
 )
-from proxy.logs import access
+from proxy.logs import AccessLog
 from proxy.metering import Meter
 from proxy.pricing import Usage
 from proxy.store import Admission, StoreRefusal
@@ -43,6 +44,7 @@ from proxy.usage import StreamUsage, response_usage
 log = logging.getLogger(__name__)
 
 METER: web.AppKey[Meter] = web.AppKey("meter")
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it
 
 HOP_BY_HOP = frozenset(
@@ -72,8 +74,14 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding"}
 MAX_TOKENS_LIMIT = 1_000_000
 
 
+_ID_PREFIX = f"req_eup_{secrets.token_hex(6)}"
+_ids = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return f"req_eup_{secrets.token_hex(12)}"
+    """Unique without a system call per request: a random per-process prefix and a counter
+    (the id keys the request's reservation, so it must never repeat across processes)."""
+    return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> CIMultiDict[str]:
@@ -195,7 +203,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         ref = meter.upstream_refs.get(key.org, "")
     elif not adm.allowed:
         meter.record_decision(adm)
-        access(
+        request.app[ACCESS_LOG].write(
             request_id=rid,
             org=key.org,
             member=adm["member"],
@@ -295,8 +303,8 @@ async def _finish(
         cost = result["cost"] if result else None
         member, mode = ctx.adm["member"], ctx.adm["mode"]
     app[METRICS].upstream_latency.observe(time.perf_counter() - ctx.t0)
-    app[METRICS].requests.labels("messages", str(status)).inc()
-    access(
+    app[METRICS].child(app[METRICS].requests, "messages", str(status)).inc()
+    request.app[ACCESS_LOG].write(
         request_id=ctx.rid,
         org=ctx.org,
         member=member,
@@ -317,7 +325,7 @@ async def _forward_error(
     await _release(request, ctx)
     request.app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     request.app[METRICS].requests.labels("messages", str(upstream.status)).inc()
-    access(
+    request.app[ACCESS_LOG].write(
         request_id=ctx.rid,
         org=ctx.org,
         member=ctx.adm["member"] if ctx.adm else None,

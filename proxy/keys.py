@@ -8,6 +8,7 @@ it only learns inside the script (from a proxy key) without inventing a key name
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class OrgKeys:
     requests: str  # hash: extra-usage request id -> JSON (Enterprise)
 
 
+@functools.lru_cache(maxsize=65536)
 def org_keys(prefix: str, org: str) -> OrgKeys:
     tag = f"{prefix}:{{{org}}}"
     return OrgKeys(

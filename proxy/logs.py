@@ -1,14 +1,16 @@
-"""Structured logs: one JSON line per request (request id, org, member, mode, cost, latency)."""
+"""Structured logs: JSON lines on stderr. One line per request (request id, org, member, mode,
+cost, status, latency) from ``AccessLog``; everything else through ``logging``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+import time
 from typing import Any
 
 import orjson
-
-ACCESS = logging.getLogger("proxy.access")
 
 
 class JSONFormatter(logging.Formatter):
@@ -36,6 +38,36 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def access(**fields: Any) -> None:
-    if ACCESS.isEnabledFor(logging.INFO):
-        ACCESS.info("request", extra={"fields": fields})
+class AccessLog:
+    """The per-request log line, written in batches: the lines of one 50 ms slice go out in
+    one write instead of one system call and one LogRecord each (flushed on shutdown too)."""
+
+    def __init__(self, fd: int = 2, every_s: float = 0.05) -> None:
+        self.fd = fd
+        self.every_s = every_s
+        self.pid = os.getpid()
+        self.lines: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, **fields: Any) -> None:
+        doc = {
+            "ts": round(time.time(), 3),
+            "level": "info",
+            "logger": "proxy.access",
+            "pid": self.pid,
+            "msg": "request",
+            **fields,
+        }
+        self.lines.append(orjson.dumps(doc, default=str) + b"\n")
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.every_s, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self.lines:
+            data, self.lines = b"".join(self.lines), []
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                logging.getLogger(__name__).exception("access log write failed")

@@ -62,7 +62,8 @@ class Meter:
         return Fit(max_cost, max(0, room // rates.output) if rates.output else 0)
 
     def record_decision(self, a: Admission) -> None:
-        self.metrics.decisions.labels(a["mode"] or "deny", a["reason"] or "none").inc()
+        m = self.metrics
+        m.child(m.decisions, a["mode"] or "deny", a["reason"] or "none").inc()
 
     def refuse(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Exception:
         fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
@@ -136,7 +137,7 @@ class Meter:
         m = self.metrics
         for kind in TOKEN_KINDS:
             if detail[kind]:
-                m.tokens.labels(family, kind).inc(detail[kind])
+                m.child(m.tokens, family, kind).inc(detail[kind])
         cost = int(result["cost"])
         if result["mode"] == "extra_usage":
             m.spend(org, cost / NANO)

@@ -8,6 +8,7 @@ member ids; org ids only when ``metrics.org_labels`` is on.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
@@ -43,6 +44,7 @@ class Metrics:
     ) -> None:
         # per-org series only when the operator asks for them (cardinality grows with orgs)
         self.org_labels = org_labels
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "eup_requests_total", "Requests by route and outcome", ["route", "outcome"], registry=r
@@ -140,6 +142,15 @@ class Metrics:
             "Requests let through unmetered while Redis was unavailable",
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """A labelled series, cached: ``labels()`` takes a lock and builds a key every call,
+        and the hot path asks for the same few series on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def spend(self, org: str, usd: float) -> None:
         (self.extra_spend.labels(org) if self.org_labels else self.extra_spend).inc(usd)

@@ -85,6 +85,7 @@ def make_client(cfg: RedisConfig) -> RedisClient:
             max_connections=cfg.max_connections,
             retry=retry,
             retry_on_error=errors,
+            protocol=2,
         )
     # a blocking pool: a burst wider than the pool waits for a connection instead of failing
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -95,6 +96,7 @@ def make_client(cfg: RedisConfig) -> RedisClient:
         socket_connect_timeout=cfg.socket_timeout_s,
         retry=retry,
         retry_on_error=errors,
+        protocol=2,  # RESP2 with the hiredis parser: the cheapest replies to parse
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
@@ -156,7 +158,8 @@ class Store:
                 self.metrics.redis_errors.labels(name).inc()
             raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
         if self.metrics is not None:
-            self.metrics.redis_latency.labels(name).observe(time.perf_counter() - started)
+            m = self.metrics
+            m.child(m.redis_latency, name).observe(time.perf_counter() - started)
         doc = orjson.loads(reply)
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
