@@ -34,42 +34,57 @@ def test_check_config_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixt
 async def test_serve_runs_the_proxy_and_stops_on_sigterm(
     redis_server: RedisServer, upstream: Any
 ) -> None:
-    up_server, _ = upstream
     port = free_port()
-    env = {
+    proc = _serve(
+        ["--config", str(ROOT / "config" / "example.toml"), "--port", str(port)],
+        _env(redis_server, upstream),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _ready(base)
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                base + "/admin/v1/orgs",
+                json={"id": "cli-org", "plan": "team"},
+                headers={"authorization": "Bearer op"},
+            ) as r,
+        ):
+            assert r.status == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert b'"msg":"serving"' in err
+
+
+def _env(redis_server: RedisServer, upstream: Any) -> dict[str, str]:
+    up_server, _ = upstream
+    return {
         **os.environ,
         "REDIS_URL": redis_server.url,
         "OPERATOR_TOKEN": "op",
         "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
         "UPSTREAM_API_KEY": "k",
     }
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(ROOT / "config" / "example.toml"), "--port", str(port)],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                try:
-                    async with s.get(base + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            async with s.post(
-                base + "/admin/v1/orgs",
-                json={"id": "cli-org", "plan": "team"},
-                headers={"authorization": "Bearer op"},
-            ) as r:
-                assert r.status == 201
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0
-    assert b'"msg":"serving"' in err
+
+
+async def _member_key(base: str, org: str) -> str:
+    """Provision an org and one member through the admin API; return the member's key."""
+    op = {"authorization": "Bearer op"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            base + "/admin/v1/orgs", json={"id": org, "plan": "team"}, headers=op
+        ) as r:
+            assert r.status in (201, 409)
+        async with s.put(
+            base + f"/admin/v1/orgs/{org}/members/m",
+            headers=op,
+            json={"role": "member", "tier": "standard"},
+        ) as r:
+            assert r.status in (200, 201)
+        async with s.post(base + f"/admin/v1/orgs/{org}/members/m/keys", headers=op) as r:
+            return str((await r.json())["key"])
 
 
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -92,33 +107,12 @@ async def _ready(base: str) -> None:
 async def test_workers_share_one_port_and_metrics_sum_over_them(
     redis_server: RedisServer, upstream: Any
 ) -> None:
-    up_server, _ = upstream
     port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "OPERATOR_TOKEN": "op",
-        "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
-        "UPSTREAM_API_KEY": "k",
-    }
-    proc = _serve(["--workers", "2", "--port", str(port)], env)
+    proc = _serve(["--workers", "2", "--port", str(port)], _env(redis_server, upstream))
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base)
-        op = {"authorization": "Bearer op"}
-        async with aiohttp.ClientSession() as s:
-            async with s.post(
-                base + "/admin/v1/orgs", json={"id": "wk-org", "plan": "team"}, headers=op
-            ) as r:
-                assert r.status in (201, 409)
-            async with s.put(
-                base + "/admin/v1/orgs/wk-org/members/w",
-                headers=op,
-                json={"role": "member", "tier": "standard"},
-            ) as r:
-                assert r.status in (200, 201)
-            async with s.post(base + "/admin/v1/orgs/wk-org/members/w/keys", headers=op) as r:
-                key = (await r.json())["key"]
+        key = await _member_key(base, "wk-org")
         for _ in range(40):  # a new connection each: the kernel spreads them over workers
             async with (
                 aiohttp.ClientSession() as s,
@@ -150,29 +144,13 @@ async def test_workers_share_one_port_and_metrics_sum_over_them(
 async def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     redis_server: RedisServer, upstream: Any
 ) -> None:
-    up_server, _ = upstream
     port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "OPERATOR_TOKEN": "op",
-        "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
-        "UPSTREAM_API_KEY": "k",
-    }
-    proc = _serve(["--port", str(port)], env)
+    proc = _serve(["--port", str(port)], _env(redis_server, upstream))
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base)
-        op = {"authorization": "Bearer op"}
+        key = await _member_key(base, "gs-org")
         async with aiohttp.ClientSession() as s:
-            await s.post(base + "/admin/v1/orgs", json={"id": "gs-org", "plan": "team"}, headers=op)
-            await s.put(
-                base + "/admin/v1/orgs/gs-org/members/g",
-                headers=op,
-                json={"role": "member", "tier": "standard"},
-            )
-            async with s.post(base + "/admin/v1/orgs/gs-org/members/g/keys", headers=op) as r:
-                key = (await r.json())["key"]
             headers = {"x-api-key": key, "x-mock-delay-ms": "50", "x-mock-events": "20"}
             async with s.post(
                 base + "/v1/messages",
