@@ -17,8 +17,15 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-DROP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-        "accept-encoding", "content-encoding"}
+DROP = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "accept-encoding",
+    "content-encoding",
+}
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 
 
@@ -48,7 +55,8 @@ def serve(port: int, upstream: str) -> None:
         async def session(app: web.Application):  # type: ignore[no-untyped-def]
             timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=600)
             app[SESSION] = aiohttp.ClientSession(
-                timeout=timeout, connector=aiohttp.TCPConnector(limit=4096, limit_per_host=0))
+                timeout=timeout, connector=aiohttp.TCPConnector(limit=4096, limit_per_host=0)
+            )
             yield
             await app[SESSION].close()
 

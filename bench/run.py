@@ -35,8 +35,11 @@ sys.path.insert(0, str(ROOT))
 from proxy.embedded import RedisServer, free_port  # noqa: E402
 
 OPERATOR = "bench-operator"
-SMALL = {"model": "claude-sonnet-4-5", "max_tokens": 50,
-         "messages": [{"role": "user", "content": "Say hello."}]}
+SMALL = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "Say hello."}],
+}
 
 
 def wait_http(url: str) -> None:
@@ -100,17 +103,41 @@ class Stack:
         self.mock_port, self.cand_port, self.bare_port = free_port(), free_port(), free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.mock = self._start([str(BIN), "mock-upstream", "--port", str(self.mock_port)])
-        env = {**os.environ, "REDIS_URL": self.redis.url, "OPERATOR_TOKEN": OPERATOR,
-               "UPSTREAM_URL": self.url(self.mock_port), "UPSTREAM_API_KEY": "bench",
-               "PYTHONWARNINGS": "ignore"}
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "OPERATOR_TOKEN": OPERATOR,
+            "UPSTREAM_URL": self.url(self.mock_port),
+            "UPSTREAM_API_KEY": "bench",
+            "PYTHONWARNINGS": "ignore",
+        }
         self.journal = tempfile.mkdtemp(prefix="eup-bench-")
-        self.cand = self._start([str(BIN), "serve", "--config", str(ROOT / "bench" /
-                                                                     "config.toml"),
-                                 "--port", str(self.cand_port), "--workers", str(workers)],
-                                env=env, cwd=self.journal)
-        self.bare = self._start([sys.executable, str(ROOT / "bench" / "passthrough.py"),
-                                 "--port", str(self.bare_port), "--upstream",
-                                 self.url(self.mock_port), "--workers", str(workers)])
+        self.cand = self._start(
+            [
+                str(BIN),
+                "serve",
+                "--config",
+                str(ROOT / "bench" / "config.toml"),
+                "--port",
+                str(self.cand_port),
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            cwd=self.journal,
+        )
+        self.bare = self._start(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "passthrough.py"),
+                "--port",
+                str(self.bare_port),
+                "--upstream",
+                self.url(self.mock_port),
+                "--workers",
+                str(workers),
+            ]
+        )
         for port in (self.cand_port,):
             wait_http(self.url(port) + "/healthz")
         time.sleep(0.5)
@@ -120,32 +147,43 @@ class Stack:
     def url(port: int) -> str:
         return f"http://127.0.0.1:{port}"
 
-    def _start(self, cmd: list[str], env: dict[str, str] | None = None,
-               cwd: str | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    def _start(
+        self, cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self.procs.append(proc)
         return proc
 
     def _provision(self) -> str:
         def call(method: str, path: str, body: Any = None) -> Any:
-            req = urllib.request.Request(self.url(self.cand_port) + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"authorization": f"Bearer {OPERATOR}",
-                                                  "content-type": "application/json"})
+            req = urllib.request.Request(
+                self.url(self.cand_port) + path,
+                method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"authorization": f"Bearer {OPERATOR}", "content-type": "application/json"},
+            )
             with urllib.request.urlopen(req) as r:
                 return json.loads(r.read())
+
         call("POST", "/admin/v1/orgs", {"id": "bench", "plan": "team"})
         call("PUT", "/admin/v1/orgs/bench/members/b", {"role": "member", "tier": "standard"})
         return str(call("POST", "/admin/v1/orgs/bench/members/b/keys")["key"])
 
     def targets(self) -> dict[str, str]:
-        return {"a_direct": self.url(self.mock_port), "b_bare": self.url(self.bare_port),
-                "c_candidate": self.url(self.cand_port)}
+        return {
+            "a_direct": self.url(self.mock_port),
+            "b_bare": self.url(self.bare_port),
+            "c_candidate": self.url(self.cand_port),
+        }
 
     def headers(self) -> dict[str, str]:
-        return {"x-api-key": self.key, "anthropic-version": "2023-06-01",
-                "content-type": "application/json"}
+        return {
+            "x-api-key": self.key,
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        }
 
     def redis_counts(self) -> tuple[int, int]:
         with redis.Redis(port=self.redis.port) as c:
@@ -185,9 +223,21 @@ def wrk(url: str, headers: dict[str, str], conns: int, seconds: int) -> dict[str
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write("\n".join(lines))
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
-                          f.name, url + "/v1/messages"], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            f.name,
+            url + "/v1/messages",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     os.unlink(f.name)
 
     def ms(label: str) -> float:
@@ -196,15 +246,24 @@ def wrk(url: str, headers: dict[str, str], conns: int, seconds: int) -> dict[str
         return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
-            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors[1]) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "non_2xx": int(errors[1]) if errors else 0,
+    }
 
 
 async def stream_delays(url: str, headers: dict[str, str], n: int) -> dict[str, list[float]]:
     """Per chunk: arrival at the client minus when the mock sent it; and time to first byte."""
     body = json.dumps({**SMALL, "stream": True, "max_tokens": 300}).encode()
-    h = {**headers, "x-mock-events": "30", "x-mock-delay-ms": "2", "x-mock-timestamps": "1",
-         "x-mock-output-tokens": "300"}
+    h = {
+        **headers,
+        "x-mock-events": "30",
+        "x-mock-delay-ms": "2",
+        "x-mock-timestamps": "1",
+        "x-mock-output-tokens": "300",
+    }
     delays, ttfb = [], []
     async with aiohttp.ClientSession() as s:
         for _ in range(n):
@@ -232,9 +291,11 @@ async def open_streams(url: str, headers: dict[str, str], n: int, pid: int) -> f
     h = {**headers, "x-mock-events": "4", "x-mock-delay-ms": "3000"}
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
+
         async def one() -> None:
             async with s.post(url + "/v1/messages", data=body, headers=h) as r:
                 await r.read()
+
         tasks = [asyncio.create_task(one()) for _ in range(n)]
         await asyncio.sleep(2.5)  # every stream open, mid-way
         rss = rss_mb(pid)
@@ -245,21 +306,29 @@ async def open_streams(url: str, headers: dict[str, str], n: int, pid: int) -> f
 def run(quick: bool) -> dict[str, Any]:
     n = 300 if quick else 1500
     secs = 3 if quick else 6
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python":
-                                           platform.python_version(),
-                                           "kernel": platform.release()}}
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        }
+    }
     stack = Stack(workers=1)
     try:
         t = stack.targets()
         h = stack.headers()
         body = json.dumps(SMALL).encode()
         lat = {name: asyncio.run(sequential(url, h, body, n)) for name, url in t.items()}
-        base50, base99 = pct(lat["a_direct"], .5), pct(lat["a_direct"], .99)
-        results["c1_small"] = {name: {"p50_ms": round(pct(v, .5), 3),
-                                      "p99_ms": round(pct(v, .99), 3),
-                                      "added_p50_ms": round(pct(v, .5) - base50, 3),
-                                      "added_p99_ms": round(pct(v, .99) - base99, 3)}
-                               for name, v in lat.items()}
+        base50, base99 = pct(lat["a_direct"], 0.5), pct(lat["a_direct"], 0.99)
+        results["c1_small"] = {
+            name: {
+                "p50_ms": round(pct(v, 0.5), 3),
+                "p99_ms": round(pct(v, 0.99), 3),
+                "added_p50_ms": round(pct(v, 0.5) - base50, 3),
+                "added_p99_ms": round(pct(v, 0.99) - base99, 3),
+            }
+            for name, v in lat.items()
+        }
         # Redis work and CPU per metered request
         before_cmds, before_evals = stack.redis_counts()
         cpu0 = cpu_s(stack.cand.pid)
@@ -267,40 +336,55 @@ def run(quick: bool) -> dict[str, Any]:
         cpu1 = cpu_s(stack.cand.pid)
         after_cmds, after_evals = stack.redis_counts()
         reqs = 520  # 20 warm-up + 500
-        results["redis_per_request"] = {"round_trips": (after_evals - before_evals) / reqs,
-                                        "commands": (after_cmds - before_cmds) / reqs}
+        results["redis_per_request"] = {
+            "round_trips": (after_evals - before_evals) / reqs,
+            "commands": (after_cmds - before_cmds) / reqs,
+        }
         results["cpu_ms_per_request"] = {"c_candidate": round((cpu1 - cpu0) * 1000 / reqs, 3)}
         cpu0 = cpu_s(stack.bare.pid)
         asyncio.run(sequential(t["b_bare"], h, body, 500))
-        results["cpu_ms_per_request"]["b_bare"] = round((cpu_s(stack.bare.pid) - cpu0)
-                                                        * 1000 / reqs, 3)
+        results["cpu_ms_per_request"]["b_bare"] = round(
+            (cpu_s(stack.bare.pid) - cpu0) * 1000 / reqs, 3
+        )
         # big bodies
         results["bodies"] = {}
         for label, size in (("1MiB", 1 << 20), ("8MiB", 8 << 20)):
-            big = json.dumps({**SMALL, "messages": [{"role": "user",
-                                                     "content": "x" * size}]}).encode()
+            big = json.dumps(
+                {**SMALL, "messages": [{"role": "user", "content": "x" * size}]}
+            ).encode()
             k = 20 if quick else 40
             got = {name: asyncio.run(sequential(url, h, big, k)) for name, url in t.items()}
-            results["bodies"][label] = {name: round(statistics.median(v) -
-                                                    statistics.median(got["a_direct"]), 3)
-                                        for name, v in got.items()}
+            results["bodies"][label] = {
+                name: round(statistics.median(v) - statistics.median(got["a_direct"]), 3)
+                for name, v in got.items()
+            }
         # streams
-        streams = {name: asyncio.run(stream_delays(url, h, 20 if quick else 60))
-                   for name, url in t.items()}
-        results["streams"] = {name: {
-            "chunk_delay_p50_ms": round(pct(v["delays"], .5), 3),
-            "chunk_delay_p99_ms": round(pct(v["delays"], .99), 3),
-            "ttfb_p50_ms": round(pct(v["ttfb"], .5), 3)} for name, v in streams.items()}
+        streams = {
+            name: asyncio.run(stream_delays(url, h, 20 if quick else 60)) for name, url in t.items()
+        }
+        results["streams"] = {
+            name: {
+                "chunk_delay_p50_ms": round(pct(v["delays"], 0.5), 3),
+                "chunk_delay_p99_ms": round(pct(v["delays"], 0.99), 3),
+                "ttfb_p50_ms": round(pct(v["ttfb"], 0.5), 3),
+            }
+            for name, v in streams.items()
+        }
         for name in ("b_bare", "c_candidate"):
             results["streams"][name]["added_chunk_p99_ms"] = round(
-                pct(streams[name]["delays"], .99) - pct(streams["a_direct"]["delays"], .99), 3)
+                pct(streams[name]["delays"], 0.99) - pct(streams["a_direct"]["delays"], 0.99), 3
+            )
             results["streams"][name]["added_ttfb_p50_ms"] = round(
-                pct(streams[name]["ttfb"], .5) - pct(streams["a_direct"]["ttfb"], .5), 3)
+                pct(streams[name]["ttfb"], 0.5) - pct(streams["a_direct"]["ttfb"], 0.5), 3
+            )
         results["open_streams_1000"] = {
-            "c_candidate_rss_mb": round(asyncio.run(open_streams(t["c_candidate"], h, 1000,
-                                                                 stack.cand.pid)), 1),
-            "b_bare_rss_mb": round(asyncio.run(open_streams(t["b_bare"], h, 1000,
-                                                            stack.bare.pid)), 1)}
+            "c_candidate_rss_mb": round(
+                asyncio.run(open_streams(t["c_candidate"], h, 1000, stack.cand.pid)), 1
+            ),
+            "b_bare_rss_mb": round(
+                asyncio.run(open_streams(t["b_bare"], h, 1000, stack.bare.pid)), 1
+            ),
+        }
     finally:
         stack.stop()
     stack = Stack(workers=2)
@@ -309,10 +393,10 @@ def run(quick: bool) -> dict[str, Any]:
         results["throughput_workers2"] = {}
         for conns in (16, 64):
             row = {name: wrk(url, h, conns, secs) for name, url in t.items()}
-            row["ratio_rps_c_over_b"] = round(row["c_candidate"]["rps"] / row["b_bare"]["rps"],
-                                              3)
-            row["ratio_p99_c_over_b"] = round(row["c_candidate"]["p99_ms"] /
-                                              row["b_bare"]["p99_ms"], 3)
+            row["ratio_rps_c_over_b"] = round(row["c_candidate"]["rps"] / row["b_bare"]["rps"], 3)
+            row["ratio_p99_c_over_b"] = round(
+                row["c_candidate"]["p99_ms"] / row["b_bare"]["p99_ms"], 3
+            )
             results["throughput_workers2"][f"c{conns}"] = row
     finally:
         stack.stop()
@@ -321,41 +405,63 @@ def run(quick: bool) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     c1 = r["c1_small"]
-    lines = ["| measure | (a) direct | (b) bare proxy | (c) extra-usage-proxy | target |",
-             "|---|---|---|---|---|"]
-    lines.append(f"| c=1 small, p50 / p99 ms | {c1['a_direct']['p50_ms']} / "
-                 f"{c1['a_direct']['p99_ms']} | {c1['b_bare']['p50_ms']} / "
-                 f"{c1['b_bare']['p99_ms']} | {c1['c_candidate']['p50_ms']} / "
-                 f"{c1['c_candidate']['p99_ms']} | |")
-    lines.append(f"| c=1 added p50 over (a), ms | | {c1['b_bare']['added_p50_ms']} | "
-                 f"{c1['c_candidate']['added_p50_ms']} | ≤ (b) + 0.5 |")
-    lines.append(f"| c=1 added p99 over (a), ms | | {c1['b_bare']['added_p99_ms']} | "
-                 f"{c1['c_candidate']['added_p99_ms']} | ≤ 5 |")
+    lines = [
+        "| measure | (a) direct | (b) bare proxy | (c) extra-usage-proxy | target |",
+        "|---|---|---|---|---|",
+    ]
+    lines.append(
+        f"| c=1 small, p50 / p99 ms | {c1['a_direct']['p50_ms']} / "
+        f"{c1['a_direct']['p99_ms']} | {c1['b_bare']['p50_ms']} / "
+        f"{c1['b_bare']['p99_ms']} | {c1['c_candidate']['p50_ms']} / "
+        f"{c1['c_candidate']['p99_ms']} | |"
+    )
+    lines.append(
+        f"| c=1 added p50 over (a), ms | | {c1['b_bare']['added_p50_ms']} | "
+        f"{c1['c_candidate']['added_p50_ms']} | ≤ (b) + 0.5 |"
+    )
+    lines.append(
+        f"| c=1 added p99 over (a), ms | | {c1['b_bare']['added_p99_ms']} | "
+        f"{c1['c_candidate']['added_p99_ms']} | ≤ 5 |"
+    )
     for c, row in r["throughput_workers2"].items():
-        lines.append(f"| 2 workers {c}: RPS | {row['a_direct']['rps']:.0f} | "
-                     f"{row['b_bare']['rps']:.0f} | {row['c_candidate']['rps']:.0f} "
-                     f"({row['ratio_rps_c_over_b']:.0%} of b) | ≥ 70 % of (b) |")
-        lines.append(f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "
-                     f"{row['b_bare']['p99_ms']} | {row['c_candidate']['p99_ms']} "
-                     f"({row['ratio_p99_c_over_b']}× b) | ≤ 1.5× (b) |")
+        lines.append(
+            f"| 2 workers {c}: RPS | {row['a_direct']['rps']:.0f} | "
+            f"{row['b_bare']['rps']:.0f} | {row['c_candidate']['rps']:.0f} "
+            f"({row['ratio_rps_c_over_b']:.0%} of b) | ≥ 70 % of (b) |"
+        )
+        lines.append(
+            f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "
+            f"{row['b_bare']['p99_ms']} | {row['c_candidate']['p99_ms']} "
+            f"({row['ratio_p99_c_over_b']}× b) | ≤ 1.5× (b) |"
+        )
     s = r["streams"]
-    lines.append(f"| stream chunk forwarding p99, ms (added over a) | "
-                 f"{s['a_direct']['chunk_delay_p99_ms']} | {s['b_bare']['added_chunk_p99_ms']} | "
-                 f"{s['c_candidate']['added_chunk_p99_ms']} | ≤ 1 |")
-    lines.append(f"| stream added time to first byte p50, ms | | "
-                 f"{s['b_bare']['added_ttfb_p50_ms']} | {s['c_candidate']['added_ttfb_p50_ms']}"
-                 f" | |")
+    lines.append(
+        f"| stream chunk forwarding p99, ms (added over a) | "
+        f"{s['a_direct']['chunk_delay_p99_ms']} | {s['b_bare']['added_chunk_p99_ms']} | "
+        f"{s['c_candidate']['added_chunk_p99_ms']} | ≤ 1 |"
+    )
+    lines.append(
+        f"| stream added time to first byte p50, ms | | "
+        f"{s['b_bare']['added_ttfb_p50_ms']} | {s['c_candidate']['added_ttfb_p50_ms']}"
+        f" | |"
+    )
     for label, row in r["bodies"].items():
-        lines.append(f"| {label} body: added median ms | | {row['b_bare']} | "
-                     f"{row['c_candidate']} | {'≤ 20' if label == '8MiB' else ''} |")
+        lines.append(
+            f"| {label} body: added median ms | | {row['b_bare']} | "
+            f"{row['c_candidate']} | {'≤ 20' if label == '8MiB' else ''} |"
+        )
     o = r["open_streams_1000"]
-    lines.append(f"| 1000 open streams: RSS MB | | {o['b_bare_rss_mb']} | "
-                 f"{o['c_candidate_rss_mb']} | < 300 |")
+    lines.append(
+        f"| 1000 open streams: RSS MB | | {o['b_bare_rss_mb']} | "
+        f"{o['c_candidate_rss_mb']} | < 300 |"
+    )
     cpu = r["cpu_ms_per_request"]
     lines.append(f"| CPU ms per request (c=1) | | {cpu['b_bare']} | {cpu['c_candidate']} | |")
     rr = r["redis_per_request"]
-    lines.append(f"| Redis round trips / commands per metered request | | | "
-                 f"{rr['round_trips']:.2f} / {rr['commands']:.2f} | exactly 2 round trips |")
+    lines.append(
+        f"| Redis round trips / commands per metered request | | | "
+        f"{rr['round_trips']:.2f} / {rr['commands']:.2f} | exactly 2 round trips |"
+    )
     return "\n".join(lines)
 
 
