@@ -365,8 +365,8 @@ async def _forward_stream(
     try:
         await resp.prepare(request)
         async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)  # forward first: parsing for usage must not delay it
             meter.feed(chunk)
-            await resp.write(chunk)
         # settle before the terminating chunk: the member sees the end only once it is charged
         outcome = "upstream_error_event" if meter.errored else outcome
         await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
