@@ -115,6 +115,8 @@ def build_app(
             tiers=config.tiers,
             policy=config.policy,
             metrics=app[METRICS],
+            # auto-pipelining on the client this app opened itself (a real Redis)
+            pipelining=redis_client is None and not config.redis.cluster,
         )
         up = config.upstream
         # a total timeout would cut long streams: bound connecting and each silence instead
@@ -148,6 +150,8 @@ def build_app(
         await ledger.close()
         await payments.close()
         await session.close()
+        if store.pipeliner is not None:
+            await store.pipeliner.close()
         if redis_client is None:
             await client.aclose()
 
