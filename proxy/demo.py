@@ -69,6 +69,13 @@ class Demo:
         self.members.append(m)
         return m
 
+    async def accept(self, m: Member) -> None:
+        """The member accepts continuing on extra usage (POST /v1/usage/me/extra-usage)."""
+        async with self.session.post(
+            self.base + "/v1/usage/me/extra-usage", headers={"x-api-key": m.key}
+        ) as r:
+            assert r.status == 200, await r.text()
+
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
@@ -208,17 +215,11 @@ async def scenario(demo: Demo) -> None:
         "accept extra usage themselves; standard tier limit $0.30, erin's limit $0.60, "
         "org limit $5.00"
     )
-    async with demo.session.post(
-        demo.base + "/v1/usage/me/extra-usage", headers={"x-api-key": dave.key}
-    ) as r:
-        assert r.status == 200
+    await demo.accept(dave)
     await demo.drive(dave)
     await demo.drive(erin)
     say("  -> erin accepts extra usage (POST /v1/usage/me/extra-usage)")
-    async with demo.session.post(
-        demo.base + "/v1/usage/me/extra-usage", headers={"x-api-key": erin.key}
-    ) as r:
-        assert r.status == 200
+    await demo.accept(erin)
     await demo.drive(erin)
     await demo.summary()
 
