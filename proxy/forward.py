@@ -396,8 +396,15 @@ async def _forward_stream(
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """count_tokens and models: forwarded for a valid member, never blocked, not metered."""
     app = request.app
-    who = await member_of_key(app[STORE], request)
-    api_key = upstream_key(app, who.get("upstream", ""))
+    try:
+        who = await member_of_key(app[STORE], request)
+        ref = who.get("upstream", "")
+    except StoreUnavailable:
+        if app[CONFIG].policy.fail_mode != "open":
+            raise
+        # fail_open: nothing to meter here, so the key's shape is all that can be checked
+        ref = app[METER].upstream_refs.get(proxy_key(request).org, "")
+    api_key = upstream_key(app, ref)
     body = await read_body(request, app[CONFIG].server.max_body_bytes)
     try:
         async with app[UPSTREAM].request(
