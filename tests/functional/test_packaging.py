@@ -35,6 +35,12 @@ def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
     for script in ("lib", "admit", "settle", "release", "purchase", "write", "credential", "whois"):
         assert f"proxy/lua/{script}.lua" in names
     assert "proxy/defaults/prices.toml" in names
+    assert {
+        "proxy/static/admin.html",
+        "proxy/static/admin.js",
+        "proxy/static/admin.css",
+        "proxy/migrations/001_ledger.sql",
+    } <= names
     code = (
         "import proxy, proxy.store, proxy.config;"
         f"assert proxy.__file__.startswith({str(site)!r}), proxy.__file__;"
