@@ -97,15 +97,20 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def build_app(
-    config: Config, *, redis_client: RedisClient | None = None, metrics: Metrics | None = None
+    config: Config,
+    *,
+    redis_client: RedisClient | None = None,
+    metrics: Metrics | None = None,
+    access_log_fd: int | None = 2,
 ) -> web.Application:
-    """The proxy application. ``redis_client`` lets the demo bring an embedded Redis."""
+    """The proxy application. ``redis_client`` lets the demo bring an embedded Redis;
+    ``access_log_fd=None`` turns the per-request lines off (the demo prints its own)."""
     app = web.Application(
         client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware]
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
-    app[ACCESS_LOG] = access_log = AccessLog()
+    app[ACCESS_LOG] = access_log = AccessLog(access_log_fd)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = redis_client or make_client(config.redis)

@@ -249,7 +249,7 @@ async def run(*, port: int, once: bool, prefer: str = "auto", out: TextIO = sys.
         operator = secrets.token_urlsafe(24)
         redis_url = embedded.server.url if embedded.server else "redis://in-process"
         config = demo_config(port, f"http://127.0.0.1:{mock_port}", redis_url, operator)
-        app = build_app(config, redis_client=embedded.client())
+        app = build_app(config, redis_client=embedded.client(), access_log_fd=None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

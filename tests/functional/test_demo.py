@@ -9,9 +9,12 @@ from tests.servers import free_port
 
 
 @pytest.mark.parametrize("backend", ["redis-server", "in-process"])
-async def test_demo_drives_both_plans_through_every_stage(backend: str) -> None:
+async def test_demo_drives_both_plans_through_every_stage(
+    backend: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     out = io.StringIO()
     assert await run(port=free_port(), once=True, prefer=backend, out=out) == 0
+    assert '"msg":"request"' not in capfd.readouterr().err  # its own view, no access lines
     text = out.getvalue()
     assert ("redis-server on redis://" in text) == (backend == "redis-server")
     for needle in [
