@@ -43,7 +43,8 @@ if reserve then
       rec.reply.replay = '1'
       return cjson.encode(rec.reply)
     end
-    return fail('duplicate_id')
+    -- already settled or released: this request id is spent
+    return fail('duplicate_id', rec.s or '')
   end
 end
 

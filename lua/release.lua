@@ -23,6 +23,7 @@ if rec.mode == 'extra_usage' and held > 0 then
   redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))
 end
 rec.s = 'released'
+rec.reply = nil  -- see settle.lua: only admission replays need it
 redis.call('HSET', ops_k, rid, cjson.encode(rec))
 redis.call('ZADD', due_k, now + tonumber(ARGV[3]), rid)
 return cjson.encode({ ok = 1, released = fmt(held) })

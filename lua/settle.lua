@@ -84,6 +84,9 @@ local result = { ok = 1, mode = mode, cost = fmt(cost), overshoot = fmt(overshoo
   member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
   entry = entry, expired = rec.s == 'x' and '1' or '0' }
 rec.s = 'settled'
+-- the admission's reply only serves replays of the admission itself: drop it, so that a
+-- record kept for the retention period is a few hundred bytes
+rec.reply = nil
 rec.result = result
 redis.call('HSET', ops_k, rid, cjson.encode(rec))
 redis.call('ZADD', due_k, now + retention, rid)

@@ -170,6 +170,11 @@ async def check(request: web.Request) -> web.Response:
                     "reservation_id": None,
                 }
             )
+        if exc.code == "duplicate_id":
+            raise Conflict(
+                "request_id: already used by a reservation that was settled or "
+                "released; use a new request id"
+            ) from exc
         raise Conflict(f"check refused: {exc.code}") from exc
     meter.record_decision(a)
     message = None

@@ -62,6 +62,9 @@ async def test_check_settle_release_and_their_replays(proxy: Proxy) -> None:
     assert len(await proxy.store.ledger(org)) == 1
     status, _ = await call(proxy, "/v1/usage/release", {"reservation_id": d["reservation_id"]})
     assert status == 409
+    status, err = await call(proxy, "/v1/usage/check", check_body(org, "ada", "r1"))
+    assert status == 409
+    assert "already used" in err["error"]["message"]
     # release, twice
     _, d2 = await call(proxy, "/v1/usage/check", check_body(org, "ada", "r2"))
     status, r1 = await call(proxy, "/v1/usage/release", {"reservation_id": d2["reservation_id"]})

@@ -5,8 +5,9 @@ import calendar
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 
-from proxy.store import script_source
+from proxy.store import StoreRefusal, script_source
 from tests.conftest import Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
 
@@ -41,17 +42,23 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
         org, "req-replay-1", who="m", credential="bea", max_cost=10**6, est_cost=10**6
     )
     assert a.allowed
+    # a replayed admission returns the stored decision and reserves nothing more
+    replay = await store.admit(
+        org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1
+    )
+    assert replay["replay"] == "1"
+    assert replay["amount"] == a["amount"]
     first = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
     again = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
     assert again["replay"] == "1"
     assert first["entry"] == again["entry"]
     assert len(await store.ledger(org)) == 1
     assert (await member_counters(store, org, "bea"))["s_used"] == 777
-    # a replayed admission returns the stored decision and reserves nothing more
-    replay = await store.admit(
-        org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1
-    )
-    assert replay["replay"] == "1"
+    # once settled, the id is spent: admitting it again is refused, and the record is small
+    with pytest.raises(StoreRefusal, match="duplicate_id"):
+        await store.admit(org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1)
+    raw = await store.client.hget(store.keys(org).ops, "req-replay-1")
+    assert len(raw) < 600
 
 
 async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
