@@ -46,7 +46,3 @@ def org_keys(prefix: str, org: str) -> OrgKeys:
 def orgs_index(prefix: str) -> str:
     """The set of all org ids: an index for operators and the ledger sink, outside scripts."""
     return f"{prefix}:orgs"
-
-
-def member_field(member: str, name: str) -> str:
-    return f"{member}|{name}"

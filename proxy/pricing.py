@@ -186,9 +186,6 @@ class PriceTable:
         rates = fam.rates_for(prompt_tokens)
         return prompt_tokens * rates.input + max_tokens * rates.output
 
-    def output_rate(self, model: str, prompt_tokens: int) -> int:
-        return self.resolve(model).family.rates_for(prompt_tokens).output
-
 
 def cost_of(family: Family, usage: Usage) -> int:
     rates = family.rates_for(usage.prompt_tokens)

@@ -145,7 +145,6 @@ class Store:
         self.scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
-        self.calls = 0  # script calls made
         # one write for the script calls of one event-loop turn (not on a cluster: there each
         # key goes to its own node)
         self.pipeliner = (
@@ -156,7 +155,6 @@ class Store:
         return org_keys(self.prefix, org)
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        self.calls += 1
         started = time.perf_counter()
         try:
             if self.pipeliner is not None:
@@ -382,8 +380,3 @@ class Store:
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def wall_clock() -> int:
-    """Seconds since the epoch, for messages only; decisions use Redis TIME."""
-    return int(time.time())
