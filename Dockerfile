@@ -5,14 +5,19 @@ COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY lua ./lua
 COPY config ./config
+COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-RUN useradd --system --uid 10001 --no-create-home proxy
+RUN useradd --system --uid 10001 --no-create-home proxy \
+    && mkdir -p /var/lib/extra-usage-proxy \
+    && chown 10001:10001 /var/lib/extra-usage-proxy
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY config/example.toml /etc/extra-usage-proxy/config.toml
+# the fail_open journal (policy.journal_dir, relative) lives here, writable by the proxy user
+WORKDIR /var/lib/extra-usage-proxy
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
