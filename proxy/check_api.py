@@ -20,11 +20,12 @@ from proxy.appkeys import CONFIG, STORE
 from proxy.auth import bearer, is_token
 from proxy.decision import iso, status_document, utilization
 from proxy.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
-from proxy.forward import MAX_TOKENS_LIMIT, METER
+from proxy.forward import METER
 from proxy.keys import MEMBER_ID, ORG_ID
 from proxy.member_api import member_status
 from proxy.money import format_usd
 from proxy.pricing import UsageError, usage_from_mapping
+from proxy.request_body import MAX_TOKENS_LIMIT
 from proxy.store import Admission, StoreRefusal
 from proxy.validate import boolean, json_object, only, string
 

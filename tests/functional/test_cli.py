@@ -58,6 +58,12 @@ async def test_serve_runs_the_proxy_and_stops_on_sigterm(
     assert b'"msg":"serving"' in err
 
 
+def _listeners(port: int) -> int:
+    """Listening sockets on the port: one per worker with SO_REUSEPORT."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
+
+
 def _env(redis_server: RedisServer, upstream: Any) -> dict[str, str]:
     up_server, _ = upstream
     return {
@@ -112,6 +118,11 @@ async def test_workers_share_one_port_and_metrics_sum_over_them(
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base)
+        for _ in range(200):  # the second worker may start listening a little later
+            if _listeners(port) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert _listeners(port) == 2
         key = await _member_key(base, "wk-org")
         for _ in range(40):  # a new connection each: the kernel spreads them over workers
             async with (

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from proxy.errors import InvalidRequest
-from proxy.forward import LAZY_PARSE_FROM, parse_message_request
+from proxy.request_body import LAZY_PARSE_FROM, parse_message_request
 
 BIG = "x" * LAZY_PARSE_FROM
 
