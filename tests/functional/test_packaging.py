@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
+def build_wheel(source: Path, out: Path) -> Path:
+    """The project's wheel, built from ``source`` with the build tools of this venv."""
     subprocess.run(
         [
             sys.executable,
@@ -20,14 +22,18 @@ def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
             "-q",
             "--no-deps",
             "--no-build-isolation",
-            str(ROOT),
+            str(source),
             "-w",
-            str(tmp_path),
+            str(out),
         ],
         check=True,
         capture_output=True,
     )
-    wheel = next(tmp_path.glob("extra_usage_proxy-*.whl"))
+    return next(out.glob("extra_usage_proxy-*.whl"))
+
+
+def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
+    wheel = build_wheel(ROOT, tmp_path)
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -70,28 +76,10 @@ def test_the_dockerfile_build_stage_copies_everything_the_wheel_needs(tmp_path: 
                 path = ROOT / src
                 target = context / src
                 if path.is_dir():
-                    import shutil
-
                     shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     target.write_bytes(path.read_bytes())
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            str(context),
-            "-w",
-            str(tmp_path / "w"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    wheel = next((tmp_path / "w").glob("*.whl"))
+    wheel = build_wheel(context, tmp_path / "w")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     for needed in (
