@@ -4,11 +4,11 @@ that admission prices (model, max_tokens, stream), validated with errors that na
 
 from __future__ import annotations
 
-import orjson
 import simdjson
 from aiohttp import web
 
 from proxy.errors import InvalidRequest, RequestTooLarge
+from proxy.validate import parse_object
 
 MAX_TOKENS_LIMIT = 1_000_000
 
@@ -38,12 +38,7 @@ def request_fields(body: bytes) -> dict[str, object]:
     the one the reservation was priced from.
     """
     if len(body) < LAZY_PARSE_FROM:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise InvalidRequest("request body must be a JSON object")
+        doc = parse_object(body)
         return {k: doc[k] for k in REQUEST_FIELDS if k in doc}
     parser = simdjson.Parser()  # one per call: a parser holds one live document
     try:

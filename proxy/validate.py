@@ -15,10 +15,8 @@ from proxy.money import AmountError, parse_usd
 MAX_AMOUNT = 1_000_000 * 1_000_000_000
 
 
-async def json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw and allow_empty:
-        return {}
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object, or a 400 that says what is wrong."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -26,6 +24,13 @@ async def json_object(request: web.Request, *, allow_empty: bool = False) -> dic
     if not isinstance(doc, dict):
         raise InvalidRequest("request body must be a JSON object")
     return doc
+
+
+async def json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw and allow_empty:
+        return {}
+    return parse_object(raw)
 
 
 def only(doc: dict[str, Any], allowed: set[str]) -> None:
