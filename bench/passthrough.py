@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import signal
 import socket
 
 import aiohttp
@@ -80,5 +81,11 @@ if __name__ == "__main__":
     procs = [mp.Process(target=serve, args=(a.port, a.upstream)) for _ in range(a.workers)]
     for proc in procs:
         proc.start()
+
+    def stop(signum: int, frame: object) -> None:  # the workers go with the parent
+        for proc in procs:
+            proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     for proc in procs:
         proc.join()

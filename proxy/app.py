@@ -148,6 +148,7 @@ def build_app(
         except StoreUnavailable:
             log.warning("redis not reachable at start; /readyz will report it")
         yield
+        await meter.drain()  # settlements still under way
         access_log.flush()
         replayer.cancel()
         await asyncio.gather(replayer, return_exceptions=True)

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiohttp
@@ -229,41 +229,53 @@ async def _release(request: web.Request, ctx: _Ctx) -> None:
         await request.app[METER].release(ctx.org, ctx.rid)
 
 
-async def _finish(
+def _finish(
     request: web.Request,
     ctx: _Ctx,
     usage: Usage,
     status: int,
     model: str | None = None,
     **extra: Any,
-) -> None:
-    """Settle (shielded: a cancelled handler must not lose the charge), or under fail_open
-    journal the usage durably; then log the request."""
-    app = request.app
-    meter = app[METER]
+) -> tuple[asyncio.Task[None], bool]:
+    """Settle (or under fail_open journal the usage durably), then log the request, in a
+    task of its own. True when the settlement is already written to Redis: the member may
+    then see the end of the answer at once, since their next request is admitted after the
+    charge; otherwise the caller waits for the task."""
+    meter = request.app[METER]
     model = model or ctx.model
+    settling: Awaitable[dict[str, str] | None]
     if ctx.adm is None:
-        await asyncio.shield(
-            meter.journal_usage(ctx.org, ctx.rid, ctx.key.secret_hash, model, usage)
+        settling = meter.journal_usage(ctx.org, ctx.rid, ctx.key.secret_hash, model, usage)
+        written = False
+    else:
+        settling, written = meter.settle_start(
+            ctx.org, ctx.rid, model, usage, key_hash=ctx.key.secret_hash, policy=ctx.adm["policy"]
         )
-        cost: str | None = str(meter.prices.cost(model, usage))
+    task = meter.track(_settled(request.app, ctx, settling, usage, status, model, extra))
+    return task, written
+
+
+async def _settled(
+    app: web.Application,
+    ctx: _Ctx,
+    settling: Awaitable[dict[str, str] | None],
+    usage: Usage,
+    status: int,
+    model: str,
+    extra: dict[str, Any],
+) -> None:
+    result = await settling
+    cost: str | None
+    if ctx.adm is None:
+        cost = str(app[METER].prices.cost(model, usage))
         member, mode = None, "journaled"
     else:
-        result = await asyncio.shield(
-            meter.settle(
-                ctx.org,
-                ctx.rid,
-                model,
-                usage,
-                key_hash=ctx.key.secret_hash,
-                policy=ctx.adm["policy"],
-            )
-        )
         cost = result["cost"] if result else None
         member, mode = ctx.adm["member"], ctx.adm["mode"]
-    app[METRICS].upstream_latency.observe(time.perf_counter() - ctx.t0)
-    app[METRICS].child(app[METRICS].requests, "messages", str(status)).inc()
-    request.app[ACCESS_LOG].write(
+    metrics = app[METRICS]
+    metrics.upstream_latency.observe(time.perf_counter() - ctx.t0)
+    metrics.child(metrics.requests, "messages", str(status)).inc()
+    app[ACCESS_LOG].write(
         request_id=ctx.rid,
         org=ctx.org,
         member=member,
@@ -307,8 +319,10 @@ async def _forward_body(
         await _release(request, ctx)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     usage, model = response_usage(body)
-    # settled before the member sees the answer: their next request sees this charge
-    await _finish(request, ctx, usage or Usage(), upstream.status, model)
+    # charged before the member sees the answer: their next request sees this charge
+    settling, written = _finish(request, ctx, usage or Usage(), upstream.status, model)
+    if not written:
+        await asyncio.shield(settling)
     return web.Response(status=upstream.status, body=body, headers=_out_headers(upstream, ctx))
 
 
@@ -326,10 +340,14 @@ async def _forward_stream(
         async for chunk in upstream.content.iter_any():
             await resp.write(chunk)  # forward first: parsing for usage must not delay it
             meter.feed(chunk)
-        # settle before the terminating chunk: the member sees the end only once it is charged
+        # charged before the terminating chunk: the member sees the end only once it is
         outcome = "upstream_error_event" if meter.errored else outcome
-        await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
+        settling, written = _finish(
+            request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome
+        )
         settled = True
+        if not written:
+            await asyncio.shield(settling)
         await resp.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         # the client went away: stop paying for tokens nobody reads
@@ -348,7 +366,7 @@ async def _forward_stream(
     finally:
         metrics.active_streams.dec()
         if not settled:
-            await _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
+            _finish(request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome)
     return resp
 
 

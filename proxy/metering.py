@@ -7,7 +7,9 @@ answer has already reached the member by then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from proxy.config import Config
@@ -42,6 +44,8 @@ class Meter:
         self.journal = journal
         # the last upstream credential reference seen per org: a hint for fail_open only
         self.upstream_refs: dict[str, str] = {}
+        # settlements sent and not yet answered (each finishes in its own task)
+        self.inflight: set[asyncio.Task[Any]] = set()
 
     def bounds(self, model: str, prompt_bytes: int, max_tokens: int) -> tuple[int, int]:
         """(maximum cost, estimated cost) of a request, nano-USD.
@@ -73,9 +77,15 @@ class Meter:
         self, org: str, request_id: str, model: str, usage: Usage, *, source: str, policy: str = ""
     ) -> dict[str, str]:
         """Settle a reservation on its actual usage; raises StoreRefusal/StoreUnavailable."""
+        charged, _ = self._charge_soon(org, request_id, model, usage, source, policy)
+        return await charged
+
+    def _charge_soon(
+        self, org: str, request_id: str, model: str, usage: Usage, source: str, policy: str
+    ) -> tuple[Coroutine[Any, Any, dict[str, str]], bool]:
         price = self.prices.resolve(model)
         detail = usage.as_dict()
-        result = await self.store.settle(
+        reply, written = self.store.settle_soon(
             org,
             request_id,
             cost=cost_of(price.family, usage),
@@ -83,15 +93,51 @@ class Meter:
             usage=detail,
             source=source,
         )
+        family = price.family.name if price.known else "unknown"
+        return self._charged(org, reply, family, detail, policy), written
+
+    async def _charged(
+        self,
+        org: str,
+        reply: Awaitable[dict[str, str]],
+        family: str,
+        detail: dict[str, int],
+        policy: str,
+    ) -> dict[str, str]:
+        result = await reply
         if result.get("replay") != "1":
-            self._count(
-                org, price.family.name if price.known else "unknown", detail, result, policy
-            )
+            self._count(org, family, detail, result, policy)
         if result.get("reload_id"):
             await self.payments.reload_requested(
                 org, result["reload_id"], int(result["reload_amount"])
             )
         return result
+
+    def settle_start(
+        self,
+        org: str,
+        request_id: str,
+        model: str,
+        usage: Usage,
+        *,
+        key_hash: str,
+        policy: str = "",
+    ) -> tuple[Coroutine[Any, Any, dict[str, str] | None], bool]:
+        """Settle after the answer: the settlement is sent now; the coroutine finishes it and
+        never raises. True when the settlement is already written to Redis, so that the
+        member may see the end of the answer at once: their next request is admitted after
+        it. If Redis is unavailable the usage goes to the journal, replayed when Redis is
+        back; a refusal is counted."""
+        charged, written = self._charge_soon(org, request_id, model, usage, "proxy", policy)
+        return self._settled(charged, org, request_id, key_hash, model, usage), written
+
+    def track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run the end of a settlement in a task of its own (a cancelled handler must not
+        lose a charge), waited for at shutdown."""
+        task = asyncio.ensure_future(work)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return task
 
     async def settle(
         self,
@@ -103,10 +149,21 @@ class Meter:
         key_hash: str,
         policy: str = "",
     ) -> dict[str, str] | None:
-        """Settle after the answer reached the member: never raises. If Redis is unavailable
-        the usage goes to the journal, replayed when Redis is back; a refusal is counted."""
+        work, _ = self.settle_start(org, request_id, model, usage, key_hash=key_hash, policy=policy)
+        result: dict[str, str] | None = await asyncio.shield(self.track(work))
+        return result
+
+    async def _settled(
+        self,
+        charged: Awaitable[dict[str, str]],
+        org: str,
+        request_id: str,
+        key_hash: str,
+        model: str,
+        usage: Usage,
+    ) -> dict[str, str] | None:
         try:
-            return await self.charge(org, request_id, model, usage, source="proxy", policy=policy)
+            return await charged
         except StoreRefusal as exc:
             self.metrics.settle_failures.labels(exc.code).inc()
             log.error(
@@ -117,6 +174,11 @@ class Meter:
             self.metrics.settle_failures.labels("journaled").inc()
             await self.journal_usage(org, request_id, key_hash, model, usage)
         return None
+
+    async def drain(self) -> None:
+        """Wait for the settlements still under way (shutdown)."""
+        while self.inflight:
+            await asyncio.gather(*list(self.inflight), return_exceptions=True)
 
     async def journal_usage(
         self, org: str, request_id: str, key_hash: str, model: str, usage: Usage

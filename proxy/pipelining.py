@@ -1,96 +1,319 @@
-"""Auto-pipelining of script calls: the EVALSHAs that requests make in the same turn of the
-event loop go out in one write on one connection, and their replies come back in order.
+"""Auto-pipelining of script calls on one multiplexed connection.
 
-Each request still makes exactly its two script calls; under concurrency they share network
-round trips and, mostly, the client's per-call work (measured at 16 concurrent requests:
-about 140 µs of client CPU per admit+settle pair instead of 340 µs). Scripts are idempotent,
-so a batch whose connection broke is sent once more on a fresh connection; a NOSCRIPT (a
-restarted Redis) falls back to redis-py's ``Script`` call, which loads the script and retries.
-Redis Cluster routes each key to its node, so there the scripts are called one by one.
+The EVALSHAs that requests make in the same turn of the event loop go out in one write on one
+long-lived connection, and their replies, which Redis sends in order, are matched to the
+callers in order. Each request still makes exactly its two script calls; under concurrency
+they share writes, reads and wake-ups. The connection speaks RESP itself (hiredis parses the
+replies): redis-py's per-call machinery — a pool checkout, a timeout scope and a coroutine
+per reply — was most of the client's CPU per request.
+
+One connection per process also orders a process's calls: Redis runs them in the order they
+were written.
+
+Failures keep redis-py's contract: a connection that breaks or a reply slower than the socket
+timeout fails the connection, and every unanswered call is sent again on a fresh one, twice
+at most (every script is idempotent, so a call that ran but whose reply was lost is
+harmless); after that the callers get ``ConnectionError``/``TimeoutError``. An error reply
+fails only its own call. NOSCRIPT (a restarted or flushed Redis) falls back to redis-py's
+``Script`` call, which loads the script and runs it again.
+
+Plain TCP and Unix sockets, with AUTH and SELECT from the URL. TLS (``rediss://``) and Redis
+Cluster use redis-py's calls one by one (``Pipeliner.supports``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard, cast
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Call = tuple[AsyncScript, Sequence[str], Sequence[str | int], "asyncio.Future[Any]"]
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
+BACKOFF_S = (0.01, 0.02)
+
+
+def pack(args: Sequence[str | int | bytes]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _Call:
+    __slots__ = ("args", "fut", "keys", "packed", "script", "sent_at", "tries")
+
+    def __init__(
+        self,
+        script: AsyncScript | None,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        packed: bytes,
+        fut: asyncio.Future[Any] | None,
+    ) -> None:
+        self.script, self.keys, self.args, self.packed, self.fut = script, keys, args, packed, fut
+        self.sent_at = 0.0
+        self.tries = 0
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: Pipeliner) -> None:
+        self.owner = owner
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        owner = self.owner
+        while (reply := self.reader.gets()) is not False:
+            owner._answer(self, reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(self, exc)
 
 
 class Pipeliner:
+    """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
+
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self.pool = client.connection_pool
-        self.queue: list[Call] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        kw = client.connection_pool.connection_kwargs
+        self.host: str = kw.get("host", "localhost")
+        self.port: int = int(kw.get("port", 6379))
+        self.path: str | None = kw.get("path")
+        self.db = int(kw.get("db") or 0)
+        self.username: str | None = kw.get("username")
+        self.password: str | None = kw.get("password")
+        self.timeout: float = kw.get("socket_timeout") or 5.0
+        self.connect_timeout: float = kw.get("socket_connect_timeout") or self.timeout
+        self.proto: _Protocol | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.queue: list[_Call] = []  # waiting for the next write
+        self.pending: deque[_Call] = deque()  # written, waiting for their replies in order
+        self.flush_scheduled = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.writes = 0  # writes to Redis, for tests and benchmarks
+        self.closed = False
 
-    async def call(
+    @staticmethod
+    def supports(client: Any) -> TypeGuard[aioredis.Redis]:
+        """A single-node client on TCP or a Unix socket (not TLS, not a cluster)."""
+        if not isinstance(client, aioredis.Redis):
+            return False
+        cls = client.connection_pool.connection_class
+        return cls in (aioredis.Connection, aioredis.UnixDomainSocketConnection)
+
+    def call(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
+        """Queue one EVALSHA; the future gets its reply (or the error)."""
+        if self.closed:
+            raise RedisConnectionError("the script connection is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self.queue.append((script, keys, args, fut))
-        if len(self.queue) == 1:
-            loop.call_soon(self._flush)  # after every request of this turn has queued its call
-        return await fut
+        packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        self.queue.append(_Call(script, keys, args, packed, fut))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            loop.call_soon(self._scheduled_flush)  # after every call of this turn is queued
+        return fut
+
+    def write_now(self) -> bool:
+        """Write what is queued at once rather than at the end of this loop turn. True when
+        every queued call is on its way to Redis (False while the connection is down)."""
+        self._flush()
+        return not self.queue
+
+    # -- writing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        if not self.queue:
+            return
+        proto = self.proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            self._connect_soon()
+            return
         batch, self.queue = self.queue, []
-        task = asyncio.ensure_future(self._send(batch))
+        now = asyncio.get_running_loop().time()
+        for c in batch:
+            c.sent_at = now
+            c.tries += 1
+        self.pending.extend(batch)
+        proto.transport.write(b"".join([c.packed for c in batch]))
+        self.writes += 1
+        if self.watchdog is None:
+            self.watchdog = asyncio.get_running_loop().call_at(now + self.timeout, self._watch)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        self._flush()
+
+    def _connect_soon(self) -> None:
+        if self.connecting is None:
+            self.connecting = asyncio.ensure_future(self._connect())
+            self.tasks.add(self.connecting)
+            self.connecting.add_done_callback(self.tasks.discard)
+
+    async def _connect(self) -> None:
+        delays = iter(BACKOFF_S)
+        try:
+            while True:
+                try:
+                    await self._open()
+                    break
+                except (OSError, TimeoutError, RedisError) as exc:
+                    delay = next(delays, None)
+                    if delay is None:
+                        kind = RedisTimeoutError if isinstance(exc, TimeoutError) else None
+                        err = (kind or RedisConnectionError)(f"cannot connect to Redis: {exc}")
+                        self._fail(self.queue, err)
+                        self.queue = []
+                        return
+                    await asyncio.sleep(delay)
+        finally:
+            self.connecting = None
+        self._flush()
+
+    async def _open(self) -> None:
+        proto = _Protocol(self)
+        try:
+            await self._handshake(proto)
+        except BaseException:
+            self._drop(proto)
+            raise
+        self.proto = proto
+
+    async def _handshake(self, proto: _Protocol) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout):
+            if self.path:
+                await loop.create_unix_connection(lambda: proto, self.path)
+            else:
+                await loop.create_connection(lambda: proto, self.host, self.port)
+        hello: list[_Call] = []
+        if self.password:
+            user = (self.username,) if self.username else ()
+            hello.append(_Call(None, (), (), pack(("AUTH", *user, self.password)), None))
+        if self.db:
+            hello.append(_Call(None, (), (), pack(("SELECT", self.db)), None))
+        if hello:
+            # the handshake's replies come first; a failure closes the connection
+            assert proto.transport is not None
+            done: asyncio.Future[Any] = loop.create_future()
+            hello[-1].fut = done
+            self.pending.extend(hello)
+            self.proto = proto
+            proto.transport.write(b"".join(c.packed for c in hello))
+            async with asyncio.timeout(self.connect_timeout):
+                await done
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _answer(self, proto: _Protocol, reply: Any) -> None:
+        if proto is not self.proto or not self.pending:
+            return  # a reply on a connection given up on: its calls were sent again
+        c = self.pending.popleft()
+        if isinstance(reply, hiredis.ReplyError):
+            msg = str(reply)
+            if c.script is None:  # a handshake command failed
+                if c.fut is not None and not c.fut.done():
+                    c.fut.set_exception(RedisConnectionError(f"Redis handshake failed: {msg}"))
+                self._drop(proto)
+                return
+            if msg.startswith("NOSCRIPT"):
+                self._spawn(self._load_and_run(c))
+                return
+            reply = ResponseError(msg)
+        if c.fut is not None and not c.fut.done():
+            if isinstance(reply, Exception):
+                c.fut.set_exception(reply)
+            else:
+                c.fut.set_result(reply)
+
+    async def _load_and_run(self, c: _Call) -> None:
+        assert c.script is not None and c.fut is not None
+        try:
+            reply = await c.script(keys=list(c.keys), args=list(c.args))
+        except RedisError as exc:
+            if not c.fut.done():
+                c.fut.set_exception(exc)
+            return
+        if not c.fut.done():
+            c.fut.set_result(reply)
+
+    # -- failures ------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """A reply older than the socket timeout: the connection is given up."""
+        self.watchdog = None
+        if not self.pending or self.proto is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self.pending[0].sent_at + self.timeout
+        if loop.time() >= due:
+            self._drop(self.proto, RedisTimeoutError("Timeout reading from Redis"))
+        else:
+            self.watchdog = loop.call_at(due, self._watch)
+
+    def _drop(self, proto: _Protocol, exc: Exception | None = None) -> None:
+        if proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.abort()
+        self._lost(proto, exc)
+
+    def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        unanswered, self.pending = list(self.pending), deque()
+        again: list[_Call] = []
+        for c in unanswered:
+            if c.script is None or c.fut is None or c.fut.done():
+                continue
+            if c.tries > RETRIES or self.closed:
+                err = exc if isinstance(exc, RedisError) else None
+                c.fut.set_exception(
+                    err or RedisConnectionError(f"Redis connection lost: {exc or 'closed'}")
+                )
+            else:
+                again.append(c)
+        if again:
+            self.queue[:0] = again  # first in line, in their order
+            self._connect_soon()
+
+    @staticmethod
+    def _fail(calls: list[_Call], exc: Exception) -> None:
+        for c in calls:
+            if c.fut is not None and not c.fut.done():
+                c.fut.set_exception(exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _exchange(self, batch: list[Call]) -> list[Any]:
-        conn = await self.pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(
-                conn.pack_commands([("EVALSHA", s.sha, len(k), *k, *a) for s, k, a, _ in batch])
-            )
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # an error reply: the connection is still fine
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await conn.disconnect()  # a half-read connection must not go back to the pool
-            raise
-        finally:
-            await self.pool.release(conn)
-
-    async def _send(self, batch: list[Call]) -> None:
-        try:
-            try:
-                replies = await self._exchange(batch)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                replies = await self._exchange(batch)  # once more: every script is idempotent
-        except (RedisError, OSError) as exc:
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(
-                        exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
-                    )
-            return
-        for (script, keys, args, fut), reply in zip(batch, replies, strict=True):
-            if fut.done():
-                continue
-            if isinstance(reply, NoScriptError):
-                try:
-                    reply = await script(keys=list(keys), args=list(args))
-                except RedisError as exc:
-                    reply = exc
-            if isinstance(reply, Exception):
-                fut.set_exception(reply)
-            else:
-                fut.set_result(reply)
-
     async def close(self) -> None:
+        self.closed = True
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        proto = self.proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        self._fail(self.queue, RedisConnectionError("the script connection is closed"))
+        self.queue = []

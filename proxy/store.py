@@ -9,7 +9,7 @@ called through redis-py's ``Script`` (EVALSHA, reloading on NOSCRIPT). Redis err
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -147,20 +147,28 @@ class Store:
         }
         # one write for the script calls of one event-loop turn (not on a cluster: there each
         # key goes to its own node)
-        self.pipeliner = (
-            Pipeliner(client) if pipelining and isinstance(client, aioredis.Redis) else None
-        )
+        self.pipeliner = Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
 
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        started = time.perf_counter()
+    def _call(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Awaitable[Any]:
+        """Queue one script call (auto-pipelined) or start it (redis-py); await the reply."""
+        if self.pipeliner is not None:
+            try:
+                return self.pipeliner.call(self.scripts[name], keys, args)
+            except RedisError as exc:
+                return self._failed(exc)
+        return self.scripts[name](keys=list(keys), args=list(args))
+
+    @staticmethod
+    async def _failed(exc: RedisError) -> Any:
+        raise exc
+
+    async def _reply(self, name: str, started: float, reply: Awaitable[Any]) -> Any:
+        """A script's JSON reply; Redis errors become StoreUnavailable, refusals StoreRefusal."""
         try:
-            if self.pipeliner is not None:
-                reply = await self.pipeliner.call(self.scripts[name], keys, args)
-            else:
-                reply = await self.scripts[name](keys=list(keys), args=list(args))
+            raw = await reply
         except RedisError as exc:
             if self.metrics is not None:
                 self.metrics.redis_errors.labels(name).inc()
@@ -168,10 +176,13 @@ class Store:
         if self.metrics is not None:
             m = self.metrics
             m.child(m.redis_latency, name).observe(time.perf_counter() - started)
-        doc = orjson.loads(reply)
+        doc = orjson.loads(raw)
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
         return doc
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        return await self._reply(name, time.perf_counter(), self._call(name, keys, args))
 
     async def _cmd(self, coro: Any) -> Any:
         try:
@@ -236,8 +247,29 @@ class Store:
         usage: Mapping[str, int],
         source: str = "proxy",
     ) -> dict[str, str]:
+        reply, _ = self.settle_soon(
+            org, request_id, cost=cost, model=model, usage=usage, source=source
+        )
+        return await reply
+
+    def settle_soon(
+        self,
+        org: str,
+        request_id: str,
+        *,
+        cost: int,
+        model: str,
+        usage: Mapping[str, int],
+        source: str = "proxy",
+    ) -> tuple[Coroutine[Any, Any, dict[str, str]], bool]:
+        """Send a settlement now; (its reply, whether it is already written to Redis).
+
+        Written means ordered: Redis runs the calls of one connection in order, so anything
+        this process sends afterwards — the member's next admission — sees the charge.
+        """
         k = self.keys(org)
-        doc: dict[str, str] = await self._run(
+        started = time.perf_counter()
+        call = self._call(
             "settle",
             (k.org, k.members, k.ops, k.due, k.ledger),
             (
@@ -250,7 +282,8 @@ class Store:
                 source,
             ),
         )
-        return doc
+        written = self.pipeliner is not None and self.pipeliner.write_now()
+        return self._reply("settle", started, call), written
 
     async def release(self, org: str, request_id: str) -> dict[str, str]:
         k = self.keys(org)

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from proxy.app import build_app
 from proxy.appkeys import STORE
 from proxy.config import Config, parse_config
+from proxy.forward import METER
 from proxy.mock_upstream import MockUpstream, build_mock_app
 from proxy.store import Store
 from tests.servers import RedisServer
@@ -65,6 +66,10 @@ class Proxy:
     @property
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
+
+    async def settled(self) -> None:
+        """Wait for what settlements do after the answer: metrics, logs, auto-reloads."""
+        await self.server.app[METER].drain()  # type: ignore[union-attr]
 
     async def mock_server_close(self) -> None:
         await self.mock_server.close()

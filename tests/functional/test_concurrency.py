@@ -75,6 +75,7 @@ async def scenario(
         assert int((await proxy.store.member_fields(org, m, ("eu_res",))).get("eu_res", 0)) == 0
     cost = output_tokens * OUT + input_tokens * 3000
     assert spend == statuses.count(200) * cost
+    await proxy.settled()
     async with proxy.session.get(proxy.url + "/metrics") as r:
         text = await r.text()
     m = re.search(rf'eup_reservation_overshoot_usd_total{{policy="{policy}"}} ([0-9.e+-]+)', text)

@@ -248,6 +248,7 @@ async def test_team_member_from_included_to_spend_limit(proxy: Proxy) -> None:
     # the balance falls to $1.00 <= $2.00: exactly one reload of $3.00, auto-approved
     status, _, _ = await req(100_000)
     assert status == 200
+    await proxy.settled()  # the reload is asked for once the charge is answered
     s = await proxy.store.org_settings(org)
     assert int(s["balance"]) == 4 * 10**9 + 3 * 10**9 - 200_000 * OUT
     assert not s.get("ar_pending")

@@ -76,6 +76,7 @@ async def team_traffic(proxy: Proxy, *, now: int = 0, requests: int = 6) -> str:
             headers={"x-mock-output-tokens": "40000", "x-mock-input-tokens": "100"},
         )
         assert status == 200
+        await proxy.settled()  # an auto-reload is asked for once the charge is answered
     return org
 
 

@@ -101,6 +101,7 @@ async def test_fail_open_journals_under_load_and_replays_exactly_once(
             assert counters["inc"] == await ledger_sum(proxy.store, org, member=m)
             total += counters["inc"]
         assert total == await ledger_sum(proxy.store, org)
+        await proxy.settled()
         async with proxy.session.get(proxy.url + "/metrics") as r:
             text = await r.text()
         assert "eup_fail_open_requests_total" in text

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
-from tests.conftest import Proxy
+import pytest
+import redis
+
+from proxy.embedded import free_port
+from proxy.errors import StoreUnavailable
+from proxy.store import Store, StoreRefusal, make_client
+from tests.conftest import Proxy, make_config
+from tests.servers import RedisServer
 
 
 async def test_each_concurrent_call_gets_its_own_reply_in_few_round_trips(proxy: Proxy) -> None:
@@ -14,15 +23,7 @@ async def test_each_concurrent_call_gets_its_own_reply_in_few_round_trips(proxy:
     await proxy.member(org, "pia")
     info = await store.client.info("stats")
     before = int(info["total_net_input_bytes"]), int(info["total_commands_processed"])
-    sends = 0
-    original = store.pipeliner._exchange
-
-    async def counting(batch):  # type: ignore[no-untyped-def]
-        nonlocal sends
-        sends += 1
-        return await original(batch)
-
-    store.pipeliner._exchange = counting  # type: ignore[method-assign]
+    writes = store.pipeliner.writes
     rids = [f"pipe-{i}" for i in range(100)]
     replies = await asyncio.gather(
         *(
@@ -31,7 +32,7 @@ async def test_each_concurrent_call_gets_its_own_reply_in_few_round_trips(proxy:
         )
     )
     assert [a["rid"] for a in replies] == rids  # every caller got its own answer
-    assert sends < 10  # a hundred calls, a handful of writes
+    assert store.pipeliner.writes - writes < 10  # a hundred calls, a handful of writes
     info = await store.client.info("stats")
     assert int(info["total_commands_processed"]) - before[1] >= 100
     # a bad call fails alone: an unknown member does not spoil the batch
@@ -42,3 +43,111 @@ async def test_each_concurrent_call_gets_its_own_reply_in_few_round_trips(proxy:
     )
     assert not isinstance(good, BaseException) and good["rid"] == "pipe-ok"
     assert getattr(bad, "code", None) == "unknown_member"
+
+
+def _store(url: str, timeout: float = 5.0) -> Store:
+    cfg = make_config(url, "http://127.0.0.1:9")
+    cfg = dataclasses.replace(cfg, redis=dataclasses.replace(cfg.redis, socket_timeout_s=timeout))
+    return Store(
+        make_client(cfg.redis),
+        prefix="eup",
+        tiers=cfg.tiers,
+        policy=cfg.policy,
+        pipelining=True,
+    )
+
+
+async def _close(store: Store) -> None:
+    assert store.pipeliner is not None
+    await store.pipeliner.close()
+    await store.client.aclose()
+
+
+async def test_calls_survive_a_killed_connection(redis_server: RedisServer) -> None:
+    store = _store(redis_server.url)
+    try:
+        # a call answered on the first connection, then that connection is killed by Redis
+        with pytest.raises(StoreRefusal):
+            await store.release("pipe-kill", "r1")
+        admin = redis.Redis(port=redis_server.port)
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        admin.close()
+        # the next calls go out on a fresh connection, each with its own answer
+        got = await asyncio.gather(
+            *(store.release("pipe-kill", f"r{i}") for i in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(g, StoreRefusal) and g.code == "unknown_reservation" for g in got)
+    finally:
+        await _close(store)
+
+
+async def test_a_silent_redis_fails_the_calls_after_retries(redis_server: RedisServer) -> None:
+    store = _store(redis_server.url, timeout=0.2)
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        with pytest.raises(StoreRefusal):
+            await store.release("pipe-pause", "r1")  # connected
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            await store.release("pipe-pause", "r2")
+        # three sends of 0.2 s each, then it gives up: long before the pause ends
+        assert 0.5 < time.monotonic() - started < 1.4
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        await _close(store)
+    # and once Redis answers again, a new store works at once
+    store = _store(redis_server.url)
+    try:
+        with pytest.raises(StoreRefusal):
+            await store.release("pipe-pause", "r3")
+    finally:
+        await _close(store)
+
+
+async def test_no_redis_fails_fast_with_store_unavailable() -> None:
+    store = _store(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot connect"):
+            await store.release("pipe-none", "r1")
+    finally:
+        await _close(store)
+
+
+async def test_password_and_database_from_the_url() -> None:
+    server = RedisServer().start()
+    with redis.Redis(port=server.port) as setup:
+        setup.config_set("requirepass", "s3cret")
+    try:
+        store = _store(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        try:
+            with pytest.raises(StoreRefusal):
+                await store.release("pipe-auth", "r1")
+            admin = redis.Redis(port=server.port, password="s3cret", db=3)
+            admin.hset(store.keys("pipe-auth").org, "plan", "team")
+            admin.close()
+            # the script saw database 3: the org exists there
+            with pytest.raises(StoreRefusal) as info:
+                await store.release("pipe-auth", "r2")
+            assert info.value.code == "unknown_reservation"
+        finally:
+            await _close(store)
+        bad = _store(f"redis://:wrong@127.0.0.1:{server.port}/0")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await bad.release("pipe-auth", "r1")
+        finally:
+            await _close(bad)
+    finally:
+        server.cleanup()
+
+
+async def test_flushed_scripts_are_loaded_again(redis_server: RedisServer) -> None:
+    store = _store(redis_server.url)
+    try:
+        await store.client.script_flush()
+        with pytest.raises(StoreRefusal):
+            await store.release("pipe-flush", "r1")
+    finally:
+        await _close(store)

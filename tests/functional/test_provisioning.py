@@ -177,6 +177,7 @@ async def test_probes_and_metrics(proxy: Proxy) -> None:
     org = await proxy.org("team")
     key = await proxy.member(org, "vic")
     await proxy.post(key, {"model": "claude-unknown-x", "max_tokens": 5, "messages": []})
+    await proxy.settled()
     async with proxy.session.get(proxy.url + "/metrics") as r:
         text = await r.text()
     assert 'eup_admission_decisions_total{mode="included",reason="none"} 1.0' in text
