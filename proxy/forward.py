@@ -37,7 +37,7 @@ from proxy.logs import AccessLog
 from proxy.metering import Meter
 from proxy.pricing import Usage
 from proxy.request_body import parse_message_request, read_body
-from proxy.store import Admission, StoreRefusal
+from proxy.store import NOT_SENT, Admission, StoreRefusal
 from proxy.usage import StreamUsage, response_usage
 
 log = logging.getLogger(__name__)
@@ -236,23 +236,24 @@ def _finish(
     status: int,
     model: str | None = None,
     **extra: Any,
-) -> tuple[asyncio.Task[None], bool]:
+) -> tuple[asyncio.Task[None], Awaitable[bool]]:
     """Settle (or under fail_open journal the usage durably), then log the request, in a
-    task of its own. True when the settlement is already written to Redis: the member may
-    then see the end of the answer at once, since their next request is admitted after the
-    charge; otherwise the caller waits for the task."""
+    task of its own. The second value resolves True once the settlement is written to
+    Redis: the member may then see the end of the answer, since their next request is
+    admitted after the charge; on False the caller waits for the task."""
     meter = request.app[METER]
     model = model or ctx.model
     settling: Awaitable[dict[str, str] | None]
+    sent: Awaitable[bool]
     if ctx.adm is None:
         settling = meter.journal_usage(ctx.org, ctx.rid, ctx.key.secret_hash, model, usage)
-        written = False
+        sent = NOT_SENT
     else:
-        settling, written = meter.settle_start(
+        settling, sent = meter.settle_start(
             ctx.org, ctx.rid, model, usage, key_hash=ctx.key.secret_hash, policy=ctx.adm["policy"]
         )
     task = meter.track(_settled(request.app, ctx, settling, usage, status, model, extra))
-    return task, written
+    return task, sent
 
 
 async def _settled(
@@ -320,8 +321,8 @@ async def _forward_body(
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     usage, model = response_usage(body)
     # charged before the member sees the answer: their next request sees this charge
-    settling, written = _finish(request, ctx, usage or Usage(), upstream.status, model)
-    if not written:
+    settling, sent = _finish(request, ctx, usage or Usage(), upstream.status, model)
+    if not await sent:
         await asyncio.shield(settling)
     return web.Response(status=upstream.status, body=body, headers=_out_headers(upstream, ctx))
 
@@ -342,11 +343,11 @@ async def _forward_stream(
             meter.feed(chunk)
         # charged before the terminating chunk: the member sees the end only once it is
         outcome = "upstream_error_event" if meter.errored else outcome
-        settling, written = _finish(
+        settling, sent = _finish(
             request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome
         )
         settled = True
-        if not written:
+        if not await sent:
             await asyncio.shield(settling)
         await resp.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):

@@ -82,10 +82,10 @@ class Meter:
 
     def _charge_soon(
         self, org: str, request_id: str, model: str, usage: Usage, source: str, policy: str
-    ) -> tuple[Coroutine[Any, Any, dict[str, str]], bool]:
+    ) -> tuple[Coroutine[Any, Any, dict[str, str]], Awaitable[bool]]:
         price = self.prices.resolve(model)
         detail = usage.as_dict()
-        reply, written = self.store.settle_soon(
+        reply, sent = self.store.settle_soon(
             org,
             request_id,
             cost=cost_of(price.family, usage),
@@ -94,7 +94,7 @@ class Meter:
             source=source,
         )
         family = price.family.name if price.known else "unknown"
-        return self._charged(org, reply, family, detail, policy), written
+        return self._charged(org, reply, family, detail, policy), sent
 
     async def _charged(
         self,
@@ -122,14 +122,14 @@ class Meter:
         *,
         key_hash: str,
         policy: str = "",
-    ) -> tuple[Coroutine[Any, Any, dict[str, str] | None], bool]:
-        """Settle after the answer: the settlement is sent now; the coroutine finishes it and
-        never raises. True when the settlement is already written to Redis, so that the
-        member may see the end of the answer at once: their next request is admitted after
-        it. If Redis is unavailable the usage goes to the journal, replayed when Redis is
-        back; a refusal is counted."""
-        charged, written = self._charge_soon(org, request_id, model, usage, "proxy", policy)
-        return self._settled(charged, org, request_id, key_hash, model, usage), written
+    ) -> tuple[Coroutine[Any, Any, dict[str, str] | None], Awaitable[bool]]:
+        """Settle after the answer: the settlement is queued now (written with this loop
+        turn's batch); the coroutine finishes it and never raises. The second value resolves
+        True once the settlement is written to Redis, so that the member may see the end of
+        the answer: their next request is admitted after it. If Redis is unavailable the
+        usage goes to the journal, replayed when Redis is back; a refusal is counted."""
+        charged, sent = self._charge_soon(org, request_id, model, usage, "proxy", policy)
+        return self._settled(charged, org, request_id, key_hash, model, usage), sent
 
     def track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run the end of a settlement in a task of its own (a cancelled handler must not

@@ -14,8 +14,9 @@ Failures keep redis-py's contract: a connection that breaks or a reply slower th
 timeout fails the connection, and every unanswered call is sent again on a fresh one, twice
 at most (every script is idempotent, so a call that ran but whose reply was lost is
 harmless); after that the callers get ``ConnectionError``/``TimeoutError``. An error reply
-fails only its own call. NOSCRIPT (a restarted or flushed Redis) falls back to redis-py's
-``Script`` call, which loads the script and runs it again.
+fails only its own call. NOSCRIPT (a restarted or flushed Redis) loads the script and sends
+the call again on the same connection, ahead of anything queued since, so the order holds; a
+second NOSCRIPT for the same call falls back to redis-py's ``Script`` call.
 
 Plain TCP and Unix sockets, with AUTH and SELECT from the URL. TLS (``rediss://``) and Redis
 Cluster use redis-py's calls one by one (``Pipeliner.supports``).
@@ -52,7 +53,7 @@ def pack(args: Sequence[str | int | bytes]) -> bytes:
 
 
 class _Call:
-    __slots__ = ("args", "fut", "keys", "packed", "script", "sent_at", "tries")
+    __slots__ = ("args", "fut", "keys", "packed", "reloaded", "script", "sent_at", "tries")
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class _Call:
         self.script, self.keys, self.args, self.packed, self.fut = script, keys, args, packed, fut
         self.sent_at = 0.0
         self.tries = 0
+        self.reloaded = False
 
 
 class _Protocol(asyncio.Protocol):
@@ -81,6 +83,8 @@ class _Protocol(asyncio.Protocol):
         owner = self.owner
         while (reply := self.reader.gets()) is not False:
             owner._answer(self, reply)
+        if owner.reloads:
+            owner._send_reloads()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(self, exc)
@@ -105,6 +109,8 @@ class Pipeliner:
         self.queue: list[_Call] = []  # waiting for the next write
         self.pending: deque[_Call] = deque()  # written, waiting for their replies in order
         self.flush_scheduled = False
+        self.waiters: list[asyncio.Future[bool]] = []  # for sent()
+        self.reloads: list[_Call] = []  # met NOSCRIPT in the replies being read
         self.watchdog: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.writes = 0  # writes to Redis, for tests and benchmarks
@@ -133,11 +139,16 @@ class Pipeliner:
             loop.call_soon(self._scheduled_flush)  # after every call of this turn is queued
         return fut
 
-    def write_now(self) -> bool:
-        """Write what is queued at once rather than at the end of this loop turn. True when
-        every queued call is on its way to Redis (False while the connection is down)."""
-        self._flush()
-        return not self.queue
+    def sent(self) -> asyncio.Future[bool]:
+        """Resolves when what is queued now has been written to Redis (True), at the end of
+        this loop turn with the rest of the batch, or could not be (False: the connection is
+        down and the calls wait for a new one)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.queue:
+            self.waiters.append(fut)
+        else:
+            fut.set_result(True)
+        return fut
 
     # -- writing -------------------------------------------------------------------------
 
@@ -147,6 +158,7 @@ class Pipeliner:
         proto = self.proto
         if proto is None or proto.transport is None or proto.transport.is_closing():
             self._connect_soon()
+            self._notify(False)
             return
         batch, self.queue = self.queue, []
         now = asyncio.get_running_loop().time()
@@ -156,8 +168,16 @@ class Pipeliner:
         self.pending.extend(batch)
         proto.transport.write(b"".join([c.packed for c in batch]))
         self.writes += 1
+        if self.waiters:
+            self._notify(True)
         if self.watchdog is None:
             self.watchdog = asyncio.get_running_loop().call_at(now + self.timeout, self._watch)
+
+    def _notify(self, written: bool) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(written)
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
@@ -236,7 +256,11 @@ class Pipeliner:
                 self._drop(proto)
                 return
             if msg.startswith("NOSCRIPT"):
-                self._spawn(self._load_and_run(c))
+                if c.reloaded:
+                    self._spawn(self._load_and_run(c))
+                else:
+                    c.reloaded = True
+                    self.reloads.append(c)
                 return
             reply = ResponseError(msg)
         if c.fut is not None and not c.fut.done():
@@ -244,6 +268,22 @@ class Pipeliner:
                 c.fut.set_exception(reply)
             else:
                 c.fut.set_result(reply)
+
+    def _send_reloads(self) -> None:
+        """SCRIPT LOAD, then the calls that met NOSCRIPT, in their order, before the rest."""
+        again: list[_Call] = []
+        loaded: set[str] = set()
+        for c in self.reloads:
+            assert c.script is not None
+            source = c.script.script
+            if c.script.sha not in loaded and isinstance(source, str | bytes):
+                loaded.add(c.script.sha)
+                load = pack(("SCRIPT", "LOAD", source))
+                again.append(_Call(None, (), (), load, None))
+            again.append(c)
+        self.reloads = []
+        self.queue[:0] = again
+        self._flush()
 
     async def _load_and_run(self, c: _Call) -> None:
         assert c.script is not None and c.fut is not None

@@ -9,7 +9,7 @@ called through redis-py's ``Script`` (EVALSHA, reloading on NOSCRIPT). Redis err
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -261,11 +261,12 @@ class Store:
         model: str,
         usage: Mapping[str, int],
         source: str = "proxy",
-    ) -> tuple[Coroutine[Any, Any, dict[str, str]], bool]:
-        """Send a settlement now; (its reply, whether it is already written to Redis).
+    ) -> tuple[Coroutine[Any, Any, dict[str, str]], Awaitable[bool]]:
+        """Send a settlement; (its reply, resolving True once it is written to Redis).
 
         Written means ordered: Redis runs the calls of one connection in order, so anything
-        this process sends afterwards — the member's next admission — sees the charge.
+        this process sends afterwards — the member's next admission — sees the charge. False
+        (the connection is down, or no auto-pipelining): only the reply tells.
         """
         k = self.keys(org)
         started = time.perf_counter()
@@ -282,8 +283,11 @@ class Store:
                 source,
             ),
         )
-        written = self.pipeliner is not None and self.pipeliner.write_now()
-        return self._reply("settle", started, call), written
+        if self.pipeliner is not None:
+            sent: Awaitable[bool] = self.pipeliner.sent()
+        else:
+            sent = NOT_SENT
+        return self._reply("settle", started, call), sent
 
     async def release(self, org: str, request_id: str) -> dict[str, str]:
         k = self.keys(org)
@@ -409,6 +413,17 @@ class Store:
     async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
         rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))
         return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows]
+
+
+class _NotSent:
+    """An awaitable that is False at once (redis-py sends a call only when awaited)."""
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return False
+        yield  # a generator that never suspends
+
+
+NOT_SENT = _NotSent()
 
 
 def _s(v: bytes | str) -> str:
