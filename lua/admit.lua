@@ -3,7 +3,8 @@
 -- KEYS[1] org hash          settings, balance, org spend, reserved total, clock
 -- KEYS[2] members hash      "<member>|<field>" for every member of the org
 -- KEYS[3] credentials hash  "k:<sha256 of proxy key>" -> "<member>|<key id>"
--- KEYS[4] ops hash          operation id -> JSON record (reservations, results), for replays
+-- KEYS[4] ops hash          operation id -> JSON record (reservations, results), for replays;
+--                           "a:<operation id>" -> the admission's answer while it is reserved
 -- KEYS[5] ops due zset      operation id scored by when its record expires
 -- ARGV[1]  request id (the operation id)
 -- ARGV[2]  "k": ARGV[3] is a proxy key hash; "m": ARGV[3] is a member id (check API)
@@ -39,7 +40,12 @@ if reserve then
   local prior = redis.call('HGET', ops_k, rid)
   if prior then
     local rec = cjson.decode(prior)
-    if rec.reply then
+    if rec.s == 'r' or rec.s == 'x' then
+      -- the decision as answered, kept beside the record until it is settled or released
+      local answered = redis.call('HGET', ops_k, 'a:' .. rid)
+      if answered then return string.sub(answered, 1, -2) .. ',"replay":"1"}' end
+    end
+    if rec.reply then  -- a record written before the answer was kept beside it
       rec.reply.replay = '1'
       return cjson.encode(rec.reply)
     end
@@ -80,7 +86,7 @@ for _, id in ipairs(due) do
       redis.call('HSET', ops_k, id, cjson.encode(rec))
       redis.call('ZADD', due_k, now + retention, id)
     else
-      redis.call('HDEL', ops_k, id)
+      redis.call('HDEL', ops_k, id, 'a:' .. id)
       redis.call('ZREM', due_k, id)
     end
   else
@@ -220,9 +226,12 @@ if decision == 'allow' and reserve then
     redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(amount))
     redis.call('HINCRBY', org_k, 'eu_res', fmt(amount))
   end
-  local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl),
-    reply = reply }
-  redis.call('HSET', ops_k, rid, cjson.encode(rec))
+  local answer = cjson.encode(reply)
+  local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl) }
+  -- the answer is kept as encoded, beside the record: encoded once, and settlement reads
+  -- only the small record
+  redis.call('HSET', ops_k, rid, cjson.encode(rec), 'a:' .. rid, answer)
   redis.call('ZADD', due_k, now + ttl, rid)
+  return answer
 end
 return cjson.encode(reply)

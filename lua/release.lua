@@ -25,5 +25,6 @@ end
 rec.s = 'released'
 rec.reply = nil  -- see settle.lua: only admission replays need it
 redis.call('HSET', ops_k, rid, cjson.encode(rec))
+redis.call('HDEL', ops_k, 'a:' .. rid)
 redis.call('ZADD', due_k, now + tonumber(ARGV[3]), rid)
 return cjson.encode({ ok = 1, released = fmt(held) })

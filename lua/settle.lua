@@ -84,10 +84,13 @@ local result = { ok = 1, mode = mode, cost = fmt(cost), overshoot = fmt(overshoo
   member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
   entry = entry, expired = rec.s == 'x' and '1' or '0' }
 rec.s = 'settled'
--- the admission's reply only serves replays of the admission itself: drop it, so that a
+-- the admission's answer only serves replays of the admission itself: drop it, so that a
 -- record kept for the retention period is a few hundred bytes
 rec.reply = nil
-rec.result = result
-redis.call('HSET', ops_k, rid, cjson.encode(rec))
+local out = cjson.encode(result)
+-- the record with the result in it, the result encoded once
+local stored = cjson.encode(rec)
+redis.call('HSET', ops_k, rid, string.sub(stored, 1, -2) .. ',"result":' .. out .. '}')
+redis.call('HDEL', ops_k, 'a:' .. rid)
 redis.call('ZADD', due_k, now + retention, rid)
-return cjson.encode(result)
+return out

@@ -47,7 +47,7 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
         org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1
     )
     assert replay["replay"] == "1"
-    assert replay["amount"] == a["amount"]
+    assert {k: v for k, v in replay.raw.items() if k != "replay"} == a.raw  # as answered
     first = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
     again = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
     assert again["replay"] == "1"
@@ -59,6 +59,9 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
         await store.admit(org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1)
     raw = await store.client.hget(store.keys(org).ops, "req-replay-1")
     assert len(raw) < 600
+    assert orjson.loads(raw)["result"] == {**first, "ok": 1}
+    # the admission's answer, kept beside the record while reserved, is gone
+    assert not await store.client.hexists(store.keys(org).ops, "a:req-replay-1")
 
 
 async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
