@@ -44,47 +44,58 @@ def iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_SPEND_LIMITS = (
+    ("spend", "member_limit"),
+    ("spend", "tier_limit"),
+    ("org_spend", "org_limit"),
+)
+
+
 def overage_utilization(a: Admission) -> float:
     """The highest fraction used of any monthly spend limit that applies."""
-    pairs = [
-        (a.nano("spend"), a.opt_nano("member_limit")),
-        (a.nano("spend"), a.opt_nano("tier_limit")),
-        (a.nano("org_spend"), a.opt_nano("org_limit")),
-    ]
-    fracs = [utilization(used, lim) for used, lim in pairs if lim is not None]
-    return max(fracs, default=0.0)
+    raw = a.raw
+    highest = 0.0
+    for used, limit in _SPEND_LIMITS:
+        lim = raw.get(limit)
+        if lim:  # "" is no limit
+            frac = utilization(int(raw.get(used) or 0), int(lim))
+            if frac > highest:
+                highest = frac
+    return highest
 
 
 def unified_headers(a: Admission) -> dict[str, str]:
     """The anthropic-ratelimit-unified-* headers that Claude Code reads to show usage."""
-    s_util = utilization(a.nano("s_used"), a.nano("s_allow"))
-    w_util = utilization(a.nano("w_used"), a.nano("w_allow"))
-    eu_ok = a["eu_available"] == "1"
+    raw = a.raw  # the hot path: plain dict reads
+    s_util = utilization(int(raw.get("s_used") or 0), int(raw.get("s_allow") or 0))
+    w_util = utilization(int(raw.get("w_used") or 0), int(raw.get("w_allow") or 0))
+    eu_ok = raw.get("eu_available") == "1"
     o_util = overage_utilization(a)
-    if a["mode"] == "extra_usage":
-        claim, reset = "overage", a.nano("eu_reset")
+    eu_reset = raw.get("eu_reset", "")
+    if raw.get("mode") == "extra_usage":
+        claim, reset = "overage", eu_reset or "0"
         status = "allowed_warning" if o_util >= WARNING_AT else "allowed"
     else:
-        claim, reset = a["claim"], a.nano("claim_reset")
-        if not a.allowed:
+        claim, reset = raw.get("claim", ""), raw.get("claim_reset") or "0"
+        if raw.get("d") != "allow":
             status = "rejected"
         else:
             status = "allowed_warning" if max(s_util, w_util) >= WARNING_AT else "allowed"
     h = {
         "anthropic-ratelimit-unified-status": status,
-        "anthropic-ratelimit-unified-reset": str(reset),
+        "anthropic-ratelimit-unified-reset": reset,
         "anthropic-ratelimit-unified-representative-claim": claim,
         "anthropic-ratelimit-unified-5h-utilization": _frac(s_util),
-        "anthropic-ratelimit-unified-5h-reset": a["s_reset"],
+        "anthropic-ratelimit-unified-5h-reset": raw.get("s_reset", ""),
         "anthropic-ratelimit-unified-7d-utilization": _frac(w_util),
-        "anthropic-ratelimit-unified-7d-reset": a["w_reset"],
+        "anthropic-ratelimit-unified-7d-reset": raw.get("w_reset", ""),
         "anthropic-ratelimit-unified-overage-status": (
             ("allowed_warning" if o_util >= WARNING_AT else "allowed") if eu_ok else "rejected"
         ),
-        "anthropic-ratelimit-unified-overage-reset": a["eu_reset"],
+        "anthropic-ratelimit-unified-overage-reset": eu_reset,
     }
-    if not eu_ok and a["eu_reason"]:
-        h["anthropic-ratelimit-unified-overage-disabled-reason"] = a["eu_reason"]
+    if not eu_ok and raw.get("eu_reason"):
+        h["anthropic-ratelimit-unified-overage-disabled-reason"] = raw["eu_reason"]
     return h
 
 

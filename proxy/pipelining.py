@@ -45,11 +45,19 @@ BACKOFF_S = (0.01, 0.02)
 
 def pack(args: Sequence[str | int | bytes]) -> bytes:
     """One command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
+    if any(type(a) is bytes for a in args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
+            out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+        return b"".join(out)
+    # the common case, text and integers: formatted as one str and encoded once
+    parts = [f"*{len(args)}\r\n"]
     for a in args:
-        b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+        t = a if type(a) is str else str(a)
+        n = len(t) if t.isascii() else len(t.encode())
+        parts.append(f"${n}\r\n{t}\r\n")
+    return "".join(parts).encode()
 
 
 class _Call:

@@ -105,37 +105,43 @@ class UsageError(ValueError):
     """A usage object that is not a set of non-negative integer token counts."""
 
 
+def _count(container: Mapping[str, object], key: str, where: str) -> int:
+    value = container.get(key, 0)
+    if type(value) is int and value >= 0:
+        return value
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 12.0 is the integer 12
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{where}{key} must be a non-negative integer")
+    return value
+
+
 def usage_from_mapping(data: Mapping[str, object]) -> Usage:
     """Build a Usage from an API ``usage`` object, refusing negative or non-integer counts."""
-
-    def count(container: Mapping[str, object], key: str, where: str) -> int:
-        value = container.get(key, 0)
-        if value is None:
-            return 0
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # JSON has one number type: 12.0 is the integer 12
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"{where}{key} must be a non-negative integer")
-        return value
-
     usage = Usage(
-        input_tokens=count(data, "input_tokens", "usage."),
-        output_tokens=count(data, "output_tokens", "usage."),
-        cache_creation_input_tokens=count(data, "cache_creation_input_tokens", "usage."),
-        cache_read_input_tokens=count(data, "cache_read_input_tokens", "usage."),
+        input_tokens=_count(data, "input_tokens", "usage."),
+        output_tokens=_count(data, "output_tokens", "usage."),
+        cache_creation_input_tokens=_count(data, "cache_creation_input_tokens", "usage."),
+        cache_read_input_tokens=_count(data, "cache_read_input_tokens", "usage."),
     )
     split = data.get("cache_creation")
     if isinstance(split, Mapping):
-        usage.cache_creation_5m = count(split, "ephemeral_5m_input_tokens", "usage.cache_creation.")
-        usage.cache_creation_1h = count(split, "ephemeral_1h_input_tokens", "usage.cache_creation.")
+        where = "usage.cache_creation."
+        usage.cache_creation_5m = _count(split, "ephemeral_5m_input_tokens", where)
+        usage.cache_creation_1h = _count(split, "ephemeral_1h_input_tokens", where)
     elif split is not None:
         raise UsageError("usage.cache_creation must be an object")
     tools = data.get("server_tool_use")
     if isinstance(tools, Mapping):
-        usage.web_search_requests = count(tools, "web_search_requests", "usage.server_tool_use.")
+        usage.web_search_requests = _count(tools, "web_search_requests", "usage.server_tool_use.")
     elif tools is not None:
         raise UsageError("usage.server_tool_use must be an object")
     return usage
+
+
+RESOLVED_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,8 @@ class PriceTable:
     families: dict[str, Family]
     unknown_model: str
     _index: dict[str, Family] = field(default_factory=dict, repr=False)
+    # model ids as clients send them -> resolved (bounded: ids come from requests)
+    _resolved: dict[str, Price] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for fam in self.families.values():
@@ -162,13 +170,20 @@ class PriceTable:
 
     def resolve(self, model: str) -> Price:
         """Map a model id (dated, aliased, with a context suffix) to its family."""
+        price = self._resolved.get(model)
+        if price is not None:
+            return price
         fam = self._index.get(model)
         if fam is None:
             base = _CONTEXT_SUFFIX.sub("", model)
             fam = self._index.get(base) or self._index.get(_DATE_SUFFIX.sub("", base))
         if fam is None:
-            return Price(self.families[self.unknown_model], known=False)
-        return Price(fam, known=True)
+            price = Price(self.families[self.unknown_model], known=False)
+        else:
+            price = Price(fam, known=True)
+        if len(self._resolved) < RESOLVED_CACHE:
+            self._resolved[model] = price
+        return price
 
     def cost(self, model: str, usage: Usage) -> int:
         """The exact cost of a request in nano-USD."""

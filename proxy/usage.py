@@ -9,8 +9,6 @@ token).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import orjson
 
 from proxy.pricing import Usage, UsageError, usage_from_mapping
@@ -25,12 +23,12 @@ def response_usage(body: bytes) -> tuple[Usage | None, str | None]:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, None
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         return None, None
     raw_model = doc.get("model")
-    model = raw_model if isinstance(raw_model, str) else None
+    model = raw_model if type(raw_model) is str else None
     usage = doc.get("usage")
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict:
         return None, model
     try:
         return usage_from_mapping(usage), model
