@@ -96,6 +96,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+async def _flush_metrics(metrics: Metrics, every_s: float = 1.0) -> None:
+    """Hot-path counts reach the metric series once a second (and before each scrape): with
+    ``--workers`` another worker may answer the scrape."""
+    while True:
+        await asyncio.sleep(every_s)
+        metrics.flush()
+
+
 def build_app(
     config: Config,
     *,
@@ -143,12 +151,16 @@ def build_app(
         app[METER] = meter = Meter(config, store, app[METRICS], payments, journal)
         # journals left by this or an earlier process are replayed as soon as Redis answers
         replayer = asyncio.create_task(journal.run(meter.replay, store.ping))
+        flusher = asyncio.create_task(_flush_metrics(app[METRICS]))
         try:
             await store.load_scripts()
         except StoreUnavailable:
             log.warning("redis not reachable at start; /readyz will report it")
         yield
         await meter.drain()  # settlements still under way
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        app[METRICS].flush()
         access_log.flush()
         replayer.cancel()
         await asyncio.gather(replayer, return_exceptions=True)

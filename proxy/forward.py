@@ -183,7 +183,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await _release(request, ctx)
         raise
     headers = upstream_headers(request.headers, api_key)
-    metrics.overhead.observe(time.perf_counter() - started)
+    metrics.child(metrics.overhead).observe(time.perf_counter() - started)
     ctx.t0 = time.perf_counter()
     try:
         upstream = await app[UPSTREAM].post(_upstream_url(app, request), data=body, headers=headers)
@@ -193,7 +193,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         raise UpstreamUnavailable(
             f"the Anthropic API could not be reached: {type(exc).__name__}"
         ) from exc
-    metrics.upstream_ttfb.observe(time.perf_counter() - ctx.t0)
+    metrics.child(metrics.upstream_ttfb).observe(time.perf_counter() - ctx.t0)
     try:
         if upstream.status != 200:
             return await _forward_error(request, upstream, ctx)
@@ -274,7 +274,7 @@ async def _settled(
         cost = result["cost"] if result else None
         member, mode = ctx.adm["member"], ctx.adm["mode"]
     metrics = app[METRICS]
-    metrics.upstream_latency.observe(time.perf_counter() - ctx.t0)
+    metrics.child(metrics.upstream_latency).observe(time.perf_counter() - ctx.t0)
     metrics.child(metrics.requests, "messages", str(status)).inc()
     app[ACCESS_LOG].write(
         request_id=ctx.rid,

@@ -208,7 +208,7 @@ class Meter:
                 m.overshoot.labels(policy or self.config.policy.reservation).inc(over / NANO)
                 m.overshoot_requests.labels(policy or self.config.policy.reservation).inc()
         else:
-            m.included.inc(cost / NANO)
+            m.child(m.included).inc(cost / NANO)
 
     async def replay(self, entry: dict[str, Any]) -> None:
         """Charge one journaled request (fail_open) into Redis: admitted by force, since it

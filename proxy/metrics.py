@@ -8,7 +8,8 @@ member ids; org ids only when ``metrics.org_labels`` is on.
 from __future__ import annotations
 
 import os
-from typing import Any
+from bisect import bisect_left
+from typing import Any, overload
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
@@ -36,6 +37,56 @@ _LATENCY = (
     600,
 )
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class LocalCounter:
+    """Increments of one counter series, added to it at flush."""
+
+    __slots__ = ("pending", "target")
+
+    def __init__(self, target: Counter) -> None:
+        self.target = target
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.pending += amount
+
+    def flush(self) -> None:
+        if self.pending:
+            amount, self.pending = self.pending, 0.0
+            self.target.inc(amount)
+
+
+class LocalHistogram:
+    """Observations of one histogram series, as bucket counts and a sum, added at flush
+    exactly as ``Histogram.observe`` would have (a value goes to the first bucket whose upper
+    bound is at least the value)."""
+
+    __slots__ = ("bounds", "counts", "observed", "target", "total")
+
+    def __init__(self, target: Histogram) -> None:
+        self.target = target
+        self.bounds: list[float] = list(target._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.observed = 0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+        self.observed += 1
+
+    def flush(self) -> None:
+        if not self.observed:
+            return
+        buckets = self.target._buckets
+        for i, n in enumerate(self.counts):
+            if n:
+                buckets[i].inc(n)
+                self.counts[i] = 0
+        self.target._sum.inc(self.total)
+        self.total = 0.0
+        self.observed = 0
 
 
 class Metrics:
@@ -143,21 +194,40 @@ class Metrics:
             registry=r,
         )
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        """A labelled series, cached: ``labels()`` takes a lock and builds a key every call,
-        and the hot path asks for the same few series on every request."""
+    @overload
+    def child(self, metric: Histogram, *labels: str) -> LocalHistogram: ...
+    @overload
+    def child(self, metric: Counter, *labels: str) -> LocalCounter: ...
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> LocalCounter | LocalHistogram:
+        """A series of a counter or histogram for the hot path, cached and counted locally:
+        ``labels()`` takes a lock and builds a key every call, and each update of a series
+        takes a lock (and, with ``--workers``, writes a shared file). Counts gather here and
+        reach the series at ``flush()`` — before every exposition and once a second."""
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            if isinstance(metric, Histogram):
+                found = LocalHistogram(metric.labels(*labels) if labels else metric)
+            else:
+                found = LocalCounter(metric.labels(*labels) if labels else metric)
+            self._children[key] = found
         return found
 
+    def flush(self) -> None:
+        for series in self._children.values():
+            series.flush()
+
     def spend(self, org: str, usd: float) -> None:
-        (self.extra_spend.labels(org) if self.org_labels else self.extra_spend).inc(usd)
+        if self.org_labels:
+            self.child(self.extra_spend, org).inc(usd)
+        else:
+            self.child(self.extra_spend).inc(usd)
 
     def render(self) -> bytes:
         """The exposition; with ``--workers N`` (PROMETHEUS_MULTIPROC_DIR set) the sum over
-        every worker, whichever one answers the scrape."""
+        every worker, whichever one answers the scrape (each worker flushes once a second)."""
+        self.flush()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -134,12 +134,20 @@ async def test_workers_share_one_port_and_metrics_sum_over_them(
                 ) as r,
             ):
                 assert r.status == 200
-        scrapes = []
-        for _ in range(6):
+        total = 'eup_requests_total{outcome="200",route="messages"} 40.0'
+
+        async def scrape() -> str:
             async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
-                scrapes.append(await r.text())
+                return await r.text()
+
+        # each worker adds its counts to the shared series once a second
+        for _ in range(60):
+            if total in await scrape():
+                break
+            await asyncio.sleep(0.1)
+        scrapes = [await scrape() for _ in range(6)]  # whichever worker answers
         for text in scrapes:
-            assert 'eup_requests_total{outcome="200",route="messages"} 40.0' in text
+            assert total in text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
