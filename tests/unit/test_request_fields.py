@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from proxy.errors import InvalidRequest
-from proxy.request_body import LAZY_PARSE_FROM, parse_message_request
+from proxy.request_body import LAZY_PARSE_FROM, REUSE_PARSER_UP_TO, parse_message_request
 
 BIG = "x" * LAZY_PARSE_FROM
 
@@ -49,3 +49,19 @@ def test_large_bodies_are_validated_like_small_ones(body: bytes, needle: str) ->
     assert len(body) >= LAZY_PARSE_FROM
     with pytest.raises(InvalidRequest, match=needle):
         parse_message_request(body)
+
+
+def test_the_shared_parser_serves_one_body_after_another() -> None:
+    """Large bodies share one parser: a refused body, a nested field, a body too big to share
+    it and a good body, in any order, each read on its own."""
+    good = orjson.dumps({"model": "m", "max_tokens": 7, "x": BIG})
+    nested = b'{"model": {"a": [1]}, "max_tokens": 5, "x": "' + BIG.encode() + b'"}'
+    broken = b'{"model": "m", "x": "' + BIG.encode()
+    huge = orjson.dumps({"model": "h", "max_tokens": 3, "x": "y" * (REUSE_PARSER_UP_TO + 1)})
+    for body in (good, nested, broken, good, huge, nested, good):
+        if body in (nested, broken):
+            with pytest.raises(InvalidRequest):
+                parse_message_request(body)
+        else:
+            model = "h" if body is huge else "m"
+            assert parse_message_request(body)[0] == model
