@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,16 @@ def _wait(url: str) -> None:
     raise AssertionError(f"{url} did not come up")
 
 
+def _wait_port(port: int) -> None:
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     redis = RedisServer().start()
@@ -121,6 +132,7 @@ def live() -> Iterator[Live]:
     )
     try:
         _wait(f"http://127.0.0.1:{port}/healthz")
+        _wait_port(mock_port)  # the mock starts beside the proxy, and can be the slower one
         yield Live(f"http://127.0.0.1:{port}")
     finally:
         for p in (proxy, mock):
