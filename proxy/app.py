@@ -140,7 +140,13 @@ def build_app(
             limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300
         )
         session = aiohttp.ClientSession(
-            timeout=timeout, connector=connector, auto_decompress=True, skip_auto_headers=()
+            timeout=timeout,
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=(),
+            # one session serves every member: a cookie the API sets for one request must
+            # not ride along on another member's
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         payments = Payments(config.payments, store, app[METRICS], session)
         app[STORE] = store

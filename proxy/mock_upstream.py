@@ -11,7 +11,8 @@ request with ``x-mock-*`` headers (which the proxy forwards unchanged):
   ``event: error`` mid-stream), ``drop`` (connection cut mid-stream), ``no-delta`` (stream
   ends without message_delta);
 - ``x-mock-events``: number of text deltas (default 10); ``x-mock-delay-ms``: pause per event;
-- ``x-mock-timestamps: 1``: each text delta carries ``sent_ns``, when it left the mock.
+- ``x-mock-timestamps: 1``: each text delta carries ``sent_ns``, when it left the mock;
+- ``x-mock-set-cookie``: a ``Set-Cookie`` value for the (non-streaming) response.
 """
 
 from __future__ import annotations
@@ -138,7 +139,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 "stop_sequence": None,
                 "usage": _usage(s, s["output"]),
             },
-            headers={"request-id": f"req_mock_{secrets.token_hex(6)}"},
+            headers={
+                "request-id": f"req_mock_{secrets.token_hex(6)}",
+                **(
+                    {"set-cookie": request.headers["x-mock-set-cookie"]}
+                    if "x-mock-set-cookie" in request.headers
+                    else {}
+                ),
+            },
         )
 
     try:

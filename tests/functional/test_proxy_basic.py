@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import orjson
+from aiohttp.test_utils import TestServer
 
-from tests.conftest import UPSTREAM_KEY, Proxy, message
+from proxy.mock_upstream import MockUpstream
+from tests.conftest import UPSTREAM_KEY, Proxy, ProxyFactory, message
 
 
 async def test_non_streaming_request_is_forwarded_and_metered(proxy: Proxy) -> None:
@@ -49,3 +51,21 @@ async def test_usage_me(proxy: Proxy) -> None:
     assert r.status == 200, doc
     assert doc["windows"]["five_hour"]["allowance"] == "4.00"
     assert doc["mode"] == "included"
+
+
+async def test_a_cookie_the_api_sets_reaches_its_member_and_no_one_else(
+    proxy_factory: ProxyFactory, upstream: tuple[TestServer, MockUpstream]
+) -> None:
+    # by host name, as the real API is: a cookie jar would keep cookies of a named host
+    proxy = await proxy_factory(upstream={"url": f"http://localhost:{upstream[0].port}"})
+    org = await proxy.org("team")
+    ann, bob = await proxy.member(org, "ann"), await proxy.member(org, "bob")
+    status, headers, _ = await proxy.post(
+        ann, message(), headers={"x-mock-set-cookie": "__cf_bm=ann-only; Path=/"}
+    )
+    assert status == 200
+    assert headers["set-cookie"].startswith("__cf_bm=ann-only")  # passed through to ann
+    status, _, _ = await proxy.post(bob, message())
+    assert status == 200
+    # the proxy's one upstream session keeps no cookies: bob's request carries none
+    assert "Cookie" not in proxy.mock.requests[-1]["headers"]
