@@ -39,25 +39,36 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
+MAX_HEADS = 65536  # (script, org) pairs whose encoded start is kept
 RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
 BACKOFF_S = (0.01, 0.02)
 
 
-def pack(args: Sequence[str | int | bytes]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    if any(type(a) is bytes for a in args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-            out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-        return b"".join(out)
-    # the common case, text and integers: formatted as one str and encoded once
-    parts = [f"*{len(args)}\r\n"]
+def _bulk(args: Sequence[object]) -> str | None:
+    """Bulk strings of text and integers as one str; None when an argument is bytes."""
+    parts = []
     for a in args:
-        t = a if type(a) is str else str(a)
+        if type(a) is str:
+            t = a
+        elif type(a) is int:
+            t = str(a)
+        else:
+            return None
         n = len(t) if t.isascii() else len(t.encode())
         parts.append(f"${n}\r\n{t}\r\n")
-    return "".join(parts).encode()
+    return "".join(parts)
+
+
+def pack(args: Sequence[str | int | bytes]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    text = _bulk(args)
+    if text is not None:  # the common case: formatted as one str and encoded once
+        return f"*{len(args)}\r\n{text}".encode()
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
 
 
 class _Call:
@@ -122,6 +133,8 @@ class Pipeliner:
         self.watchdog: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.writes = 0  # writes to Redis, for tests and benchmarks
+        # the encoded start of a call — EVALSHA, the script, its keys — by script and keys
+        self.heads: dict[tuple[str, Sequence[str]], str] = {}
         self.closed = False
 
     @staticmethod
@@ -140,7 +153,16 @@ class Pipeliner:
             raise RedisConnectionError("the script connection is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        head = self.heads.get((script.sha, keys))
+        if head is None:
+            head = _bulk(("EVALSHA", script.sha, len(keys), *keys))
+            if head is not None and len(self.heads) < MAX_HEADS:
+                self.heads[(script.sha, keys)] = head
+        body = _bulk(args)
+        if head is None or body is None:  # bytes among them
+            packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        else:
+            packed = f"*{3 + len(keys) + len(args)}\r\n{head}{body}".encode()
         self.queue.append(_Call(script, keys, args, packed, fut))
         if not self.flush_scheduled:
             self.flush_scheduled = True
