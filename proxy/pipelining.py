@@ -387,3 +387,4 @@ class Pipeliner:
             proto.transport.close()
         self._fail(self.queue, RedisConnectionError("the script connection is closed"))
         self.queue = []
+        self._notify(False)
