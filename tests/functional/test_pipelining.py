@@ -151,3 +151,31 @@ async def test_flushed_scripts_are_loaded_again(redis_server: RedisServer) -> No
             await store.release("pipe-flush", "r1")
     finally:
         await _close(store)
+
+
+async def test_an_admission_after_a_written_settlement_sees_it_on_another_connection(
+    proxy: Proxy, redis_server: RedisServer
+) -> None:
+    """What lets the answer go before the settlement's reply: once the settlement is written,
+    an admission sent afterwards — here by another store on a connection of its own, as
+    another worker would — is run after it by Redis."""
+    org = await proxy.org("team")
+    await proxy.member(org, "ola")
+    first, other = _store(redis_server.url), _store(redis_server.url)
+    try:
+        used = 0
+        for i in range(200):
+            rid = f"order-{i}"
+            adm = await first.admit(org, rid, who="m", credential="ola", max_cost=1, est_cost=1)
+            assert adm.allowed
+            reply, sent = first.settle_soon(org, rid, cost=1000, model="m", usage={})
+            assert await sent
+            seen = await other.admit(
+                org, f"look-{i}", who="m", credential="ola", max_cost=1, est_cost=1, reserve=False
+            )
+            used += 1000
+            assert int(seen["s_used"]) == used, i
+            await reply
+    finally:
+        await _close(first)
+        await _close(other)
