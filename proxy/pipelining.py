@@ -233,6 +233,7 @@ class Pipeliner:
                         err = (kind or RedisConnectionError)(f"cannot connect to Redis: {exc}")
                         self._fail(self.queue, err)
                         self.queue = []
+                        self._notify(False)
                         return
                     await asyncio.sleep(delay)
         finally:
@@ -266,6 +267,8 @@ class Pipeliner:
             assert proto.transport is not None
             done: asyncio.Future[Any] = loop.create_future()
             hello[-1].fut = done
+            for c in hello:
+                c.sent_at = loop.time()  # the watchdog reads it
             self.pending.extend(hello)
             self.proto = proto
             proto.transport.write(b"".join(c.packed for c in hello))
