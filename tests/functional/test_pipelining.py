@@ -179,3 +179,27 @@ async def test_an_admission_after_a_written_settlement_sees_it_on_another_connec
     finally:
         await _close(first)
         await _close(other)
+
+
+async def test_a_settlement_queued_while_the_connection_is_down_says_so(
+    proxy: Proxy, redis_server: RedisServer
+) -> None:
+    """Not written at once (the connection is being replaced): the proxy then waits for the
+    settlement's reply before the member sees the end of the answer — and the reply comes."""
+    org = await proxy.org("team")
+    await proxy.member(org, "kai")
+    store = _store(redis_server.url)
+    try:
+        adm = await store.admit(org, "down-1", who="m", credential="kai", max_cost=1, est_cost=1)
+        assert adm.allowed
+        with redis.Redis(port=redis_server.port) as admin:
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        for _ in range(100):  # until the loss is noticed
+            if store.pipeliner is not None and store.pipeliner.proto is None:
+                break
+            await asyncio.sleep(0.01)
+        reply, sent = store.settle_soon(org, "down-1", cost=5, model="m", usage={})
+        assert await sent is False
+        assert (await reply)["cost"] == "5"
+    finally:
+        await _close(store)
