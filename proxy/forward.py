@@ -320,7 +320,8 @@ async def _forward_body(
         await _release(request, ctx)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     usage, model = response_usage(body)
-    # charged before the member sees the answer: their next request sees this charge
+    # the charge is written to Redis before the member sees the answer: their next request
+    # is admitted after it
     settling, sent = _finish(request, ctx, usage or Usage(), upstream.status, model)
     if not await sent:
         await asyncio.shield(settling)
@@ -341,7 +342,7 @@ async def _forward_stream(
         async for chunk in upstream.content.iter_any():
             await resp.write(chunk)  # forward first: parsing for usage must not delay it
             meter.feed(chunk)
-        # charged before the terminating chunk: the member sees the end only once it is
+        # the charge is written before the terminating chunk: the member sees the end after it
         outcome = "upstream_error_event" if meter.errored else outcome
         settling, sent = _finish(
             request, ctx, meter.usage(), upstream.status, meter.model, stream=outcome
