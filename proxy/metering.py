@@ -85,7 +85,7 @@ class Meter:
     ) -> tuple[Coroutine[Any, Any, dict[str, str]], Awaitable[bool]]:
         price = self.prices.resolve(model)
         detail = usage.as_dict()
-        reply, sent = self.store.settle_soon(
+        reply, sent = self.store.settle(
             org,
             request_id,
             cost=cost_of(price.family, usage),
@@ -138,20 +138,6 @@ class Meter:
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
         return task
-
-    async def settle(
-        self,
-        org: str,
-        request_id: str,
-        model: str,
-        usage: Usage,
-        *,
-        key_hash: str,
-        policy: str = "",
-    ) -> dict[str, str] | None:
-        work, _ = self.settle_start(org, request_id, model, usage, key_hash=key_hash, policy=policy)
-        result: dict[str, str] | None = await asyncio.shield(self.track(work))
-        return result
 
     async def _settled(
         self,

@@ -219,10 +219,7 @@ class Metrics:
             series.flush()
 
     def spend(self, org: str, usd: float) -> None:
-        if self.org_labels:
-            self.child(self.extra_spend, org).inc(usd)
-        else:
-            self.child(self.extra_spend).inc(usd)
+        self.child(self.extra_spend, *((org,) if self.org_labels else ())).inc(usd)
 
     def render(self) -> bytes:
         """The exposition; with ``--workers N`` (PROMETHEUS_MULTIPROC_DIR set) the sum over

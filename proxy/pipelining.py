@@ -113,7 +113,6 @@ class Pipeliner:
     """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
         kw = client.connection_pool.connection_kwargs
         self.host: str = kw.get("host", "localhost")
         self.port: int = int(kw.get("port", 6379))

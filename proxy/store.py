@@ -237,22 +237,7 @@ class Store:
         )
         return Admission(doc)
 
-    async def settle(
-        self,
-        org: str,
-        request_id: str,
-        *,
-        cost: int,
-        model: str,
-        usage: Mapping[str, int],
-        source: str = "proxy",
-    ) -> dict[str, str]:
-        reply, _ = self.settle_soon(
-            org, request_id, cost=cost, model=model, usage=usage, source=source
-        )
-        return await reply
-
-    def settle_soon(
+    def settle(
         self,
         org: str,
         request_id: str,

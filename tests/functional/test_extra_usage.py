@@ -390,8 +390,8 @@ async def test_a_crashed_proxys_reservation_is_reclaimed_by_the_next_admission(
     assert int((await store.org_settings(org))["eu_res"]) == 200_000_000
     assert (await store.member_fields(org, "lee", ("eu_res",)))["eu_res"] == "200000000"
     # a late settle of the reclaimed one still charges what was used, once
-    late = await store.settle(org, "lost-1", cost=50_000_000, model="m", usage={})
+    late = await store.settle(org, "lost-1", cost=50_000_000, model="m", usage={})[0]
     assert (late["expired"], late["overshoot"]) == ("1", "50000000")
-    await store.settle(org, "next-2", cost=10, model="m", usage={})
+    await store.settle(org, "next-2", cost=10, model="m", usage={})[0]
     s = await store.org_settings(org)
     assert (int(s["eu_res"]), int(s["spend"])) == (0, 50_000_010)

@@ -48,8 +48,8 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
     )
     assert replay["replay"] == "1"
     assert {k: v for k, v in replay.raw.items() if k != "replay"} == a.raw  # as answered
-    first = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
-    again = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})
+    first = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})[0]
+    again = await store.settle(org, "req-replay-1", cost=777, model="m", usage={})[0]
     assert again["replay"] == "1"
     assert first["entry"] == again["entry"]
     assert len(await store.ledger(org)) == 1

@@ -168,7 +168,7 @@ async def test_an_admission_after_a_written_settlement_sees_it_on_another_connec
             rid = f"order-{i}"
             adm = await first.admit(org, rid, who="m", credential="ola", max_cost=1, est_cost=1)
             assert adm.allowed
-            reply, sent = first.settle_soon(org, rid, cost=1000, model="m", usage={})
+            reply, sent = first.settle(org, rid, cost=1000, model="m", usage={})
             assert await sent
             seen = await other.admit(
                 org, f"look-{i}", who="m", credential="ola", max_cost=1, est_cost=1, reserve=False
@@ -198,7 +198,7 @@ async def test_a_settlement_queued_while_the_connection_is_down_says_so(
             if store.pipeliner is not None and store.pipeliner.proto is None:
                 break
             await asyncio.sleep(0.01)
-        reply, sent = store.settle_soon(org, "down-1", cost=5, model="m", usage={})
+        reply, sent = store.settle(org, "down-1", cost=5, model="m", usage={})
         assert await sent is False
         assert (await reply)["cost"] == "5"
     finally:
