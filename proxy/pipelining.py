@@ -148,10 +148,11 @@ class Pipeliner:
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
     ) -> asyncio.Future[Any]:
         """Queue one EVALSHA; the future gets its reply (or the error)."""
-        if self.closed:
-            raise RedisConnectionError("the script connection is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if self.closed:
+            fut.set_exception(RedisConnectionError("the script connection is closed"))
+            return fut
         head = self.heads.get((script.sha, keys))
         if head is None:
             head = _bulk(("EVALSHA", script.sha, len(keys), *keys))

@@ -2,7 +2,9 @@
 
 Scripts live in ``lua/`` (one file per atomic operation, shipped in the package as
 ``proxy.lua``), get the shared prelude ``lib.lua`` prepended, are registered once, and are
-called through redis-py's ``Script`` (EVALSHA, reloading on NOSCRIPT). Redis errors become
+called with EVALSHA: on a single Redis through the process's multiplexed connection
+(``proxy.pipelining``), on a cluster or over TLS through redis-py's ``Script``; both load a
+script again on NOSCRIPT. Redis errors become
 ``StoreUnavailable`` here and nowhere else; a script's own "no" becomes ``StoreRefusal``.
 """
 
@@ -155,15 +157,8 @@ class Store:
     def _call(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Awaitable[Any]:
         """Queue one script call (auto-pipelined) or start it (redis-py); await the reply."""
         if self.pipeliner is not None:
-            try:
-                return self.pipeliner.call(self.scripts[name], keys, args)
-            except RedisError as exc:
-                return self._failed(exc)
+            return self.pipeliner.call(self.scripts[name], keys, args)
         return self.scripts[name](keys=list(keys), args=list(args))
-
-    @staticmethod
-    async def _failed(exc: RedisError) -> Any:
-        raise exc
 
     async def _reply(self, name: str, started: float, reply: Awaitable[Any]) -> Any:
         """A script's JSON reply; Redis errors become StoreUnavailable, refusals StoreRefusal."""
