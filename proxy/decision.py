@@ -77,7 +77,7 @@ def unified_headers(a: Admission) -> dict[str, str]:
         status = "allowed_warning" if o_util >= WARNING_AT else "allowed"
     else:
         claim, reset = raw.get("claim", ""), raw.get("claim_reset") or "0"
-        if raw.get("d") != "allow":
+        if not a.allowed:
             status = "rejected"
         else:
             status = "allowed_warning" if max(s_util, w_util) >= WARNING_AT else "allowed"

@@ -48,10 +48,7 @@ def request_fields(body: bytes) -> dict[str, object]:
         return {k: doc[k] for k in REQUEST_FIELDS if k in doc}
     parser = _PARSER if len(body) <= REUSE_PARSER_UP_TO else simdjson.Parser()
     try:
-        try:
-            lazy = parser.parse(body)
-        except RuntimeError:  # the shared parser still holds a document: never expected
-            lazy = simdjson.Parser().parse(body)
+        lazy = parser.parse(body)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     try:

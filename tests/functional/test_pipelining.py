@@ -168,8 +168,12 @@ async def test_an_admission_after_a_written_settlement_sees_it_on_another_connec
             rid = f"order-{i}"
             adm = await first.admit(org, rid, who="m", credential="ola", max_cost=1, est_cost=1)
             assert adm.allowed
+            assert first.pipeliner is not None
+            writes = first.pipeliner.writes
             reply, sent = first.settle(org, rid, cost=1000, model="m", usage={})
             assert await sent
+            # True means on the wire: the batch holding the settlement has been written
+            assert first.pipeliner.writes == writes + 1 and not first.pipeliner.queue
             seen = await other.admit(
                 org, f"look-{i}", who="m", credential="ola", max_cost=1, est_cost=1, reserve=False
             )
