@@ -25,7 +25,6 @@ Cluster use redis-py's calls one by one (``Pipeliner.supports``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, TypeGuard, cast
@@ -36,8 +35,6 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-log = logging.getLogger(__name__)
 
 MAX_HEADS = 65536  # (script, org) pairs whose encoded start is kept
 RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
