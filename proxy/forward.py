@@ -38,6 +38,7 @@ from proxy.metering import Meter
 from proxy.pricing import Usage
 from proxy.request_body import parse_message_request, read_body
 from proxy.store import NOT_SENT, Admission, StoreRefusal
+from proxy.upload import Upload, streamable
 from proxy.usage import StreamUsage, response_usage
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,83 @@ async def messages(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     started = time.perf_counter()
-    rid: str = request[REQUEST_ID]
     key = proxy_key(request)
-    body = await read_body(request, cfg.server.max_body_bytes)
+    upload = _upload_early(request, key)
+    try:
+        if upload is None:
+            body = await read_body(request, cfg.server.max_body_bytes)
+        else:
+            body = await upload.read(request)
+        ref, ctx = await _admit(request, key, body, started)
+        try:
+            api_key = upstream_key(app, ref)
+        except ProxyError:
+            await _release(request, ctx)
+            raise
+    except BaseException:
+        if upload is not None:
+            upload.cut()
+            meter.count_upload("cut")
+        raise
+    metrics.child(metrics.overhead).observe(time.perf_counter() - started)
+    ctx.t0 = time.perf_counter()
+    try:
+        upstream = None
+        if upload is not None:
+            if upload.ref == ref:
+                upstream = await upload.release()
+                meter.count_upload("sent" if upstream is not None else "resent")
+            else:  # the org's credential changed: send the body again with the new one
+                upload.cut()
+                meter.count_upload("resent")
+        if upstream is None:
+            headers = upstream_headers(request.headers, api_key)
+            upstream = await app[UPSTREAM].post(
+                _upstream_url(app, request), data=body, headers=headers
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await _release(request, ctx)
+        metrics.upstream_errors.labels("connect").inc()
+        raise UpstreamUnavailable(
+            f"the Anthropic API could not be reached: {type(exc).__name__}"
+        ) from exc
+    metrics.child(metrics.upstream_ttfb).observe(time.perf_counter() - ctx.t0)
+    try:
+        if upstream.status != 200:
+            return await _forward_error(request, upstream, ctx)
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return await _forward_stream(request, upstream, ctx)
+        return await _forward_body(request, upstream, ctx)
+    finally:
+        upstream.release()
+
+
+def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
+    """A large body of a key admitted here before starts upstream as it arrives."""
+    app = request.app
+    meter = app[METER]
+    length = streamable(request, app[CONFIG].server.max_body_bytes)
+    if length is None or key.secret_hash not in meter.known_keys:
+        return None
+    ref = meter.upstream_refs.get(key.org)
+    if ref is None:
+        return None
+    try:
+        api_key = upstream_key(app, ref)
+    except ProxyError:
+        return None
+    headers = upstream_headers(request.headers, api_key)
+    return Upload(app[UPSTREAM], _upstream_url(app, request), headers, length, ref)
+
+
+async def _admit(
+    request: web.Request, key: ProxyKey, body: bytes, started: float
+) -> tuple[str, _Ctx]:
+    """Round trip 1: (the org's upstream credential reference, the request's context with
+    its admission — None when it runs unmetered under fail_open). Raises the refusal."""
+    app = request.app
+    cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
+    rid: str = request[REQUEST_ID]
     model, max_tokens, _stream = parse_message_request(body)
     max_cost, est_cost = meter.bounds(model, len(body), max_tokens)
     accept = request.headers.get("x-extra-usage", "").strip().lower() == "accept"
@@ -162,7 +237,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         ref = meter.upstream_refs.get(key.org, "")
     elif not adm.allowed:
         meter.record_decision(adm)
-        request.app[ACCESS_LOG].write(
+        app[ACCESS_LOG].write(
             request_id=rid,
             org=key.org,
             member=adm["member"],
@@ -176,32 +251,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     else:
         meter.record_decision(adm)
         ref = meter.upstream_refs[key.org] = adm["upstream"]
-    ctx = _Ctx(rid, key, model, adm, started)
-    try:
-        api_key = upstream_key(app, ref)
-    except ProxyError:
-        await _release(request, ctx)
-        raise
-    headers = upstream_headers(request.headers, api_key)
-    metrics.child(metrics.overhead).observe(time.perf_counter() - started)
-    ctx.t0 = time.perf_counter()
-    try:
-        upstream = await app[UPSTREAM].post(_upstream_url(app, request), data=body, headers=headers)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        await _release(request, ctx)
-        metrics.upstream_errors.labels("connect").inc()
-        raise UpstreamUnavailable(
-            f"the Anthropic API could not be reached: {type(exc).__name__}"
-        ) from exc
-    metrics.child(metrics.upstream_ttfb).observe(time.perf_counter() - ctx.t0)
-    try:
-        if upstream.status != 200:
-            return await _forward_error(request, upstream, ctx)
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            return await _forward_stream(request, upstream, ctx)
-        return await _forward_body(request, upstream, ctx)
-    finally:
-        upstream.release()
+        meter.remember_key(key.secret_hash)
+    return ref, _Ctx(rid, key, model, adm, started)
 
 
 class _Ctx:

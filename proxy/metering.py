@@ -20,6 +20,7 @@ from proxy.metrics import NANO, Metrics
 from proxy.payments import Payments
 from proxy.pricing import PriceTable, Usage, cost_of
 from proxy.store import Admission, Store, StoreRefusal
+from proxy.upload import MAX_KNOWN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Meter:
         self.journal = journal
         # the last upstream credential reference seen per org: a hint for fail_open only
         self.upstream_refs: dict[str, str] = {}
+        # hashes of keys admitted here: their large bodies may start upstream as they arrive
+        self.known_keys: set[str] = set()
         # settlements sent and not yet answered (each finishes in its own task)
         self.inflight: set[asyncio.Task[Any]] = set()
 
@@ -64,6 +67,15 @@ class Meter:
         rates = family.rates_for(prompt_tokens)
         room = a.nano("eu_remaining") - prompt_tokens * rates.max_prompt
         return Fit(max_cost, max(0, room // rates.output) if rates.output else 0)
+
+    def remember_key(self, key_hash: str) -> None:
+        if key_hash not in self.known_keys:
+            if len(self.known_keys) >= MAX_KNOWN_KEYS:
+                self.known_keys.clear()
+            self.known_keys.add(key_hash)
+
+    def count_upload(self, outcome: str) -> None:
+        self.metrics.child(self.metrics.uploads, outcome).inc()
 
     def record_decision(self, a: Admission) -> None:
         m = self.metrics

@@ -181,6 +181,13 @@ class Metrics:
         self.upstream_errors = Counter(
             "eup_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=r
         )
+        self.uploads = Counter(
+            "eup_streamed_uploads_total",
+            "Large bodies forwarded as they arrived: sent (admitted, last chunk released), "
+            "resent (sent again whole), cut (not admitted: cut off before the last chunk)",
+            ["outcome"],
+            registry=r,
+        )
 
         self.journal_entries = Counter(
             "eup_journal_entries_total",
