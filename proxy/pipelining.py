@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard, cast
 
 import hiredis
@@ -36,36 +36,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-MAX_HEADS = 65536  # (script, org) pairs whose encoded start is kept
 RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
 BACKOFF_S = (0.01, 0.02)
 
 
-def _bulk(args: Sequence[object]) -> str | None:
-    """Bulk strings of text and integers as one str; None when an argument is bytes."""
-    parts = []
-    for a in args:
-        if type(a) is str:
-            t = a
-        elif type(a) is int:
-            t = str(a)
-        else:
-            return None
-        n = len(t) if t.isascii() else len(t.encode())
-        parts.append(f"${n}\r\n{t}\r\n")
-    return "".join(parts)
+# hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length
+_pack_command: Callable[[tuple[str | int | bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 
 def pack(args: Sequence[str | int | bytes]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    text = _bulk(args)
-    if text is not None:  # the common case: formatted as one str and encoded once
-        return f"*{len(args)}\r\n{text}".encode()
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+    """One command in RESP: an array of bulk strings (hiredis's packer, in C)."""
+    return _pack_command(tuple(args))
 
 
 class _Call:
@@ -129,9 +110,8 @@ class Pipeliner:
         self.watchdog: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.writes = 0  # writes to Redis, for tests and benchmarks
-        # the encoded start of a call — EVALSHA, the script, its keys — by script and keys
-        self.heads: dict[tuple[str, Sequence[str]], str] = {}
         self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # bound at the first call
 
     @staticmethod
     def supports(client: Any) -> TypeGuard[aioredis.Redis]:
@@ -145,32 +125,30 @@ class Pipeliner:
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
     ) -> asyncio.Future[Any]:
         """Queue one EVALSHA; the future gets its reply (or the error)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self.closed:
             fut.set_exception(RedisConnectionError("the script connection is closed"))
             return fut
-        head = self.heads.get((script.sha, keys))
-        if head is None:
-            head = _bulk(("EVALSHA", script.sha, len(keys), *keys))
-            if head is not None and len(self.heads) < MAX_HEADS:
-                self.heads[(script.sha, keys)] = head
-        body = _bulk(args)
-        if head is None or body is None:  # bytes among them
-            packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        else:
-            packed = f"*{3 + len(keys) + len(args)}\r\n{head}{body}".encode()
+        packed = _pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         self.queue.append(_Call(script, keys, args, packed, fut))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             loop.call_soon(self._scheduled_flush)  # after every call of this turn is queued
         return fut
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # asyncio.get_running_loop() makes a getpid() system call on Python 3.11
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        return loop
+
     def sent(self) -> asyncio.Future[bool]:
         """Resolves when what is queued now has been written to Redis (True), at the end of
         this loop turn with the rest of the batch, or could not be (False: the connection is
         down and the calls wait for a new one)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = self._loop().create_future()
         if self.queue:
             self.waiters.append(fut)
         else:
@@ -188,7 +166,8 @@ class Pipeliner:
             self._notify(False)
             return
         batch, self.queue = self.queue, []
-        now = asyncio.get_running_loop().time()
+        loop = self._loop()
+        now = loop.time()
         for c in batch:
             c.sent_at = now
             c.tries += 1
@@ -198,7 +177,7 @@ class Pipeliner:
         if self.waiters:
             self._notify(True)
         if self.watchdog is None:
-            self.watchdog = asyncio.get_running_loop().call_at(now + self.timeout, self._watch)
+            self.watchdog = loop.call_at(now + self.timeout, self._watch)
 
     def _notify(self, written: bool) -> None:
         waiters, self.waiters = self.waiters, []
