@@ -185,3 +185,36 @@ async def test_a_refused_request_reaches_the_api_incomplete_and_is_cut_off(
     assert length == len(json.dumps(body))
     assert 0 < got < length  # it was under way, and its end was held back
     assert await uploads(proxy) == {"cut": 1.0}
+
+
+async def test_a_client_gone_mid_body_cuts_the_upload_and_charges_nothing(
+    proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
+) -> None:
+    up, url = counting_upstream
+    proxy = await proxy_factory(upstream={"url": url})
+    org = await proxy.org("team")
+    key = await proxy.member(org, "gina")
+    assert (await proxy.post(key, big()))[0] == 200
+    before = await member_counters(proxy.store, org, "gina")
+    body = json.dumps(big(STREAM_FROM * 3)).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: %b\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % (key.encode(), len(body))
+    )
+    writer.write(body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the first half is on its way upstream
+    writer.close()  # the client goes away mid-body
+    for _ in range(100):
+        if up.cut:
+            break
+        await asyncio.sleep(0.02)
+    [(got, length)] = up.cut
+    assert 0 < got < length == len(body)
+    assert up.whole == 1
+    assert await uploads(proxy) == {"cut": 1.0}
+    assert await member_counters(proxy.store, org, "gina") == before  # nothing charged
+    async with proxy.session.get(proxy.url + "/healthz") as r:
+        assert r.status == 200  # the worker goes on
