@@ -158,15 +158,34 @@ async def counting_upstream() -> AsyncIterator[tuple[CountingUpstream, str]]:
     await up.server.wait_closed()
 
 
+async def known_key(
+    proxy_factory: ProxyFactory, up: CountingUpstream, url: str, member: str
+) -> tuple[Proxy, str, str]:
+    """A proxy in front of ``up``, and a key it has admitted once (proxy, org, key)."""
+    proxy = await proxy_factory(upstream={"url": url})
+    org = await proxy.org("team")
+    key = await proxy.member(org, member)
+    assert (await proxy.post(key, big()))[0] == 200
+    assert up.whole == 1
+    return proxy, org, key
+
+
+async def cut_off(up: CountingUpstream) -> tuple[int, int]:
+    """(bytes received, Content-Length) of the one request cut off mid-body."""
+    for _ in range(100):  # the connection closes a moment after the answer
+        if up.cut:
+            break
+        await asyncio.sleep(0.02)
+    assert up.whole == 1  # no second whole request ever reached the API
+    [(got, length)] = up.cut
+    return got, length
+
+
 async def test_a_refused_request_reaches_the_api_incomplete_and_is_cut_off(
     proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
 ) -> None:
     up, url = counting_upstream
-    proxy = await proxy_factory(upstream={"url": url})
-    org = await proxy.org("team")
-    key = await proxy.member(org, "frank")
-    assert (await proxy.post(key, big()))[0] == 200
-    assert up.whole == 1
+    proxy, org, key = await known_key(proxy_factory, up, url, "frank")
     status, doc = await proxy.admin(
         "PUT",
         f"/admin/v1/orgs/{org}/members/frank",
@@ -176,12 +195,7 @@ async def test_a_refused_request_reaches_the_api_incomplete_and_is_cut_off(
     body = big(STREAM_FROM * 3)
     status, _, answer = await proxy.post(key, body)
     assert status == 403, answer
-    for _ in range(100):  # the cut-off connection closes just after the answer
-        if up.cut:
-            break
-        await asyncio.sleep(0.02)
-    assert up.whole == 1  # no second whole request ever reached the API
-    [(got, length)] = up.cut
+    got, length = await cut_off(up)
     assert length == len(json.dumps(body))
     assert 0 < got < length  # it was under way, and its end was held back
     assert await uploads(proxy) == {"cut": 1.0}
@@ -191,10 +205,7 @@ async def test_a_client_gone_mid_body_cuts_the_upload_and_charges_nothing(
     proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
 ) -> None:
     up, url = counting_upstream
-    proxy = await proxy_factory(upstream={"url": url})
-    org = await proxy.org("team")
-    key = await proxy.member(org, "gina")
-    assert (await proxy.post(key, big()))[0] == 200
+    proxy, org, key = await known_key(proxy_factory, up, url, "gina")
     before = await member_counters(proxy.store, org, "gina")
     body = json.dumps(big(STREAM_FROM * 3)).encode()
     host, port = proxy.url.removeprefix("http://").split(":")
@@ -207,13 +218,8 @@ async def test_a_client_gone_mid_body_cuts_the_upload_and_charges_nothing(
     await writer.drain()
     await asyncio.sleep(0.2)  # the first half is on its way upstream
     writer.close()  # the client goes away mid-body
-    for _ in range(100):
-        if up.cut:
-            break
-        await asyncio.sleep(0.02)
-    [(got, length)] = up.cut
+    got, length = await cut_off(up)
     assert 0 < got < length == len(body)
-    assert up.whole == 1
     assert await uploads(proxy) == {"cut": 1.0}
     assert await member_counters(proxy.store, org, "gina") == before  # nothing charged
     async with proxy.session.get(proxy.url + "/healthz") as r:
