@@ -6,7 +6,9 @@ as the body does, and every chunk but the last is forwarded as it arrives. A ser
 request only once its whole body (``Content-Length`` bytes) is in, so the API holds an
 incomplete request while the proxy validates and admits it: allowed, the last chunk goes out;
 refused or invalid, the upload is cut off (the connection closed) and the API never had a
-request it could run or bill.
+request it could run or bill. An upload that broke before its last chunk was handed to the
+connection is sent again whole; once the last chunk may have gone, a failure is reported like
+any upstream failure (502), never answered by a second request that the API might also run.
 
 Used only for a key this process has admitted before (so its organization's upstream
 credential is known, and an unknown caller never opens an upstream request) and a body with a

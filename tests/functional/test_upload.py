@@ -105,6 +105,7 @@ class CountingUpstream:
     def __init__(self) -> None:
         self.cut: list[tuple[int, int]] = []
         self.whole = 0
+        self.drop_next = False  # close the next request's connection before its body
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -118,6 +119,10 @@ class CountingUpstream:
                 head = await reader.readuntil(b"\r\n\r\n")
                 m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                 length = int(m[1]) if m else 0
+                if self.drop_next:
+                    self.drop_next = False
+                    self.cut.append((0, length))
+                    return
                 got = 0
                 while got < length:
                     chunk = await reader.read(min(65536, length - got))
@@ -181,6 +186,26 @@ async def cut_off(up: CountingUpstream) -> tuple[int, int]:
     return got, length
 
 
+async def post_in_halves(proxy: Proxy, key: str, body: bytes, *, finish: bool) -> bytes:
+    """POST a body in two halves 0.2 s apart (or go away after the first); what came back."""
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: %b\r\nconnection: close\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % (key.encode(), len(body))
+    )
+    writer.write(body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the first half is on its way upstream
+    if not finish:
+        writer.close()  # the client goes away mid-body
+        return b""
+    writer.write(body[len(body) // 2 :])
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
 async def test_a_refused_request_reaches_the_api_incomplete_and_is_cut_off(
     proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
 ) -> None:
@@ -201,6 +226,21 @@ async def test_a_refused_request_reaches_the_api_incomplete_and_is_cut_off(
     assert await uploads(proxy) == {"cut": 1.0}
 
 
+async def test_an_upload_the_api_dropped_mid_body_is_sent_again_whole(
+    proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
+) -> None:
+    up, url = counting_upstream
+    proxy, org, key = await known_key(proxy_factory, up, url, "hank")
+    up.drop_next = True
+    answer = await post_in_halves(
+        proxy, key, json.dumps(big(STREAM_FROM * 3)).encode(), finish=True
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert await uploads(proxy) == {"resent": 1.0}
+    assert len(up.cut) == 1 and up.whole == 2  # the API ran it once, from the whole body
+    assert len(await proxy.store.ledger(org)) == 2  # charged once
+
+
 async def test_a_client_gone_mid_body_cuts_the_upload_and_charges_nothing(
     proxy_factory: ProxyFactory, counting_upstream: tuple[CountingUpstream, str]
 ) -> None:
@@ -208,16 +248,7 @@ async def test_a_client_gone_mid_body_cuts_the_upload_and_charges_nothing(
     proxy, org, key = await known_key(proxy_factory, up, url, "gina")
     before = await member_counters(proxy.store, org, "gina")
     body = json.dumps(big(STREAM_FROM * 3)).encode()
-    host, port = proxy.url.removeprefix("http://").split(":")
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: %b\r\n"
-        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % (key.encode(), len(body))
-    )
-    writer.write(body[: len(body) // 2])
-    await writer.drain()
-    await asyncio.sleep(0.2)  # the first half is on its way upstream
-    writer.close()  # the client goes away mid-body
+    await post_in_halves(proxy, key, body, finish=False)
     got, length = await cut_off(up)
     assert 0 < got < length == len(body)
     assert await uploads(proxy) == {"cut": 1.0}
