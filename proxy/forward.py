@@ -38,7 +38,7 @@ from proxy.metering import Meter
 from proxy.pricing import Usage
 from proxy.request_body import parse_message_request, read_body
 from proxy.store import NOT_SENT, Admission, StoreRefusal
-from proxy.upload import STREAM_FROM, Upload, streamable
+from proxy.upload import Upload, streamable
 from proxy.usage import StreamUsage, response_usage
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
     """A large body of a key admitted here before starts upstream as it arrives."""
-    if (request.content_length or 0) < STREAM_FROM:  # the common case, decided cheaply
-        return None
     app = request.app
-    meter = app[METER]
     length = streamable(request, app[CONFIG].server.max_body_bytes)
+    if length is None:  # the common case: a small body
+        return None
+    meter = app[METER]
     ref = meter.upstream_refs.get(key.org)
-    if length is None or ref is None or key.secret_hash not in meter.known_keys:
+    if ref is None or key.secret_hash not in meter.known_keys:
         return None
     try:
         api_key = upstream_key(app, ref)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeGuard, cast
 
 import hiredis
@@ -191,9 +191,7 @@ class Pipeliner:
 
     def _connect_soon(self) -> None:
         if self.connecting is None:
-            self.connecting = asyncio.ensure_future(self._connect())
-            self.tasks.add(self.connecting)
-            self.connecting.add_done_callback(self.tasks.discard)
+            self.connecting = self._spawn(self._connect())
 
     async def _connect(self) -> None:
         delays = iter(BACKOFF_S)
@@ -312,7 +310,7 @@ class Pipeliner:
         self.watchdog = None
         if not self.pending or self.proto is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         due = self.pending[0].sent_at + self.timeout
         if loop.time() >= due:
             self._drop(self.proto, RedisTimeoutError("Timeout reading from Redis"))
@@ -353,10 +351,11 @@ class Pipeliner:
             if c.fut is not None and not c.fut.done():
                 c.fut.set_exception(exc)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def close(self) -> None:
         self.closed = True
