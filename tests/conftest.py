@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import itertools
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +27,10 @@ OPERATOR = "operator-test-token"
 SERVICE = "service-test-token"
 UPSTREAM_KEY = "sk-ant-upstream-test"
 _org_ids = itertools.count(1)
+# where the proxies under test journal usage Redis could not take: never the working tree,
+# and a folder per proxy (a proxy replays every journal it finds in its folder)
+JOURNALS = tempfile.mkdtemp(prefix="eup-test-journals-")
+atexit.register(shutil.rmtree, JOURNALS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +51,7 @@ def make_config(redis_url: str, upstream_url: str, **sections: dict[str, Any]) -
     doc: dict[str, Any] = {
         "redis": {"url": redis_url},
         "upstream": {"url": upstream_url, "read_timeout_s": 30},
-        "policy": {"reservation_ttl_s": 60},
+        "policy": {"reservation_ttl_s": 60, "journal_dir": tempfile.mkdtemp(dir=JOURNALS)},
     }
     for name, values in sections.items():
         doc.setdefault(name, {}).update(values)
