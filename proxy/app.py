@@ -32,6 +32,7 @@ from proxy.metrics import Metrics
 from proxy.openapi import document
 from proxy.payments import Payments
 from proxy.store import RedisClient, Store, make_client
+from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +133,20 @@ def build_app(
             pipelining=redis_client is None and not config.redis.cluster,
         )
         up = config.upstream
-        # a total timeout would cut long streams: bound connecting and each silence instead
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=up.connect_timeout_s, sock_read=up.read_timeout_s
+        upstream = Upstream(
+            up.url,
+            connect_timeout_s=up.connect_timeout_s,
+            read_timeout_s=up.read_timeout_s,
+            max_connections=up.max_connections,
         )
-        connector = aiohttp.TCPConnector(
-            limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300
-        )
+        # outgoing calls other than the API's (payment provider, webhooks)
         session = aiohttp.ClientSession(
-            timeout=timeout,
-            connector=connector,
-            auto_decompress=True,
-            skip_auto_headers=(),
-            # one session serves every member: a cookie the API sets for one request must
-            # not ride along on another member's
+            timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         payments = Payments(config.payments, store, app[METRICS], session)
         app[STORE] = store
-        app[UPSTREAM] = session
+        app[UPSTREAM] = upstream
         app[PAYMENTS] = payments
         journal = Journal(config.policy.journal_dir, app[METRICS])
         app[LEDGER] = ledger = LazyLedger(config.ledger.database_url)
@@ -174,6 +170,7 @@ def build_app(
         await ledger.close()
         await payments.close()
         await session.close()
+        await upstream.close()
         if store.pipeliner is not None:
             await store.pipeliner.close()
         if redis_client is None:

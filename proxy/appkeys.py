@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
@@ -14,10 +13,11 @@ if TYPE_CHECKING:
     from proxy.ledger_db import LazyLedger
     from proxy.payments import Payments
     from proxy.store import Store
+    from proxy.upstream import Upstream
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 STORE: web.AppKey[Store] = web.AppKey("store")
-UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")  # the Anthropic API
 PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
 LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")

@@ -39,6 +39,7 @@ from proxy.pricing import Usage
 from proxy.request_body import parse_message_request, read_body
 from proxy.store import NOT_SENT, Admission, StoreRefusal
 from proxy.upload import Upload, streamable
+from proxy.upstream import Response, UpstreamError
 from proxy.usage import StreamUsage, response_usage
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,13 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "content-length",
     "x-api-key",
     "authorization",
-    "accept-encoding",
+    "accept-encoding",  # the API answers unencoded: the proxy reads the usage in it
+    "expect",  # the body is sent at once; an interim 100 would only cost a round trip
     "x-extra-usage",
 }
-# never copied back: framing of a body that aiohttp already decoded
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding"}
+# never copied back: the framing, recomputed for the member (a gzip or deflate body arrives
+# decoded, without its Content-Encoding: proxy.upstream)
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 
 
 _ID_PREFIX = f"req_eup_{secrets.token_hex(6)}"
@@ -83,12 +86,9 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in _DROP_REQUEST:
-            out.add(name, value)
-    out["x-api-key"] = api_key
+def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> list[tuple[str, str]]:
+    out = [(name, value) for name, value in incoming.items() if name.lower() not in _DROP_REQUEST]
+    out.append(("x-api-key", api_key))
     return out
 
 
@@ -111,13 +111,6 @@ def upstream_key(app: web.Application, ref: str) -> str:
             )
         return value
     return app[CONFIG].upstream.api_key
-
-
-def _upstream_url(app: web.Application, request: web.Request) -> str:
-    url = app[CONFIG].upstream.url + request.path
-    if request.query_string:
-        url += "?" + request.query_string
-    return url
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -156,15 +149,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 meter.count_upload("resent")
         if upstream is None:
             headers = upstream_headers(request.headers, api_key)
-            upstream = await app[UPSTREAM].post(
-                _upstream_url(app, request), data=body, headers=headers
-            )
-    except (aiohttp.ClientError, TimeoutError) as exc:
+            upstream = await app[UPSTREAM].request("POST", request.raw_path, headers, body)
+    except UpstreamError as exc:
         await _release(request, ctx)
         metrics.upstream_errors.labels("connect").inc()
-        raise UpstreamUnavailable(
-            f"the Anthropic API could not be reached: {type(exc).__name__}"
-        ) from exc
+        raise UpstreamUnavailable(f"the Anthropic API could not be reached: {exc}") from exc
     metrics.child(metrics.upstream_ttfb).observe(time.perf_counter() - ctx.t0)
     try:
         if upstream.status != 200:
@@ -191,7 +180,7 @@ def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
     except ProxyError:
         return None
     headers = upstream_headers(request.headers, api_key)
-    return Upload(app[UPSTREAM], _upstream_url(app, request), headers, length, ref)
+    return Upload(app[UPSTREAM], request.raw_path, headers, length, ref)
 
 
 async def _admit(
@@ -268,7 +257,7 @@ class _Ctx:
         self.started = self.t0 = started
 
 
-def _out_headers(upstream: aiohttp.ClientResponse, ctx: _Ctx) -> CIMultiDict[str]:
+def _out_headers(upstream: Response, ctx: _Ctx) -> CIMultiDict[str]:
     out = response_headers(upstream.headers)
     if ctx.adm is not None:
         out.update(unified_headers(ctx.adm))
@@ -340,11 +329,13 @@ async def _settled(
     )
 
 
-async def _forward_error(
-    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
-) -> web.StreamResponse:
+async def _forward_error(request: web.Request, upstream: Response, ctx: _Ctx) -> web.StreamResponse:
     """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
-    body = await upstream.read()
+    try:
+        body = await upstream.read()
+    except UpstreamError as exc:
+        await _release(request, ctx)
+        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     await _release(request, ctx)
     request.app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     request.app[METRICS].requests.labels("messages", str(upstream.status)).inc()
@@ -362,12 +353,10 @@ async def _forward_error(
     )
 
 
-async def _forward_body(
-    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
-) -> web.StreamResponse:
+async def _forward_body(request: web.Request, upstream: Response, ctx: _Ctx) -> web.StreamResponse:
     try:
         body = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except UpstreamError as exc:
         await _release(request, ctx)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
     usage, model = response_usage(body)
@@ -380,7 +369,7 @@ async def _forward_body(
 
 
 async def _forward_stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, ctx: _Ctx
+    request: web.Request, upstream: Response, ctx: _Ctx
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
     meter = StreamUsage()
@@ -390,7 +379,7 @@ async def _forward_stream(
     metrics.active_streams.inc()
     try:
         await resp.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             await resp.write(chunk)  # forward first: parsing for usage must not delay it
             meter.feed(chunk)
         # the charge is written before the terminating chunk: the member sees the end after it
@@ -406,7 +395,7 @@ async def _forward_stream(
         # the client went away: stop paying for tokens nobody reads
         outcome = "client_disconnected"
         upstream.close()
-    except (aiohttp.ClientError, TimeoutError):
+    except UpstreamError:
         outcome = "upstream_broken"
         metrics.upstream_errors.labels("mid_stream").inc()
         upstream.close()
@@ -436,23 +425,22 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         ref = app[METER].upstream_refs.get(proxy_key(request).org, "")
     api_key = upstream_key(app, ref)
     body = await read_body(request, app[CONFIG].server.max_body_bytes)
+    headers = upstream_headers(request.headers, api_key)
     try:
-        async with app[UPSTREAM].request(
-            request.method,
-            _upstream_url(app, request),
-            data=body or None,
-            headers=upstream_headers(request.headers, api_key),
-        ) as upstream:
+        upstream = await app[UPSTREAM].request(
+            request.method, request.raw_path, headers, None if request.method == "GET" else body
+        )
+        try:
             payload = await upstream.read()
-            route = "count_tokens" if request.path.endswith("count_tokens") else "models"
-            app[METRICS].requests.labels(route, str(upstream.status)).inc()
-            return web.Response(
-                status=upstream.status, body=payload, headers=response_headers(upstream.headers)
-            )
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamUnavailable(
-            f"the Anthropic API could not be reached: {type(exc).__name__}"
-        ) from exc
+        finally:
+            upstream.release()
+    except UpstreamError as exc:
+        raise UpstreamUnavailable(f"the Anthropic API could not be reached: {exc}") from exc
+    route = "count_tokens" if request.path.endswith("count_tokens") else "models"
+    app[METRICS].requests.labels(route, str(upstream.status)).inc()
+    return web.Response(
+        status=upstream.status, body=payload, headers=response_headers(upstream.headers)
+    )
 
 
 UNMETERED = ("/v1/messages/batches", "/v1/complete")

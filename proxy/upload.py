@@ -18,21 +18,19 @@ credential is known, and an unknown caller never opens an upstream request) and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.errors import InvalidRequest
+from proxy.upstream import Response, Upstream, UpstreamError
 
 STREAM_FROM = 256 * 1024  # below this, store-and-forward costs under a millisecond
 MAX_KNOWN_KEYS = 100_000  # admitted key hashes remembered per process
 _GO, _CUT = object(), object()
 
 
-class UploadCut(Exception):
-    """Raised inside the upload to abandon it before its last chunk."""
+class UploadCut(UpstreamError):
+    """The upload was abandoned before its last chunk."""
 
 
 def streamable(request: web.Request, limit: int) -> int | None:
@@ -47,36 +45,39 @@ class Upload:
     """One request body on its way upstream, its last chunk held back until ``release``."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        headers: CIMultiDict[str],
-        length: int,
-        ref: str,
+        self, client: Upstream, target: str, headers: list[tuple[str, str]], length: int, ref: str
     ) -> None:
         self.length, self.ref = length, ref
         self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.complete = False  # the last chunk went to the writer: the API has the request
+        self.complete = False  # the last chunk went to the connection: the API has the request
         self.decided = False
-        headers = headers.copy()
-        headers["content-length"] = str(length)  # not chunked: the body goes as it came
-        self.task = asyncio.ensure_future(session.post(url, data=self._chunks(), headers=headers))
+        # not chunked: the body goes as it came, under the client's length
+        head = client.head("POST", target, headers, length)
+        self.task = asyncio.ensure_future(self._send(client, head))
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        held: bytes | None = None
-        while True:
-            item = await self.queue.get()
-            if item is _CUT:
-                raise UploadCut("the request was not admitted")
-            if item is _GO:
-                self.complete = True
+    async def _send(self, client: Upstream, head: bytes) -> Response:
+        conn = await client.connect()
+        try:
+            conn.send(head, complete=False)
+            held: bytes | None = None
+            while True:
+                item = await self.queue.get()
+                if item is _CUT:
+                    raise UploadCut("the request was not admitted")
+                if item is _GO:
+                    if held is not None:
+                        conn.write(held)
+                    self.complete = True
+                    conn.sent()
+                    return await conn.response()
+                assert isinstance(item, bytes)
                 if held is not None:
-                    yield held
-                return
-            assert isinstance(item, bytes)
-            if held is not None:
-                yield held
-            held = item
+                    conn.write(held)
+                held = item
+        except BaseException as exc:
+            if not self.complete:  # cut off: the API never had the whole request
+                conn.abort(exc if isinstance(exc, UpstreamError) else UploadCut("cancelled"))
+            raise
 
     async def read(self, request: web.Request) -> bytes:
         """The whole body, every chunk but the last forwarded as it arrives."""
@@ -90,14 +91,14 @@ class Upload:
             raise InvalidRequest(f"request body ended after {got} of {self.length} bytes")
         return b"".join(chunks)
 
-    async def release(self) -> aiohttp.ClientResponse | None:
+    async def release(self) -> Response | None:
         """Send the last chunk; the upstream response, or None when the upload failed before
         the API had the whole request (it may then be sent again, whole)."""
         self.decided = True
         self.queue.put_nowait(_GO)
         try:
             return await self.task
-        except (aiohttp.ClientError, TimeoutError):
+        except UpstreamError:
             if self.complete:
                 raise
             return None
@@ -111,8 +112,6 @@ class Upload:
         self.task.add_done_callback(_discard)
 
 
-def _discard(task: asyncio.Future[aiohttp.ClientResponse]) -> None:
-    if task.cancelled():
-        return
-    if task.exception() is None:  # the API answered the incomplete request early
-        task.result().close()
+def _discard(task: asyncio.Future[Response]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a cut upload ends in UploadCut, on purpose
