@@ -411,19 +411,26 @@ class Upstream:
         return await conn.response()
 
     async def connect(self) -> Connection:
-        """A kept-alive connection, or a new one (waiting for a slot at the limit)."""
-        now = self.loop.time()
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < self.keepalive_s:
-                return conn
-            conn.close()
-        if self._closing:
-            raise UpstreamError("the proxy is shutting down")
-        while self.open >= self.max_connections:
+        """A kept-alive connection, or a new one (waiting for one at the limit)."""
+        while True:
+            now = self.loop.time()
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed and now - conn.idle_since < self.keepalive_s:
+                    return conn
+                conn.close()
+            if self._closing:
+                raise UpstreamError("the proxy is shutting down")
+            if self.open < self.max_connections:
+                break
             slot = self.loop.create_future()
             self._slots.append(slot)
-            await slot
+            try:
+                await slot
+            except asyncio.CancelledError:
+                if slot.done() and not slot.cancelled():
+                    self._wake_one()  # woken, but gone: the next in line takes the turn
+                raise
         self.open += 1
         try:
             _, conn = await asyncio.wait_for(
@@ -455,6 +462,7 @@ class Upstream:
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
+        self._wake_one()
 
     def forget(self, conn: Connection) -> None:
         """A connection closed: its slot is free (once per connection)."""
@@ -464,6 +472,9 @@ class Upstream:
 
     def _free_slot(self) -> None:
         self.open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._slots:
             slot = self._slots.popleft()
             if not slot.done():
@@ -476,4 +487,6 @@ class Upstream:
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+        while self._slots:  # whoever waits for a connection hears that there is none
+            self._wake_one()
         await asyncio.sleep(0)
