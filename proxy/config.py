@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.money import AmountError, parse_usd
 from proxy.pricing import Family, PriceTable, family_from_toml, most_expensive
@@ -260,8 +261,15 @@ def parse_config(
         read_timeout_s=float(r.positive("read_timeout_s", 600.0)),
         max_connections=r.positive("max_connections", 4096, integer=True),
     )
-    if not upstream.url.startswith(("http://", "https://")):
-        raise r.fail("url", f"must be an http:// or https:// URL (got {upstream.url!r})")
+    parts = urlsplit(upstream.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise r.fail(
+            "url", f"must be an http:// or https:// URL with a host (got {upstream.url!r})"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise r.fail("url", f"has an invalid port (got {upstream.url!r})") from None
     r.done()
 
     r = _section(source, doc, "policy")

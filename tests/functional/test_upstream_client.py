@@ -11,10 +11,12 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from proxy.upstream import Upstream, UpstreamError, UpstreamTimeout
+from tests.conftest import ProxyFactory, message
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Raw"], Awaitable[None]]
 
@@ -297,3 +299,39 @@ async def test_a_slow_reader_pauses_the_connection_and_loses_nothing(aiohttp_ser
     resp.release()
     assert len(up.idle) == 1  # read to its end: kept
     await up.close()
+
+
+async def test_the_proxy_charges_a_gzip_answer_and_forwards_it_decoded(
+    raw: Any, proxy_factory: ProxyFactory
+) -> None:
+    doc = orjson.dumps(
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1000, "output_tokens": 200},
+        }
+    )
+    server, url = await raw(
+        await answer_each(
+            gzip.compress(doc), "Content-Encoding: gzip", "Content-Type: application/json"
+        )
+    )
+    proxy = await proxy_factory(upstream={"url": url})
+    org = await proxy.org("team")
+    key = await proxy.member(org, "gz")
+    async with proxy.session.post(
+        proxy.url + "/v1/messages",
+        headers={"x-api-key": key},
+        json=message(),
+        auto_decompress=False,
+    ) as resp:
+        assert resp.status == 200
+        assert "content-encoding" not in resp.headers
+        assert await resp.read() == doc
+    assert b"accept-encoding" not in server.heads[0].lower()  # the proxy asks for none
+    [row] = await proxy.store.ledger(org)
+    assert int(row["cost"]) == 1000 * 3000 + 200 * 15000
