@@ -136,7 +136,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             upload.cut()
             meter.count_upload("cut")
         raise
-    metrics.child(metrics.overhead).observe(time.perf_counter() - started)
+    metrics.h_overhead.observe(time.perf_counter() - started)
     ctx.t0 = time.perf_counter()
     try:
         upstream = None
@@ -154,7 +154,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await _release(request, ctx)
         metrics.upstream_errors.labels("connect").inc()
         raise UpstreamUnavailable(f"the Anthropic API could not be reached: {exc}") from exc
-    metrics.child(metrics.upstream_ttfb).observe(time.perf_counter() - ctx.t0)
+    metrics.h_upstream_ttfb.observe(time.perf_counter() - ctx.t0)
     try:
         if upstream.status != 200:
             return await _forward_error(request, upstream, ctx)
@@ -314,7 +314,7 @@ async def _settled(
         cost = result["cost"] if result else None
         member, mode = ctx.adm["member"], ctx.adm["mode"]
     metrics = app[METRICS]
-    metrics.child(metrics.upstream_latency).observe(time.perf_counter() - ctx.t0)
+    metrics.h_upstream_latency.observe(time.perf_counter() - ctx.t0)
     metrics.child(metrics.requests, "messages", str(status)).inc()
     app[ACCESS_LOG].write(
         request_id=ctx.rid,

@@ -200,6 +200,10 @@ class Metrics:
             "Requests let through unmetered while Redis was unavailable",
             registry=r,
         )
+        # the series every metered request updates, looked up once
+        self.h_overhead = self.child(self.overhead)
+        self.h_upstream_ttfb = self.child(self.upstream_ttfb)
+        self.h_upstream_latency = self.child(self.upstream_latency)
 
     @overload
     def child(self, metric: Histogram, *labels: str) -> LocalHistogram: ...

@@ -211,23 +211,27 @@ class Store:
         force: bool = False,
     ) -> Admission:
         k = self.keys(org)
-        doc = await self._run(
+        doc = await self._reply(
             "admit",
-            (k.org, k.members, k.creds, k.ops, k.due),
-            (
-                request_id,
-                who,
-                credential,
-                max_cost,
-                est_cost,
-                self.policy.reservation,
-                self.policy.reservation_ttl_s,
-                "1" if accept_extra else "0",
-                "1" if reserve else "0",
-                self.tiers_spec,
-                self.pinned_now,
-                self.policy.op_retention_s,
-                "1" if force else "0",
+            time.perf_counter(),
+            self._call(
+                "admit",
+                (k.org, k.members, k.creds, k.ops, k.due),
+                (
+                    request_id,
+                    who,
+                    credential,
+                    max_cost,
+                    est_cost,
+                    self.policy.reservation,
+                    self.policy.reservation_ttl_s,
+                    "1" if accept_extra else "0",
+                    "1" if reserve else "0",
+                    self.tiers_spec,
+                    self.pinned_now,
+                    self.policy.op_retention_s,
+                    "1" if force else "0",
+                ),
             ),
         )
         return Admission(doc)
