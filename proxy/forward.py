@@ -331,11 +331,7 @@ async def _settled(
 
 async def _forward_error(request: web.Request, upstream: Response, ctx: _Ctx) -> web.StreamResponse:
     """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
-    try:
-        body = await upstream.read()
-    except UpstreamError as exc:
-        await _release(request, ctx)
-        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
+    body = await _read_all(request, upstream, ctx)
     await _release(request, ctx)
     request.app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     request.app[METRICS].requests.labels("messages", str(upstream.status)).inc()
@@ -353,12 +349,18 @@ async def _forward_error(request: web.Request, upstream: Response, ctx: _Ctx) ->
     )
 
 
-async def _forward_body(request: web.Request, upstream: Response, ctx: _Ctx) -> web.StreamResponse:
+async def _read_all(request: web.Request, upstream: Response, ctx: _Ctx) -> bytes:
+    """The whole response body; cut short, the reservation is released (nothing is charged)
+    and the member gets a 502."""
     try:
-        body = await upstream.read()
+        return await upstream.read()
     except UpstreamError as exc:
         await _release(request, ctx)
         raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
+
+
+async def _forward_body(request: web.Request, upstream: Response, ctx: _Ctx) -> web.StreamResponse:
+    body = await _read_all(request, upstream, ctx)
     usage, model = response_usage(body)
     # the charge is written to Redis before the member sees the answer: their next request
     # is admitted after it

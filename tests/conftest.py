@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import fakeredis
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
@@ -163,6 +164,21 @@ async def proxy_factory(
 @pytest.fixture
 async def proxy(proxy_factory: ProxyFactory) -> Proxy:
     return await proxy_factory()
+
+
+def messages_reply(input_tokens: int, output_tokens: int) -> bytes:
+    """A non-streaming Messages API answer, as the API sends it."""
+    return orjson.dumps(
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+    )
 
 
 def message(

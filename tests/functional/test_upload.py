@@ -12,11 +12,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 
 from proxy.upload import STREAM_FROM
-from tests.conftest import UPSTREAM_KEY, Proxy, ProxyFactory, message
+from tests.conftest import UPSTREAM_KEY, Proxy, ProxyFactory, message, messages_reply
 from tests.functional.helpers import member_counters
 
 
@@ -131,17 +130,7 @@ class CountingUpstream:
                         return
                     got += len(chunk)
                 self.whole += 1
-                reply = orjson.dumps(
-                    {
-                        "id": "msg_1",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": "claude-sonnet-4-5",
-                        "content": [{"type": "text", "text": "hi"}],
-                        "stop_reason": "end_turn",
-                        "usage": {"input_tokens": 10, "output_tokens": 5},
-                    }
-                )
+                reply = messages_reply(10, 5)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                     b"content-length: %d\r\n\r\n%b" % (len(reply), reply)

@@ -11,12 +11,11 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
 
 from proxy.upstream import Upstream, UpstreamError, UpstreamTimeout
-from tests.conftest import ProxyFactory, message
+from tests.conftest import ProxyFactory, message, messages_reply
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Raw"], Awaitable[None]]
 
@@ -304,17 +303,7 @@ async def test_a_slow_reader_pauses_the_connection_and_loses_nothing(aiohttp_ser
 async def test_the_proxy_charges_a_gzip_answer_and_forwards_it_decoded(
     raw: Any, proxy_factory: ProxyFactory
 ) -> None:
-    doc = orjson.dumps(
-        {
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude-sonnet-4-5",
-            "content": [{"type": "text", "text": "hi"}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": 1000, "output_tokens": 200},
-        }
-    )
+    doc = messages_reply(1000, 200)
     server, url = await raw(
         await answer_each(
             gzip.compress(doc), "Content-Encoding: gzip", "Content-Type: application/json"
