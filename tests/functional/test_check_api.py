@@ -268,6 +268,7 @@ async def test_webhook_reload_is_retried_confirmed_once_and_never_doubled(
     assert not (await proxy.store.org_settings(org)).get("ar_pending")
     ledger = await proxy.store.ledger(org)
     assert [r["kind"] for r in ledger].count("reload") == 1
+    await proxy.settled()
     async with proxy.session.get(proxy.url + "/metrics") as r:
         text = await r.text()
     assert 'eup_auto_reloads_total{outcome="webhook_retry"} 1.0' in text
@@ -286,6 +287,7 @@ async def test_org_labels_only_when_enabled(proxy_factory: ProxyFactory) -> None
         await exhaust_seat(proxy.store, org, "ola")
         await settings(proxy, org, enabled=True, member_consent="automatic")
         assert (await proxy.post(key, message(max_tokens=10)))[0] == 200
+        await proxy.settled()  # spend is counted on the settlement's reply, after the answer
         async with proxy.session.get(proxy.url + "/metrics") as r:
             text = await r.text()
         assert (f'eup_extra_usage_spend_usd_total{{org="{org}"}}' in text) == enabled
