@@ -20,6 +20,9 @@
 -- ARGV[13] "1" to force admission: replaying usage journaled while Redis was down (the request
 --          already ran): included while the seat allows, else extra usage when the org and
 --          member have it (past any limit), else included past the seat allowance
+-- ARGV[14] "1" for the proxy's lean answer when allowed: the decision, the member, the
+--          upstream credential and policy, and what the unified rate-limit headers show;
+--          a denial always gets the whole answer (its explanation needs it)
 -- Reply: JSON. {ok=0, err=...} for unknown key/member/org or a disabled member; else the
 -- decision {ok=1, d="allow"|"deny", mode, reason, ...} with every amount as a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
@@ -198,7 +201,21 @@ if not seat_ok then
   end
 end
 
-local reply = {
+local reply
+if decision == 'allow' and ARGV[14] == '1' then
+  reply = {
+    ok = 1, d = decision, mode = mode, reason = reason, member = mid, upstream = o[11] or '',
+    policy = policy, s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
+    w_used = fmt(w_used), w_allow = fmt(wa), w_reset = fmt(w_reset),
+    claim = claim, claim_reset = fmt(claim_reset), eu_available = eu_available and '1' or '0',
+    eu_reason = eu_disabled, eu_reset = fmt(month_end),
+    spend = fmt(m_spend), org_spend = fmt(org_spend),
+    member_limit = member_limit and fmt(member_limit) or '',
+    tier_limit = tier_limit and fmt(tier_limit) or '',
+    org_limit = org_limit and fmt(org_limit) or '',
+  }
+else
+reply = {
   ok = 1, d = decision, mode = mode, reason = reason, rid = rid, plan = plan,
   member = mid, key = kid, tier = tier, role = m[2] or 'member', upstream = o[11] or '',
   policy = policy, amount = fmt(amount), now = fmt(now), period = period,
@@ -217,6 +234,7 @@ local reply = {
   reserved = fmt(m_res), requests_on = o[14] == '0' and '0' or '1',
   reload_pending = o[13] or '',
 }
+end
 
 if decision == 'allow' and reserve then
   if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end

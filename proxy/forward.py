@@ -203,6 +203,7 @@ async def _admit(
             max_cost=max_cost,
             est_cost=est_cost,
             accept_extra=accept,
+            lean=True,
         )
     except StoreRefusal as exc:
         raise_for_identity(exc)

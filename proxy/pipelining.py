@@ -90,7 +90,10 @@ class _Protocol(asyncio.Protocol):
 class Pipeliner:
     """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, scripts: Sequence[AsyncScript] = ()) -> None:
+        # every script the store calls: a NOSCRIPT (Redis restarted or flushed) loads them all
+        # at once, so that the next call of another script does not meet one too
+        self.scripts = list(scripts)
         kw = client.connection_pool.connection_kwargs
         self.host: str = kw.get("host", "localhost")
         self.port: int = int(kw.get("port", 6379))
@@ -277,17 +280,16 @@ class Pipeliner:
                 c.fut.set_result(reply)
 
     def _send_reloads(self) -> None:
-        """SCRIPT LOAD, then the calls that met NOSCRIPT, in their order, before the rest."""
+        """SCRIPT LOAD of every script, then the calls that met NOSCRIPT, in their order,
+        before the rest."""
         again: list[_Call] = []
         loaded: set[str] = set()
-        for c in self.reloads:
-            assert c.script is not None
-            source = c.script.script
-            if c.script.sha not in loaded and isinstance(source, str | bytes):
-                loaded.add(c.script.sha)
-                load = pack(("SCRIPT", "LOAD", source))
-                again.append(_Call(None, (), (), load, None))
-            again.append(c)
+        for script in [*self.scripts, *(c.script for c in self.reloads if c.script)]:
+            source = script.script
+            if script.sha not in loaded and isinstance(source, str | bytes):
+                loaded.add(script.sha)
+                again.append(_Call(None, (), (), pack(("SCRIPT", "LOAD", source)), None))
+        again += self.reloads
         self.reloads = []
         self.queue[:0] = again
         self._flush()

@@ -149,7 +149,11 @@ class Store:
         }
         # one write for the script calls of one event-loop turn (not on a cluster: there each
         # key goes to its own node)
-        self.pipeliner = Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
+        self.pipeliner = (
+            Pipeliner(client, list(self.scripts.values()))
+            if pipelining and Pipeliner.supports(client)
+            else None
+        )
 
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
@@ -209,7 +213,11 @@ class Store:
         accept_extra: bool = False,
         reserve: bool = True,
         force: bool = False,
+        lean: bool = False,
     ) -> Admission:
+        """Decide and reserve (admit.lua). ``lean``: when allowed, only what the proxy reads
+        (the decision, member, upstream credential, policy and the unified headers' fields);
+        a denial is always answered whole."""
         k = self.keys(org)
         doc = await self._reply(
             "admit",
@@ -231,6 +239,7 @@ class Store:
                     self.pinned_now,
                     self.policy.op_retention_s,
                     "1" if force else "0",
+                    "1" if lean else "0",
                 ),
             ),
         )

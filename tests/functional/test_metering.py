@@ -3,13 +3,16 @@ from __future__ import annotations
 import asyncio
 import calendar
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
+from proxy.decision import unified_headers
 from proxy.store import StoreRefusal, script_source
 from tests.conftest import Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
+from tests.functional.test_extra_usage import exhaust_seat
 
 
 async def test_streamed_costs_exactly_what_non_streamed_costs(proxy: Proxy) -> None:
@@ -62,6 +65,31 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
     assert orjson.loads(raw)["result"] == {**first, "ok": 1}
     # the admission's answer, kept beside the record while reserved, is gone
     assert not await store.client.hexists(store.keys(org).ops, "a:req-replay-1")
+
+
+async def test_the_proxys_lean_answer_carries_what_its_headers_need(proxy: Proxy) -> None:
+    org = await proxy.org("enterprise")
+    await proxy.member(org, "lea")
+    store = proxy.store
+    store.pinned_now = 1_800_000_000
+    kw: dict[str, Any] = {"who": "m", "credential": "lea", "max_cost": 10**6, "est_cost": 10**6}
+    await store.admit(org, "warm", **kw)  # the windows are open and used a little
+    await store.settle(org, "warm", cost=12_345, model="m", usage={})[0]
+    full = await store.admit(org, "dry", reserve=False, **kw)
+    lean = await store.admit(org, "dry", reserve=False, lean=True, **kw)
+    assert full.allowed and lean.allowed
+    assert len(lean.raw) < len(full.raw) * 2 // 3
+    assert {k: v for k, v in lean.raw.items()} == {k: full.raw[k] for k in lean.raw}
+    assert unified_headers(lean) == unified_headers(full)
+    # a lean admission replays as answered
+    a = await store.admit(org, "r1", lean=True, **kw)
+    replay = await store.admit(org, "r1", lean=True, **kw)
+    assert {k: v for k, v in replay.raw.items() if k != "replay"} == a.raw
+    # a denial is answered whole: its explanation needs the rest
+    await exhaust_seat(store, org, "lea")
+    denied = await store.admit(org, "r2", lean=True, **kw)
+    assert not denied.allowed
+    assert denied.raw.keys() == full.raw.keys()
 
 
 async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
