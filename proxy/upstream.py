@@ -397,7 +397,8 @@ class Upstream:
             parts.append(f"Content-Length: {length}\r\n")
         parts.append("\r\n")
         text = "".join(parts)
-        if text.count("\n") != len(parts) + 1:  # a CR or LF inside a name or value
+        lines = len(parts) + 1  # the request line, Host, each header, the blank line
+        if text.count("\n") != lines or text.count("\r") != lines:  # one inside a value
             raise UpstreamError("a request header holds a line break")
         return text.encode("utf-8", "surrogateescape")
 
