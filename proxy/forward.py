@@ -2,9 +2,9 @@
 
 The member's key never goes upstream: the org's upstream credential replaces it.
 ``anthropic-*`` and unknown headers and the body pass through unchanged; hop-by-hop headers
-are dropped; responses come back unmodified apart from the unified rate-limit headers, and
-without a stale ``Content-Encoding`` (aiohttp decompresses what it reads). Streams are
-forwarded chunk by chunk as they arrive.
+are dropped; responses come back unmodified apart from the unified rate-limit headers (and a
+gzip or deflate body, which ``proxy.upstream`` decodes to read the usage, comes back decoded
+without its ``Content-Encoding``). Streams are forwarded chunk by chunk as they arrive.
 """
 
 from __future__ import annotations
