@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -325,3 +327,48 @@ async def test_the_proxy_charges_a_gzip_answer_and_forwards_it_decoded(
     assert b"accept-encoding" not in server.heads[0].lower()  # the proxy asks for none
     [row] = await proxy.store.ledger(org)
     assert int(row["cost"]) == 1000 * 3000 + 200 * 15000
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for localhost and 127.0.0.1: (certificate, key) paths."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", key, "-out", cert, "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_is_verified_against_the_trusted_authorities(
+    aiohttp_server: Any, certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"over tls: " + await request.read())
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    server = await aiohttp_server(app, ssl=context)
+    url = f"https://localhost:{server.port}"
+
+    untrusted = Upstream(url)  # the system's authorities do not know this certificate
+    with pytest.raises(UpstreamError, match=r"could not be reached.*CERTIFICATE_VERIFY_FAILED"):
+        await untrusted.request("POST", "/v1/messages", [], b"hi")
+    assert untrusted.open == 0
+
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])  # now it is a trusted authority
+    up = Upstream(url)
+    for _ in range(2):
+        resp = await up.request("POST", "/v1/messages", [], b"hi")
+        assert (resp.status, await resp.read()) == (200, b"over tls: hi")
+        resp.release()
+    assert up.open == 1  # kept alive over TLS too
+    await up.close()
