@@ -29,7 +29,7 @@ import httptools
 from multidict import CIMultiDict
 
 KEEPALIVE_S = 15.0  # an idle connection older than this is closed, not reused
-HIGH_WATER = 1 << 20  # unread response bytes at which the connection stops reading
+HIGH_WATER = 1 << 16  # unread response bytes at which the connection stops reading (as aiohttp)
 
 
 class UpstreamError(Exception):
