@@ -186,6 +186,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._forgotten = False
+        self._unsolicited = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -198,6 +199,8 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.abort(UpstreamError(f"the API's response is not valid HTTP: {exc}"))
+        if self._unsolicited:  # a response nobody asked for: the exchange is out of step
+            self.abort(UpstreamError("the API sent a response to no request"))
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself; connection_lost follows
@@ -227,17 +230,20 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:  # 100 Continue and friends: the response follows
             self._interim = True
             return
+        head, self._head = self._head, None
+        if head is None:
+            self._unsolicited = True
+            return
         headers = CIMultiDict(self._headers)
         self._framed = (
             "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         )
         resp = self.current = Response(self, status, headers)
-        head, self._head = self._head, None
-        if head is not None and not head.done():
+        if not head.done():
             head.set_result(resp)
 
     def on_body(self, body: bytes) -> None:
-        if self.current is not None:
+        if self.current is not None and not self._unsolicited:
             self.current._feed(body)
 
     def on_message_complete(self) -> None:
@@ -246,7 +252,7 @@ class Connection(asyncio.Protocol):
             return
         self._stop_timer()
         self.reusable = self.parser.should_keep_alive()
-        if self.current is not None:
+        if self.current is not None and not self._unsolicited:
             self.current._finish()
 
     # -- one exchange ----------------------------------------------------------------------

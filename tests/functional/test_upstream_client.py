@@ -278,6 +278,29 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(raw: Any) -> N
     await up.close()
 
 
+async def test_a_response_to_no_request_closes_the_connection(raw: Any) -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
+        await r.read_request(reader)
+        writer.write(reply(b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(reply(b"nobody asked"))  # out of step: on a kept-alive connection
+        await asyncio.sleep(5)
+
+    server, url = await raw(chatty)
+    up = Upstream(url)
+    resp = await up.request("POST", "/", [], b"")
+    assert await resp.read() == b"first"
+    resp.release()
+    await asyncio.sleep(0.2)
+    assert up.open == 0  # dropped, never handed to the next request
+    resp = await up.request("POST", "/", [], b"")
+    assert await resp.read() == b"first"
+    resp.release()
+    assert server.connections == 2
+    await up.close()
+
+
 async def test_a_slow_reader_pauses_the_connection_and_loses_nothing(aiohttp_server: Any) -> None:
     block = bytes(range(256)) * 4096  # 1 MiB
 
