@@ -44,9 +44,9 @@ BACKOFF_S = (0.01, 0.02)
 _pack_command: Callable[[tuple[str | int | bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 
-def pack(args: Sequence[str | int | bytes]) -> bytes:
+def pack(args: tuple[str | int | bytes, ...]) -> bytes:
     """One command in RESP: an array of bulk strings (hiredis's packer, in C)."""
-    return _pack_command(tuple(args))
+    return _pack_command(args)
 
 
 class _Call:
@@ -133,7 +133,7 @@ class Pipeliner:
         if self.closed:
             fut.set_exception(RedisConnectionError("the script connection is closed"))
             return fut
-        packed = _pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         self.queue.append(_Call(script, keys, args, packed, fut))
         if not self.flush_scheduled:
             self.flush_scheduled = True
