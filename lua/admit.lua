@@ -201,39 +201,30 @@ if not seat_ok then
   end
 end
 
-local reply
-if decision == 'allow' and ARGV[14] == '1' then
-  reply = {
-    ok = 1, d = decision, mode = mode, reason = reason, member = mid, upstream = o[11] or '',
-    policy = policy, s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
-    w_used = fmt(w_used), w_allow = fmt(wa), w_reset = fmt(w_reset),
-    claim = claim, claim_reset = fmt(claim_reset), eu_available = eu_available and '1' or '0',
-    eu_reason = eu_disabled, eu_reset = fmt(month_end),
-    spend = fmt(m_spend), org_spend = fmt(org_spend),
-    member_limit = member_limit and fmt(member_limit) or '',
-    tier_limit = tier_limit and fmt(tier_limit) or '',
-    org_limit = org_limit and fmt(org_limit) or '',
-  }
-else
-reply = {
-  ok = 1, d = decision, mode = mode, reason = reason, rid = rid, plan = plan,
-  member = mid, key = kid, tier = tier, role = m[2] or 'member', upstream = o[11] or '',
-  policy = policy, amount = fmt(amount), now = fmt(now), period = period,
-  s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
+-- what every answer carries (the proxy's lean answer when allowed), then the rest
+local reply = {
+  ok = 1, d = decision, mode = mode, reason = reason, member = mid, upstream = o[11] or '',
+  policy = policy, s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
   w_used = fmt(w_used), w_allow = fmt(wa), w_reset = fmt(w_reset),
-  claim = claim, claim_reset = fmt(claim_reset),
-  eu_on = o[2] == '1' and '1' or '0', eu_available = eu_available and '1' or '0',
-  eu_reason = eu_disabled, eu_remaining = remaining and fmt(remaining) or '',
-  eu_reset = fmt(month_end), fits = fits, consent = consent_mode,
-  consented = m[13] == '1' and '1' or '0',
+  claim = claim, claim_reset = fmt(claim_reset), eu_available = eu_available and '1' or '0',
+  eu_reason = eu_disabled, eu_reset = fmt(month_end),
   spend = fmt(m_spend), org_spend = fmt(org_spend),
   member_limit = member_limit and fmt(member_limit) or '',
   tier_limit = tier_limit and fmt(tier_limit) or '',
   org_limit = org_limit and fmt(org_limit) or '',
-  balance = plan == 'team' and fmt(balance) or '',
-  reserved = fmt(m_res), requests_on = o[14] == '0' and '0' or '1',
-  reload_pending = o[13] or '',
 }
+if decision ~= 'allow' or ARGV[14] ~= '1' then
+  reply.rid, reply.plan, reply.key, reply.tier = rid, plan, kid, tier
+  reply.role = m[2] or 'member'
+  reply.amount, reply.now, reply.period = fmt(amount), fmt(now), period
+  reply.eu_on = o[2] == '1' and '1' or '0'
+  reply.eu_remaining = remaining and fmt(remaining) or ''
+  reply.fits, reply.consent = fits, consent_mode
+  reply.consented = m[13] == '1' and '1' or '0'
+  reply.balance = plan == 'team' and fmt(balance) or ''
+  reply.reserved = fmt(m_res)
+  reply.requests_on = o[14] == '0' and '0' or '1'
+  reply.reload_pending = o[13] or ''
 end
 
 if decision == 'allow' and reserve then
