@@ -311,7 +311,8 @@ class Connection(asyncio.Protocol):
         self.pool.forget(self)
 
     def close(self) -> None:
-        self.abort(UpstreamError("the proxy is shutting down"))
+        """Close an idle connection (stale, or at shutdown)."""
+        self.abort(UpstreamError("closed by the proxy"))
 
     def _broken(self, exc: Exception) -> None:
         head, self._head = self._head, None
