@@ -14,7 +14,8 @@
 -- ARGV[7]  reservation TTL, seconds
 -- ARGV[8]  "1" when the member accepts extra usage for this request
 -- ARGV[9]  "1" to reserve; "0" to answer without writing a reservation (status, dry check)
--- ARGV[10] tiers: "name,session_allowance,weekly_allowance,session_s,weekly_s;..." (nano-USD, s)
+-- ARGV[10] tiers: ";name,session_allowance,weekly_allowance,session_s,weekly_s;..." (nano-USD,
+--          s; each tier starts with ";")
 -- ARGV[11] pinned time in epoch seconds (tests only; 0 = Redis TIME)
 -- ARGV[12] retention of finished operation records, seconds
 -- ARGV[13] "1" to force admission: replaying usage journaled while Redis was down (the request
@@ -58,7 +59,8 @@ if reserve then
 end
 
 local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-  'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on')
+  'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
+  'clock')
 local plan = o[1]
 if not plan then return fail('unknown_org') end
 if o[12] == '0' then return fail('org_disabled') end
@@ -70,9 +72,11 @@ if ARGV[2] == 'k' then
   mid, kid = split2(v)
 end
 
-local now, advanced = clock_now(org_k, tonumber(ARGV[11]))
+local now, advanced = clock_at(o[15], tonumber(ARGV[11]))
 local period, month_end = month_of(now)
 
+-- the org's reserved total, less what the reclaiming below gives back
+local org_res = num(o[7])
 -- reclaim reservations left by crashed proxies (bounded work per call)
 local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now, 'LIMIT', 0, 16)
 for _, id in ipairs(due) do
@@ -84,6 +88,7 @@ for _, id in ipairs(due) do
       if rec.mode == 'extra_usage' and a > 0 then
         redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-a))
         redis.call('HINCRBY', org_k, 'eu_res', fmt(-a))
+        org_res = org_res - a
       end
       rec.s = 'x'
       redis.call('HSET', ops_k, id, cjson.encode(rec))
@@ -96,8 +101,6 @@ for _, id in ipairs(due) do
     redis.call('ZREM', due_k, id)
   end
 end
--- the org's reserved total may have changed
-local org_res = num(redis.call('HGET', org_k, 'eu_res'))
 
 local p = mid .. '|'
 local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
@@ -107,12 +110,12 @@ local tier = m[1]
 if not tier then return fail('unknown_member', mid) end
 if m[3] == '0' then return fail('member_disabled', mid) end
 
+-- the tier's numbers: found by name (";<tier>,"), not by parsing every tier
 local sa, wa, sl, wl
-for spec in string.gmatch(ARGV[10], '[^;]+') do
-  local name, a1, a2, l1, l2 = string.match(spec, '^([^,]+),(%d+),(%d+),(%d+),(%d+)$')
-  if name == tier then
-    sa, wa, sl, wl = tonumber(a1), tonumber(a2), tonumber(l1), tonumber(l2)
-  end
+local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
+if at then
+  local a1, a2, l1, l2 = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
+  sa, wa, sl, wl = tonumber(a1), tonumber(a2), tonumber(l1), tonumber(l2)
 end
 if not sa then return fail('unknown_tier', tier) end
 
@@ -228,13 +231,23 @@ if decision ~= 'allow' or ARGV[14] ~= '1' then
 end
 
 if decision == 'allow' and reserve then
-  if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
-  if not s_open then redis.call('HSET', mem_k, p .. 's_end', fmt(now + sl), p .. 's_used', '0') end
-  if not w_open then redis.call('HSET', mem_k, p .. 'w_end', fmt(now + wl), p .. 'w_used', '0') end
-  if mode == 'extra_usage' and amount > 0 then
-    redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(amount))
-    redis.call('HINCRBY', org_k, 'eu_res', fmt(amount))
+  -- what the admission moves, as field/value pairs: one HSET per hash
+  local ow, mw = {}, {}
+  if advanced then ow[1], ow[2] = 'clock', fmt(now) end
+  if not s_open then
+    mw[1], mw[2], mw[3], mw[4] = p .. 's_end', fmt(now + sl), p .. 's_used', '0'
   end
+  if not w_open then
+    local k = #mw
+    mw[k + 1], mw[k + 2], mw[k + 3], mw[k + 4] = p .. 'w_end', fmt(now + wl), p .. 'w_used', '0'
+  end
+  if mode == 'extra_usage' and amount > 0 then
+    local n, k = #ow, #mw
+    ow[n + 1], ow[n + 2] = 'eu_res', fmt(org_res + amount)
+    mw[k + 1], mw[k + 2] = p .. 'eu_res', fmt(m_res + amount)
+  end
+  hset_all(org_k, ow)
+  hset_all(mem_k, mw)
   local answer = cjson.encode(reply)
   local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl) }
   -- the answer is kept as encoded, beside the record: encoded once, and settlement reads

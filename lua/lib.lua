@@ -18,14 +18,21 @@ local function opt(v)
   return tonumber(v)
 end
 
--- Server time in seconds, never running backwards (a per-org high-water mark in the org hash);
--- a test may pin it with override > 0, which bypasses the clamp.
-local function clock_now(org_key, override)
+-- Server time in seconds, never running backwards: `last` is the org's high-water mark (its
+-- "clock" field, read by the caller along with the rest of the org hash); true when it moved,
+-- and the caller writes it back. A test may pin the time with override > 0, which bypasses
+-- the clamp.
+local function clock_at(last_s, override)
   if override and override > 0 then return override, false end
   local now = tonumber(redis.call('TIME')[1])
-  local last = num(redis.call('HGET', org_key, 'clock'))
+  local last = num(last_s)
   if now < last then return last, false end
   return now, now > last
+end
+
+local function clock_now(org_key, override)
+  if override and override > 0 then return override, false end
+  return clock_at(redis.call('HGET', org_key, 'clock'), override)
 end
 
 local function floor(x) return math.floor(x) end
@@ -75,6 +82,11 @@ local function add_in_period(key, pfield, vfield, stored_p, period, amount)
   else
     redis.call('HSET', key, pfield, period, vfield, fmt(amount))
   end
+end
+
+-- one HSET of the field/value pairs in `w` (none: no call)
+local function hset_all(key, w)
+  if #w > 0 then redis.call('HSET', key, unpack(w)) end
 end
 
 local function split2(v)

@@ -31,14 +31,14 @@ end
 if rec.s == 'released' then return fail('released') end
 if rec.s ~= 'r' and rec.s ~= 'x' then return fail('unknown_reservation') end
 
-local now, advanced = clock_now(org_k, tonumber(ARGV[5]))
-local period = month_of(now)
 local mid, tier, mode = rec.m, rec.t, rec.mode
 local p = mid .. '|'
 local held = (rec.s == 'r') and num(rec.a) or 0
 local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
-  'ar_amount', 'ar_pending', 'tspend_p:' .. tier)
+  'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
 local plan = o[1] or ''
+local now, advanced = clock_at(o[9], tonumber(ARGV[5]))
+local period = month_of(now)
 local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
 
 local overshoot = 0

@@ -67,8 +67,10 @@ def script_source(name: str) -> str:
 
 
 def tiers_spec(tiers: Mapping[str, TierConfig]) -> str:
-    return ";".join(
-        f"{t.name},{t.session_allowance},{t.weekly_allowance},"
+    """The seat tiers as admit.lua reads them: each ";name,allowances,windows" (the leading
+    ";" lets the script find a tier by name without parsing the others)."""
+    return "".join(
+        f";{t.name},{t.session_allowance},{t.weekly_allowance},"
         f"{t.session_window_s},{t.weekly_window_s}"
         for t in tiers.values()
     )
