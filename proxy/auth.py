@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
 
@@ -36,10 +37,19 @@ def proxy_key(request: web.Request) -> ProxyKey:
         raise AuthenticationFailed(
             "missing API key: send your proxy key in x-api-key or Authorization: Bearer"
         )
-    org = org_of(secret, PROXY_KEY_PREFIX)
-    if org is None:
+    key = _parse_proxy_key(secret)
+    if key is None:
         raise AuthenticationFailed("invalid x-api-key: not a key issued by this proxy")
-    return ProxyKey(org, hash_secret(secret))
+    return key
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_proxy_key(secret: str) -> ProxyKey | None:
+    """A key's org and hash, remembered for the keys in use: a member sends the same key with
+    every request, and its shape check and SHA-256 are the same every time (whether the key
+    still exists is decided in Redis, so a revoked key cached here is still refused)."""
+    org = org_of(secret, PROXY_KEY_PREFIX)
+    return None if org is None else ProxyKey(org, hash_secret(secret))
 
 
 UNKNOWN_KEY_CODES = frozenset(
