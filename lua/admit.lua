@@ -34,10 +34,8 @@ local org_k, mem_k, cred_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local rid = ARGV[1]
 local max_cost = tonumber(ARGV[4])
 local est_cost = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[7])
 local accept = ARGV[8] == '1'
 local reserve = ARGV[9] == '1'
-local retention = tonumber(ARGV[12])
 local force = ARGV[13] == '1'
 
 if reserve then
@@ -72,7 +70,7 @@ if ARGV[2] == 'k' then
   mid, kid = split2(v)
 end
 
-local now, advanced = clock_at(o[15], tonumber(ARGV[11]))
+local now, advanced = clock_at(o[15], ARGV[11])
 local period, month_end = month_of(now)
 
 -- the org's reserved total, less what the reclaiming below gives back
@@ -92,7 +90,7 @@ for _, id in ipairs(due) do
       end
       rec.s = 'x'
       redis.call('HSET', ops_k, id, cjson.encode(rec))
-      redis.call('ZADD', due_k, now + retention, id)
+      redis.call('ZADD', due_k, now + tonumber(ARGV[12]), id)
     else
       redis.call('HDEL', ops_k, id, 'a:' .. id)
       redis.call('ZREM', due_k, id)
@@ -111,38 +109,45 @@ if not tier then return fail('unknown_member', mid) end
 if m[3] == '0' then return fail('member_disabled', mid) end
 
 -- the tier's numbers: found by name (";<tier>,"), not by parsing every tier
-local sa, wa, sl, wl
+local sa_s, wa_s, sl_s, wl_s
 local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
 if at then
-  local a1, a2, l1, l2 = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
-  sa, wa, sl, wl = tonumber(a1), tonumber(a2), tonumber(l1), tonumber(l2)
+  sa_s, wa_s, sl_s, wl_s = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
 end
-if not sa then return fail('unknown_tier', tier) end
+if not sa_s then return fail('unknown_tier', tier) end
+local sa, wa = tonumber(sa_s), tonumber(wa_s)
 
 -- seat allowance: each window opens with the first admitted request when none is open
 local s_end, w_end = num(m[4]), num(m[6])
 local s_open, w_open = now < s_end, now < w_end
-local s_used = s_open and num(m[5]) or 0
-local w_used = w_open and num(m[7]) or 0
-local s_reset = s_open and s_end or (now + sl)
-local w_reset = w_open and w_end or (now + wl)
+-- each value also as the string the answer carries: the stored one where it is unchanged
+-- (every number in these hashes is written as a plain integer), so no formatting per request
+local s_used_s = s_open and m[5] or '0'
+local w_used_s = w_open and m[7] or '0'
+local s_used, w_used = num(s_used_s), num(w_used_s)
+local sl, wl = 0, 0
+if not s_open then sl = tonumber(sl_s) end
+if not w_open then wl = tonumber(wl_s) end
+local s_reset_s = s_open and m[4] or fmt(now + sl)
+local w_reset_s = w_open and m[6] or fmt(now + wl)
 local seat_ok = s_used < sa and w_used < wa
 local claim, claim_reset
 if w_used >= wa then
-  claim, claim_reset = 'seven_day', w_reset
+  claim, claim_reset = 'seven_day', w_reset_s
 elseif s_used >= sa then
-  claim, claim_reset = 'five_hour', s_reset
+  claim, claim_reset = 'five_hour', s_reset_s
 elseif w_used * sa > s_used * wa then
-  claim, claim_reset = 'seven_day', w_reset
+  claim, claim_reset = 'seven_day', w_reset_s
 else
-  claim, claim_reset = 'five_hour', s_reset
+  claim, claim_reset = 'five_hour', s_reset_s
 end
 
 -- extra usage: the four conditions, then every applicable limit and the balance
 local policy = o[10] or ARGV[6]
-local m_spend = in_period(m[8], m[9], period)
+local m_spend_s = in_period(m[8], m[9], period)
+local org_spend_s = in_period(o[8], o[9], period)
+local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
 local m_res = num(m[10])
-local org_spend = in_period(o[8], o[9], period)
 local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
 local tier_limit = nil
 if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
@@ -207,11 +212,11 @@ end
 -- what every answer carries (the proxy's lean answer when allowed), then the rest
 local reply = {
   ok = 1, d = decision, mode = mode, reason = reason, member = mid, upstream = o[11] or '',
-  policy = policy, s_used = fmt(s_used), s_allow = fmt(sa), s_reset = fmt(s_reset),
-  w_used = fmt(w_used), w_allow = fmt(wa), w_reset = fmt(w_reset),
-  claim = claim, claim_reset = fmt(claim_reset), eu_available = eu_available and '1' or '0',
+  policy = policy, s_used = s_used_s, s_allow = sa_s, s_reset = s_reset_s,
+  w_used = w_used_s, w_allow = wa_s, w_reset = w_reset_s,
+  claim = claim, claim_reset = claim_reset, eu_available = eu_available and '1' or '0',
   eu_reason = eu_disabled, eu_reset = fmt(month_end),
-  spend = fmt(m_spend), org_spend = fmt(org_spend),
+  spend = m_spend_s, org_spend = org_spend_s,
   member_limit = member_limit and fmt(member_limit) or '',
   tier_limit = tier_limit and fmt(tier_limit) or '',
   org_limit = org_limit and fmt(org_limit) or '',
@@ -249,6 +254,7 @@ if decision == 'allow' and reserve then
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
   local answer = cjson.encode(reply)
+  local ttl = tonumber(ARGV[7])
   local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl) }
   -- the answer is kept as encoded, beside the record: encoded once, and settlement reads
   -- only the small record

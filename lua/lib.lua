@@ -4,7 +4,8 @@
 -- so that it is never written in exponent notation.
 
 local function num(v)
-  if v == false or v == nil or v == '' then return 0 end
+  -- "0" (the most common stored value) and the empty ones without a string-to-number parse
+  if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v) or 0
 end
 
@@ -21,18 +22,22 @@ end
 -- Server time in seconds, never running backwards: `last` is the org's high-water mark (its
 -- "clock" field, read by the caller along with the rest of the org hash); true when it moved,
 -- and the caller writes it back. A test may pin the time with override > 0, which bypasses
--- the clamp.
-local function clock_at(last_s, override)
-  if override and override > 0 then return override, false end
+-- the clamp (`pinned`: the script's argument as sent, "0" when not pinned).
+local function clock_at(last_s, pinned)
+  if pinned and pinned ~= '0' then
+    local t = tonumber(pinned)
+    if t and t > 0 then return t, false end
+  end
   local now = tonumber(redis.call('TIME')[1])
   local last = num(last_s)
   if now < last then return last, false end
   return now, now > last
 end
 
-local function clock_now(org_key, override)
-  if override and override > 0 then return override, false end
-  return clock_at(redis.call('HGET', org_key, 'clock'), override)
+local function clock_now(org_key, pinned)
+  local t = pinned and pinned ~= '0' and tonumber(pinned)
+  if t and t > 0 then return t, false end
+  return clock_at(redis.call('HGET', org_key, 'clock'), '0')
 end
 
 local function floor(x) return math.floor(x) end
@@ -69,18 +74,20 @@ local function month_of(now)
   return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
 end
 
--- a monthly counter stored as (period, value): its value in `period`, 0 once the month moved on
+-- a monthly counter stored as (period, value): its value in `period` as stored (a plain
+-- integer), "0" once the month moved on
 local function in_period(p, v, period)
-  if p == period then return num(v) end
-  return 0
+  if p == period and v then return v end
+  return '0'
 end
 
--- add to a monthly counter, restarting it when the month moved on (no job at midnight)
+-- add to a monthly counter, restarting it when the month moved on (no job at midnight);
+-- `amount` as formatted by fmt()
 local function add_in_period(key, pfield, vfield, stored_p, period, amount)
   if stored_p == period then
-    redis.call('HINCRBY', key, vfield, fmt(amount))
+    redis.call('HINCRBY', key, vfield, amount)
   else
-    redis.call('HSET', key, pfield, period, vfield, fmt(amount))
+    redis.call('HSET', key, pfield, period, vfield, amount)
   end
 end
 
@@ -90,8 +97,9 @@ local function hset_all(key, w)
 end
 
 local function split2(v)
-  local a, b = string.match(v, '^([^|]*)|(.*)$')
-  return a, b
+  local at = string.find(v, '|', 1, true)
+  if not at then return nil, nil end
+  return string.sub(v, 1, at - 1), string.sub(v, at + 1)
 end
 
 local function fail(code, detail)

@@ -35,7 +35,7 @@ else
   amount = tonumber(rec.amount)
 end
 
-local now, advanced = clock_now(org_k, tonumber(ARGV[5]))
+local now, advanced = clock_now(org_k, ARGV[5])
 local period = month_of(now)
 if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
 local balance = redis.call('HINCRBY', org_k, 'balance', fmt(amount))

@@ -16,7 +16,7 @@ if rec.s == 'released' then return cjson.encode({ ok = 1, released = '0', replay
 if rec.s == 'settled' then return fail('settled') end
 if rec.s ~= 'r' and rec.s ~= 'x' then return fail('unknown_reservation') end
 
-local now = clock_now(org_k, tonumber(ARGV[2]))
+local now = clock_now(org_k, ARGV[2])
 local held = (rec.s == 'r') and num(rec.a) or 0
 if rec.mode == 'extra_usage' and held > 0 then
   redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-held))

@@ -19,6 +19,7 @@
 local org_k, mem_k, ops_k, due_k, ledger_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
 local cost = tonumber(ARGV[2])
+local cost_s = fmt(cost)  -- formatted once: every counter and the ledger take it
 local retention = tonumber(ARGV[6])
 
 local raw = redis.call('HGET', ops_k, rid)
@@ -37,7 +38,7 @@ local held = (rec.s == 'r') and num(rec.a) or 0
 local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
   'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
 local plan = o[1] or ''
-local now, advanced = clock_at(o[9], tonumber(ARGV[5]))
+local now, advanced = clock_at(o[9], ARGV[5])
 local period = month_of(now)
 local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
 
@@ -53,9 +54,9 @@ if mode == 'extra_usage' then
     redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(-held))
     redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))
   end
-  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost)
-  add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost)
-  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost)
+  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost_s)
+  add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost_s)
+  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
   if plan == 'team' then
     balance_delta = -cost
     balance = redis.call('HINCRBY', org_k, 'balance', fmt(-cost))
@@ -70,16 +71,18 @@ if mode == 'extra_usage' then
     end
   end
 else
-  if now < num(mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', fmt(cost)) end
-  if now < num(mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', fmt(cost)) end
-  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost)
+  if now < num(mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
+  if now < num(mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
+  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
 end
 
+local delta_s = balance_delta == 0 and '0' or fmt(balance_delta)
 local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
   'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-  'cost', fmt(cost), 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+  'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', ARGV[7])
 
-local result = { ok = 1, mode = mode, cost = fmt(cost), overshoot = fmt(overshoot),
+local result = { ok = 1, mode = mode, cost = cost_s,
+  overshoot = overshoot == 0 and '0' or fmt(overshoot),
   reserved = rec.a, balance = plan == 'team' and fmt(balance) or '', period = period,
   member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
   entry = entry, expired = rec.s == 'x' and '1' or '0' }
