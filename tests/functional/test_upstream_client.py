@@ -74,7 +74,9 @@ def reply(body: bytes, *extra: str, status: str = "200 OK") -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-async def answer_each(body: bytes, *extra: str) -> Script:
+def answer_each(body: bytes, *extra: str) -> Script:
+    """Every request on a connection gets ``reply(body, *extra)``."""
+
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
         while True:
             await r.read_request(reader)
@@ -84,8 +86,23 @@ async def answer_each(body: bytes, *extra: str) -> Script:
     return script
 
 
+def answer_once(*parts: bytes, pause: float = 0.0) -> Script:
+    """The first request gets ``parts`` as they are (``pause`` seconds between them), then
+    the connection closes."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
+        await r.read_request(reader)
+        for i, part in enumerate(parts):
+            if i:
+                await writer.drain()
+                await asyncio.sleep(pause)
+            writer.write(part)
+
+    return script
+
+
 async def test_connections_are_kept_alive_and_reused(raw: Any) -> None:
-    server, url = await raw(await answer_each(b"ok"))
+    server, url = await raw(answer_each(b"ok"))
     up = Upstream(url + "/prefix")
     for _ in range(3):
         resp = await up.request("POST", "/v1/messages?beta=true", [("a", "1")], b"{}")
@@ -102,7 +119,7 @@ async def test_connections_are_kept_alive_and_reused(raw: Any) -> None:
 
 
 async def test_connection_close_and_unread_bodies_are_not_reused(raw: Any) -> None:
-    server, url = await raw(await answer_each(b"ok", "Connection: close"))
+    server, url = await raw(answer_each(b"ok", "Connection: close"))
     up = Upstream(url)
     for _ in range(2):
         resp = await up.request("GET", "/v1/models", [], None)
@@ -133,7 +150,7 @@ async def test_connection_close_and_unread_bodies_are_not_reused(raw: Any) -> No
 async def test_gzip_and_deflate_bodies_arrive_decoded(raw: Any) -> None:
     doc = b'{"usage": {"input_tokens": 3}}' * 100
     for encoding, data in (("gzip", gzip.compress(doc)), ("deflate", zlib.compress(doc))):
-        _, url = await raw(await answer_each(data, f"Content-Encoding: {encoding}"))
+        _, url = await raw(answer_each(data, f"Content-Encoding: {encoding}"))
         up = Upstream(url)
         resp = await up.request("POST", "/", [], b"")
         assert "content-encoding" not in resp.headers
@@ -144,14 +161,8 @@ async def test_gzip_and_deflate_bodies_arrive_decoded(raw: Any) -> None:
 
 
 async def test_a_body_delimited_by_the_close_is_complete(raw: Any) -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
-        await r.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"part two")
-
-    _, url = await raw(script)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    _, url = await raw(answer_once(head + b"part one, ", b"part two", pause=0.05))
     up = Upstream(url)
     resp = await up.request("POST", "/", [], b"")
     assert await resp.read() == b"part one, part two"
@@ -160,11 +171,7 @@ async def test_a_body_delimited_by_the_close_is_complete(raw: Any) -> None:
 
 
 async def test_a_body_cut_short_is_an_error(raw: Any) -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
-        await r.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly some")
-
-    _, url = await raw(script)
+    _, url = await raw(answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly some"))
     up = Upstream(url)
     resp = await up.request("POST", "/", [], b"")
     with pytest.raises(UpstreamError):
@@ -199,15 +206,9 @@ async def test_silence_times_out_and_a_refused_connect_fails(raw: Any) -> None:
 
 
 async def test_the_read_timeout_counts_silences_not_the_whole_stream(raw: Any) -> None:
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
-        await r.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(6):  # 0.6 s in all, never 0.3 s of silence
-            await asyncio.sleep(0.1)
-            writer.write(b"1\r\n.\r\n")
-        writer.write(b"0\r\n\r\n")
-
-    _, url = await raw(slow)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # 0.7 s in all, never 0.3 s of silence
+    _, url = await raw(answer_once(head, *[b"1\r\n.\r\n"] * 6, b"0\r\n\r\n", pause=0.1))
     up = Upstream(url, read_timeout_s=0.3)
     resp = await up.request("POST", "/", [], b"")
     got = [chunk async for chunk in resp.chunks()]
@@ -217,11 +218,7 @@ async def test_the_read_timeout_counts_silences_not_the_whole_stream(raw: Any) -
 
 
 async def test_interim_responses_are_skipped(raw: Any) -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Raw) -> None:
-        await r.read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(b"done"))
-
-    _, url = await raw(script)
+    _, url = await raw(answer_once(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(b"done")))
     up = Upstream(url)
     resp = await up.request("POST", "/", [], b"x")
     assert (resp.status, await resp.read()) == (200, b"done")
@@ -252,7 +249,7 @@ async def test_the_connection_limit_queues_requests(raw: Any) -> None:
 
 
 async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(raw: Any) -> None:
-    server, url = await raw(await answer_each(b"ok"))
+    server, url = await raw(answer_each(b"ok"))
     up = Upstream(url)
     for value in ("k\r\nx-evil: 1", "k\rx-evil: 1", "k\nx-evil: 1"):
         with pytest.raises(UpstreamError, match="line break"):
@@ -331,9 +328,7 @@ async def test_the_proxy_charges_a_gzip_answer_and_forwards_it_decoded(
 ) -> None:
     doc = messages_reply(1000, 200)
     server, url = await raw(
-        await answer_each(
-            gzip.compress(doc), "Content-Encoding: gzip", "Content-Type: application/json"
-        )
+        answer_each(gzip.compress(doc), "Content-Encoding: gzip", "Content-Type: application/json")
     )
     proxy = await proxy_factory(upstream={"url": url})
     org = await proxy.org("team")
