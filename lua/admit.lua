@@ -238,18 +238,12 @@ end
 if decision == 'allow' and reserve then
   -- what the admission moves, as field/value pairs: one HSET per hash
   local ow, mw = {}, {}
-  if advanced then ow[1], ow[2] = 'clock', fmt(now) end
-  if not s_open then
-    mw[1], mw[2], mw[3], mw[4] = p .. 's_end', fmt(now + sl), p .. 's_used', '0'
-  end
-  if not w_open then
-    local k = #mw
-    mw[k + 1], mw[k + 2], mw[k + 3], mw[k + 4] = p .. 'w_end', fmt(now + wl), p .. 'w_used', '0'
-  end
+  if advanced then put(ow, 'clock', fmt(now)) end
+  if not s_open then put(mw, p .. 's_end', fmt(now + sl), p .. 's_used', '0') end
+  if not w_open then put(mw, p .. 'w_end', fmt(now + wl), p .. 'w_used', '0') end
   if mode == 'extra_usage' and amount > 0 then
-    local n, k = #ow, #mw
-    ow[n + 1], ow[n + 2] = 'eu_res', fmt(org_res + amount)
-    mw[k + 1], mw[k + 2] = p .. 'eu_res', fmt(m_res + amount)
+    put(ow, 'eu_res', fmt(org_res + amount))
+    put(mw, p .. 'eu_res', fmt(m_res + amount))
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)

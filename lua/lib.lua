@@ -10,6 +10,7 @@ local function num(v)
 end
 
 local function fmt(n)
+  if n == 0 then return '0' end  -- the most common amount, without a string.format
   return string.format('%d', n)
 end
 
@@ -19,10 +20,10 @@ local function opt(v)
   return tonumber(v)
 end
 
--- Server time in seconds, never running backwards: `last` is the org's high-water mark (its
--- "clock" field, read by the caller along with the rest of the org hash); true when it moved,
--- and the caller writes it back. A test may pin the time with override > 0, which bypasses
--- the clamp (`pinned`: the script's argument as sent, "0" when not pinned).
+-- Server time in seconds, never running backwards: `last_s` is the org's high-water mark (its
+-- "clock" field, read by the caller along with the rest of the org hash); the second value is
+-- true when it moved, and the caller writes it back. A test may pin the time: `pinned` is the
+-- script's argument as sent, "0" when not pinned; a pinned time bypasses the clamp.
 local function clock_at(last_s, pinned)
   if pinned and pinned ~= '0' then
     local t = tonumber(pinned)
@@ -34,10 +35,9 @@ local function clock_at(last_s, pinned)
   return now, now > last
 end
 
+-- the same, for a script that does not read the org hash otherwise
 local function clock_now(org_key, pinned)
-  local t = pinned and pinned ~= '0' and tonumber(pinned)
-  if t and t > 0 then return t, false end
-  return clock_at(redis.call('HGET', org_key, 'clock'), '0')
+  return clock_at(redis.call('HGET', org_key, 'clock'), pinned)
 end
 
 -- Calendar arithmetic on integer-valued doubles: a floored division is (a - a % b) / b,
@@ -95,6 +95,12 @@ local function add_in_period(key, pfield, vfield, stored_p, period, amount)
   else
     redis.call('HSET', key, pfield, period, vfield, amount)
   end
+end
+
+-- field/value pairs appended to `w`, for one HSET of all a script changes in a hash
+local function put(w, ...)
+  local n, args = #w, { ... }
+  for i = 1, #args do w[n + i] = args[i] end
 end
 
 -- one HSET of the field/value pairs in `w` (none: no call)

@@ -76,13 +76,11 @@ else
   add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
 end
 
-local delta_s = balance_delta == 0 and '0' or fmt(balance_delta)
 local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
   'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-  'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', ARGV[7])
+  'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
 
-local result = { ok = 1, mode = mode, cost = cost_s,
-  overshoot = overshoot == 0 and '0' or fmt(overshoot),
+local result = { ok = 1, mode = mode, cost = cost_s, overshoot = fmt(overshoot),
   reserved = rec.a, balance = plan == 'team' and fmt(balance) or '', period = period,
   member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
   entry = entry, expired = rec.s == 'x' and '1' or '0' }
