@@ -460,7 +460,7 @@ def table(r: dict[str, Any]) -> str:
             f"{row['b_bare']['rps']:.0f} | {row['c_candidate']['rps']:.0f} "
             f"({row['ratio_rps_c_over_b']:.0%} of b) | ≥ 70 % of (b) |"
         )
-        per_round = ", ".join(f"{x:.0%}" for x in row.get("ratio_rps_c_over_b_per_round", []))
+        per_round = ", ".join(f"{x:.0%}" for x in row["ratio_rps_c_over_b_per_round"])
         lines.append(f"| 2 workers {c}: (c)/(b) RPS in each round | | | {per_round} | |")
         lines.append(
             f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "

@@ -90,7 +90,7 @@ class _Protocol(asyncio.Protocol):
 class Pipeliner:
     """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
 
-    def __init__(self, client: aioredis.Redis, scripts: Sequence[AsyncScript] = ()) -> None:
+    def __init__(self, client: aioredis.Redis, scripts: Sequence[AsyncScript]) -> None:
         # every script the store calls: a NOSCRIPT (Redis restarted or flushed) loads them all
         # at once, so that the next call of another script does not meet one too
         self.scripts = list(scripts)
@@ -282,13 +282,11 @@ class Pipeliner:
     def _send_reloads(self) -> None:
         """SCRIPT LOAD of every script, then the calls that met NOSCRIPT, in their order,
         before the rest."""
-        again: list[_Call] = []
-        loaded: set[str] = set()
-        for script in [*self.scripts, *(c.script for c in self.reloads if c.script)]:
-            source = script.script
-            if script.sha not in loaded and isinstance(source, str | bytes):
-                loaded.add(script.sha)
-                again.append(_Call(None, (), (), pack(("SCRIPT", "LOAD", source)), None))
+        again = [
+            _Call(None, (), (), pack(("SCRIPT", "LOAD", script.script)), None)
+            for script in self.scripts
+            if isinstance(script.script, str | bytes)
+        ]
         again += self.reloads
         self.reloads = []
         self.queue[:0] = again
