@@ -24,7 +24,7 @@
 -- ARGV[14] "1" for the proxy's lean answer when allowed: the decision, the member, the
 --          upstream credential and policy, and what the unified rate-limit headers show;
 --          a denial always gets the whole answer (its explanation needs it)
--- Reply: JSON. {ok=0, err=...} for unknown key/member/org or a disabled member; else the
+-- Reply: JSON (written out directly: see jstr in lib.lua). {ok=0, err=...} for unknown key/member/org or a disabled member; else the
 -- decision {ok=1, d="allow"|"deny", mode, reason, ...} with every amount as a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
@@ -209,32 +209,35 @@ if not seat_ok then
   end
 end
 
--- what every answer carries (the proxy's lean answer when allowed), then the rest
-local reply = {
-  ok = 1, d = decision, mode = mode, reason = reason, member = mid, upstream = o[11] or '',
-  policy = policy, s_used = s_used_s, s_allow = sa_s, s_reset = s_reset_s,
-  w_used = w_used_s, w_allow = wa_s, w_reset = w_reset_s,
-  claim = claim, claim_reset = claim_reset, eu_available = eu_available and '1' or '0',
-  eu_reason = eu_disabled, eu_reset = fmt(month_end),
-  spend = m_spend_s, org_spend = org_spend_s,
-  member_limit = member_limit and fmt(member_limit) or '',
-  tier_limit = tier_limit and fmt(tier_limit) or '',
-  org_limit = org_limit and fmt(org_limit) or '',
-}
+-- the answer, written out as JSON (see jstr): the rest of the decision (for the check API and
+-- every denial), then what every answer carries (the proxy's lean answer when allowed)
+local mid_j, tier_j, up_j, policy_j = mid, tier, o[11] or '', policy
+if string.find(mid .. tier .. up_j .. policy, JSON_SPECIAL) then
+  mid_j, tier_j, up_j, policy_j = jstr(mid), jstr(tier), jstr(up_j), jstr(policy)
+end
+local rest = '}'
 if decision ~= 'allow' or ARGV[14] ~= '1' then
-  reply.rid, reply.plan, reply.key, reply.tier = rid, plan, kid, tier
-  reply.role = m[2] or 'member'
-  reply.amount, reply.now, reply.period = fmt(amount), fmt(now), period
-  reply.eu_on = o[2] == '1' and '1' or '0'
-  reply.eu_remaining = remaining and fmt(remaining) or ''
-  reply.fits, reply.consent = fits, consent_mode
-  reply.consented = m[13] == '1' and '1' or '0'
-  reply.balance = plan == 'team' and fmt(balance) or ''
-  reply.reserved = fmt(m_res)
-  reply.requests_on = o[14] == '0' and '0' or '1'
-  reply.reload_pending = o[13] or ''
+  rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
+    .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or 'member')
+    .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
+    .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
+    .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
+    .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
+    .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
+    .. fmt(m_res) .. '","requests_on":"' .. (o[14] == '0' and '0' or '1')
+    .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
 end
 
+local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
+  .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
+  .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
+  .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
+  .. w_reset_s .. '","claim":"' .. claim .. '","claim_reset":"' .. claim_reset
+  .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
+  .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
+  .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
+  .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
+  .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
 if decision == 'allow' and reserve then
   -- what the admission moves, as field/value pairs: one HSET per hash
   local ow, mw = {}, {}
@@ -247,13 +250,11 @@ if decision == 'allow' and reserve then
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
-  local answer = cjson.encode(reply)
-  local ttl = tonumber(ARGV[7])
-  local rec = { s = 'r', m = mid, t = tier, mode = mode, a = fmt(amount), exp = fmt(now + ttl) }
+  local rec = '{"s":"r","m":"' .. mid_j .. '","t":"' .. tier_j .. '","mode":"' .. mode
+    .. '","a":"' .. fmt(amount) .. '","exp":"' .. fmt(now + tonumber(ARGV[7])) .. '"}'
   -- the answer is kept as encoded, beside the record: encoded once, and settlement reads
   -- only the small record
-  redis.call('HSET', ops_k, rid, cjson.encode(rec), 'a:' .. rid, answer)
-  redis.call('ZADD', due_k, now + ttl, rid)
-  return answer
+  redis.call('HSET', ops_k, rid, rec, 'a:' .. rid, answer)
+  redis.call('ZADD', due_k, now + tonumber(ARGV[7]), rid)
 end
-return cjson.encode(reply)
+return answer

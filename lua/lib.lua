@@ -114,6 +114,18 @@ local function split2(v)
   return string.sub(v, 1, at - 1), string.sub(v, at + 1)
 end
 
+-- A string as it stands between quotes in JSON. Answers and records are written out directly
+-- (no table, no encoder per request): every value in them is an integer, a fixed word, or an
+-- id or name that the admin API validates, which needs no escaping; anything else that
+-- reached Redis is escaped by cjson here. The request path tests its few such strings
+-- joined, with one find, and escapes them one by one only when that finds something.
+local JSON_SPECIAL = '[%c"\\]'
+
+local function jstr(s)
+  if string.find(s, JSON_SPECIAL) then return string.sub(cjson.encode(s), 2, -2) end
+  return s
+end
+
 local function fail(code, detail)
   return cjson.encode({ ok = 0, err = code, detail = detail or '' })
 end

@@ -80,18 +80,24 @@ local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts'
   'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
   'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
 
-local result = { ok = 1, mode = mode, cost = cost_s, overshoot = fmt(overshoot),
-  reserved = rec.a, balance = plan == 'team' and fmt(balance) or '', period = period,
-  member = mid, tier = tier, reload_id = reload_id, reload_amount = reload_amount,
-  entry = entry, expired = rec.s == 'x' and '1' or '0' }
-rec.s = 'settled'
--- the admission's answer only serves replays of the admission itself: drop it, so that a
--- record kept for the retention period is a few hundred bytes
-rec.reply = nil
-local out = cjson.encode(result)
--- the record with the result in it, the result encoded once
-local stored = cjson.encode(rec)
-redis.call('HSET', ops_k, rid, string.sub(stored, 1, -2) .. ',"result":' .. out .. '}')
+-- the result and the settled record, written out as JSON (see jstr)
+-- (the mode, amount and expiry come from the record admit.lua wrote: a word and integers)
+local mid_j, tier_j, reload_j = mid, tier, reload_id
+if string.find(mid .. tier .. rid, JSON_SPECIAL) then
+  mid_j, tier_j, reload_j = jstr(mid), jstr(tier), jstr(reload_id)
+end
+local out = '{"ok":1,"mode":"' .. mode .. '","cost":"' .. cost_s .. '","overshoot":"'
+  .. fmt(overshoot) .. '","reserved":"' .. rec.a .. '","balance":"'
+  .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
+  .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
+  .. '","reload_amount":"' .. reload_amount .. '","entry":"' .. entry .. '","expired":"'
+  .. (rec.s == 'x' and '1' or '0') .. '"}'
+-- the record with the result in it (the admission's answer only serves replays of the
+-- admission itself: not kept, so that a record kept for the retention period is a few
+-- hundred bytes)
+redis.call('HSET', ops_k, rid, '{"s":"settled","m":"' .. mid_j .. '","t":"' .. tier_j
+  .. '","mode":"' .. mode .. '","a":"' .. rec.a .. '","exp":"' .. (rec.exp or '')
+  .. '","result":' .. out .. '}')
 redis.call('HDEL', ops_k, 'a:' .. rid)
 redis.call('ZADD', due_k, now + retention, rid)
 return out

@@ -92,6 +92,44 @@ async def test_the_proxys_lean_answer_carries_what_its_headers_need(proxy: Proxy
     assert denied.raw.keys() == full.raw.keys()
 
 
+async def test_strings_that_need_escaping_are_answered_as_json(proxy: Proxy) -> None:
+    # the scripts write their answers out directly; what the admin API would never let in
+    # (a member id, an upstream reference or a role with a quote, a backslash, a newline or
+    # non-ASCII in it) still comes back intact in valid JSON
+    org = await proxy.org("team")
+    await proxy.member(org, "bea")
+    store = proxy.store
+    k = store.keys(org)
+    odd = 'we"ird\\id\n\u00e9'
+    fields = await store.client.hgetall(k.members)
+    await store.client.hset(
+        k.members,
+        mapping={
+            odd.encode() + name[len(b"bea") :]: value
+            for name, value in fields.items()
+            if name.startswith(b"bea|")
+        },
+    )
+    await store.client.hset(k.members, f"{odd}|role", 'own"er\\')
+    await store.client.hset(k.org, "upstream", 'ref"\\1\t')
+    kw: dict[str, Any] = {"who": "m", "credential": odd, "max_cost": 10**6, "est_cost": 10**6}
+    for lean in (True, False):
+        a = await store.admit(org, f'r"{lean}', lean=lean, **kw)
+        assert a.allowed
+        assert (a["member"], a["upstream"]) == (odd, 'ref"\\1\t')
+        if not lean:
+            assert (a["role"], a["rid"]) == ('own"er\\', f'r"{lean}')
+        replay = await store.admit(org, f'r"{lean}', lean=lean, **kw)
+        assert {n: v for n, v in replay.raw.items() if n != "replay"} == a.raw
+        result = await store.settle(org, f'r"{lean}', cost=5, model="m", usage={})[0]
+        assert (result["member"], result["cost"]) == (odd, "5")
+        again = await store.settle(org, f'r"{lean}', cost=5, model="m", usage={})[0]
+        assert {n: v for n, v in again.items() if n != "replay"} == result
+        record = orjson.loads(await store.client.hget(k.ops, f'r"{lean}'))
+        assert (record["m"], record["s"]) == (odd, "settled")
+    assert (await member_counters(store, org, odd))["s_used"] == 10
+
+
 async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
     org = await proxy.org("team")
     key = await proxy.member(org, "cid")
