@@ -1,13 +1,13 @@
 """Instructions per request, counted by valgrind's callgrind: the bare pass-through (b) and the
-candidate (c), each serving N sequential small requests on loopback after a warm-up.
+candidate (c), each serving N sequential small requests on loopback after a warm-up; and
+redis-server's instructions per metered request of the candidate (its two script calls).
 
     .venv/bin/python bench/instructions.py [--requests 300]
 
 Timings on a shared two-core machine move by ±15 % from run to run; an instruction count does
-not (the same binary, inputs and environment give the same total). Only user-space work of
-the proxy process is counted — not the kernel's share of its system calls, nor Redis, the
-mock or the client. Prints one JSON object and writes it to
-bench/results/instructions.json; takes about a minute.
+not (the same binary, inputs and environment give the same total). Only user-space work is
+counted — not the kernel's share of the system calls, nor the mock or the client. Prints one
+JSON object and writes it to bench/results/instructions.json; takes about a minute.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import aiohttp
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, OPERATOR, ROOT, SMALL, Stack, free_port, sequential
+from run import BIN, OPERATOR, ROOT, SMALL, RedisServer, Stack, free_port, sequential
 
 
 def count(stack: Stack, which: str, requests: int) -> int:
@@ -82,12 +82,45 @@ def count(stack: Stack, which: str, requests: int) -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    total = 0
-    for dump in out.glob("cg.*.1"):  # the dump taken after the measured requests
-        for line in dump.read_text().splitlines():
-            if line.startswith("summary:"):
-                total += int(line.split()[1])
+    # the dump taken after the measured requests
+    total = sum(summary(dump) for dump in out.glob("cg.*.1"))
     shutil.rmtree(out, ignore_errors=True)
+    return total // (requests + 20)  # sequential() sends 20 warm-up requests of its own
+
+
+def summary(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    return 0
+
+
+def count_redis(requests: int) -> int:
+    """redis-server's instructions per metered request (admission and settlement scripts,
+    with the protocol work around them), the candidate serving ``requests`` requests."""
+    out = Path(tempfile.mkdtemp(prefix="eup-callgrind-"))
+    server = RedisServer(
+        prefix=(
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}/cg.redis",
+        )
+    )
+    stack = Stack(workers=1, redis_server=server)
+    try:
+        url = stack.url(stack.cand_port)
+        body = json.dumps(SMALL).encode()
+        asyncio.run(sequential(url, stack.headers(), body, 50))
+        assert server.proc is not None
+        pid = str(server.proc.pid)
+        subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=True)
+        asyncio.run(sequential(url, stack.headers(), body, requests))
+        subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
+        total = sum(summary(dump) for dump in out.glob("cg.redis.1"))
+    finally:
+        stack.stop()
+        shutil.rmtree(out, ignore_errors=True)
     return total // (requests + 20)  # sequential() sends 20 warm-up requests of its own
 
 
@@ -105,6 +138,7 @@ def main() -> None:
     finally:
         stack.stop()
     result["added_by_metering"] = result["c_candidate"] - result["b_bare"]
+    result["redis_per_metered_request"] = count_redis(args.requests)
     text = json.dumps({"instructions_per_request": result, "requests": args.requests}, indent=2)
     Path(args.out).write_text(text + "\n")
     print(text)

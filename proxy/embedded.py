@@ -25,7 +25,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on a free port, in a temporary folder of its own."""
 
-    def __init__(self, *extra: str, port: int | None = None, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        *extra: str,
+        port: int | None = None,
+        directory: Path | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -33,6 +39,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = directory or Path(tempfile.mkdtemp(prefix="eup-redis-"))
         self.extra = extra
+        self.prefix = prefix  # a command that runs the server (a profiler, in benchmarks)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +49,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 self.binary,
                 "--port",
                 str(self.port),
@@ -61,7 +69,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self.prefix else 10)
         try:
             while True:
                 try:
