@@ -24,8 +24,9 @@
 -- ARGV[14] "1" for the proxy's lean answer when allowed: the decision, the member, the
 --          upstream credential and policy, and what the unified rate-limit headers show;
 --          a denial always gets the whole answer (its explanation needs it)
--- Reply: JSON (written out directly: see jstr in lib.lua). {ok=0, err=...} for unknown key/member/org or a disabled member; else the
--- decision {ok=1, d="allow"|"deny", mode, reason, ...} with every amount as a decimal string.
+-- Reply: JSON, written out directly (see jstr in lib.lua). {ok=0, err=...} for unknown
+-- key/member/org or a disabled member; else the decision {ok=1, d="allow"|"deny", mode,
+-- reason, ...} with every amount as a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
 -- correct on its own.
@@ -211,10 +212,7 @@ end
 
 -- the answer, written out as JSON (see jstr): the rest of the decision (for the check API and
 -- every denial), then what every answer carries (the proxy's lean answer when allowed)
-local mid_j, tier_j, up_j, policy_j = mid, tier, o[11] or '', policy
-if string.find(mid .. tier .. up_j .. policy, JSON_SPECIAL) then
-  mid_j, tier_j, up_j, policy_j = jstr(mid), jstr(tier), jstr(up_j), jstr(policy)
-end
+local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
 local rest = '}'
 if decision ~= 'allow' or ARGV[14] ~= '1' then
   rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'

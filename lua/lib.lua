@@ -117,13 +117,19 @@ end
 -- A string as it stands between quotes in JSON. Answers and records are written out directly
 -- (no table, no encoder per request): every value in them is an integer, a fixed word, or an
 -- id or name that the admin API validates, which needs no escaping; anything else that
--- reached Redis is escaped by cjson here. The request path tests its few such strings
--- joined, with one find, and escapes them one by one only when that finds something.
+-- reached Redis is escaped by cjson here.
 local JSON_SPECIAL = '[%c"\\]'
 
 local function jstr(s)
   if string.find(s, JSON_SPECIAL) then return string.sub(cjson.encode(s), 2, -2) end
   return s
+end
+
+-- the request path's few such strings at once: tested joined, with one find, and escaped one
+-- by one only when that finds something
+local function jstr4(a, b, c, d)
+  if string.find(a .. b .. c .. d, JSON_SPECIAL) then return jstr(a), jstr(b), jstr(c), jstr(d) end
+  return a, b, c, d
 end
 
 local function fail(code, detail)

@@ -80,13 +80,10 @@ local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts'
   'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
   'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
 
--- the result and the settled record, written out as JSON (see jstr)
--- (the mode, amount and expiry come from the record admit.lua wrote: a word and integers)
-local mid_j, tier_j, reload_j = mid, tier, reload_id
-if string.find(mid .. tier .. rid, JSON_SPECIAL) then
-  mid_j, tier_j, reload_j = jstr(mid), jstr(tier), jstr(reload_id)
-end
-local out = '{"ok":1,"mode":"' .. mode .. '","cost":"' .. cost_s .. '","overshoot":"'
+-- the result and the settled record, written out as JSON (see jstr; the amount and expiry
+-- come from the record admit.lua wrote: integers)
+local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
+local out = '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
   .. fmt(overshoot) .. '","reserved":"' .. rec.a .. '","balance":"'
   .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
   .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
@@ -96,7 +93,7 @@ local out = '{"ok":1,"mode":"' .. mode .. '","cost":"' .. cost_s .. '","overshoo
 -- admission itself: not kept, so that a record kept for the retention period is a few
 -- hundred bytes)
 redis.call('HSET', ops_k, rid, '{"s":"settled","m":"' .. mid_j .. '","t":"' .. tier_j
-  .. '","mode":"' .. mode .. '","a":"' .. rec.a .. '","exp":"' .. (rec.exp or '')
+  .. '","mode":"' .. mode_j .. '","a":"' .. rec.a .. '","exp":"' .. rec.exp
   .. '","result":' .. out .. '}')
 redis.call('HDEL', ops_k, 'a:' .. rid)
 redis.call('ZADD', due_k, now + retention, rid)
