@@ -7,7 +7,7 @@ redis-server's instructions per metered request of the candidate (its two script
 Timings on a shared two-core machine move by ±15 % from run to run; an instruction count does
 not (the same binary, inputs and environment give the same total). Only user-space work is
 counted — not the kernel's share of the system calls, nor the mock or the client. Prints one
-JSON object and writes it to bench/results/instructions.json; takes about a minute.
+JSON object and writes it to bench/results/instructions.json; takes about two minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,23 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import BIN, OPERATOR, ROOT, SMALL, RedisServer, Stack, free_port, sequential
 
+# nothing is counted until the warm-up is over
+CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+
+
+def measured(
+    url: str, headers: dict[str, str], requests: int, dumps: Path, pid: str | None = None
+) -> int:
+    """Instructions per request: counting on, ``requests`` requests to ``url``, a dump of the
+    callgrind processes (all of them, or ``pid``), and the dumps' totals (``*.1`` in
+    ``dumps``: the first dump, taken after the measured requests) divided by the requests."""
+    target = [pid] if pid else []
+    subprocess.run(["callgrind_control", "-i", "on", *target], capture_output=True, check=True)
+    asyncio.run(sequential(url, headers, json.dumps(SMALL).encode(), requests))
+    subprocess.run(["callgrind_control", "-d", *target], capture_output=True, check=True)
+    total = sum(summary(dump) for dump in dumps.glob("*.1"))
+    return total // (requests + 20)  # sequential() sends 20 warm-up requests of its own
+
 
 def count(stack: Stack, which: str, requests: int) -> int:
     """Instructions of one proxy process while it serves ``requests`` requests."""
@@ -49,9 +66,7 @@ def count(stack: Stack, which: str, requests: int) -> int:
         cmd += ["--upstream", stack.url(stack.mock_port)]
     proc = subprocess.Popen(
         [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",  # nothing counted until the warm-up is over
+            *CALLGRIND,
             "--trace-children=yes",  # the pass-through serves from a child process
             f"--callgrind-out-file={out}/cg.%p",
             *cmd,
@@ -73,19 +88,14 @@ def count(stack: Stack, which: str, requests: int) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        subprocess.run(["callgrind_control", "-i", "on"], capture_output=True, check=True)
-        asyncio.run(sequential(url, stack.headers(), body, requests))
-        subprocess.run(["callgrind_control", "-d"], capture_output=True, check=True)
+        return measured(url, stack.headers(), requests, out)
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    # the dump taken after the measured requests
-    total = sum(summary(dump) for dump in out.glob("cg.*.1"))
-    shutil.rmtree(out, ignore_errors=True)
-    return total // (requests + 20)  # sequential() sends 20 warm-up requests of its own
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def summary(dump: Path) -> int:
@@ -99,29 +109,16 @@ def count_redis(requests: int) -> int:
     """redis-server's instructions per metered request (admission and settlement scripts,
     with the protocol work around them), the candidate serving ``requests`` requests."""
     out = Path(tempfile.mkdtemp(prefix="eup-callgrind-"))
-    server = RedisServer(
-        prefix=(
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}/cg.redis",
-        )
-    )
+    server = RedisServer(prefix=(*CALLGRIND, f"--callgrind-out-file={out}/cg.redis"))
     stack = Stack(workers=1, redis_server=server)
     try:
         url = stack.url(stack.cand_port)
-        body = json.dumps(SMALL).encode()
-        asyncio.run(sequential(url, stack.headers(), body, 50))
+        asyncio.run(sequential(url, stack.headers(), json.dumps(SMALL).encode(), 50))
         assert server.proc is not None
-        pid = str(server.proc.pid)
-        subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=True)
-        asyncio.run(sequential(url, stack.headers(), body, requests))
-        subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
-        total = sum(summary(dump) for dump in out.glob("cg.redis.1"))
+        return measured(url, stack.headers(), requests, out, str(server.proc.pid))
     finally:
         stack.stop()
         shutil.rmtree(out, ignore_errors=True)
-    return total // (requests + 20)  # sequential() sends 20 warm-up requests of its own
 
 
 def main() -> None:
