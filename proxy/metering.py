@@ -135,11 +135,12 @@ class Meter:
         key_hash: str,
         policy: str = "",
     ) -> tuple[Coroutine[Any, Any, dict[str, str] | None], Awaitable[bool]]:
-        """Settle after the answer: the settlement is queued now (written with this loop
-        turn's batch); the coroutine finishes it and never raises. The second value resolves
-        True once the settlement is written to Redis, so that the member may see the end of
-        the answer: their next request is admitted after it. If Redis is unavailable the
-        usage goes to the journal, replayed when Redis is back; a refusal is counted."""
+        """Settle after the answer: the settlement is queued now (written at once on an idle
+        connection, else with this loop turn's batch); the coroutine finishes it and never
+        raises. The second value resolves True once the settlement is written to Redis, so
+        that the member may see the end of the answer: their next request is admitted after
+        it. If Redis is unavailable the usage goes to the journal, replayed when Redis is
+        back; a refusal is counted."""
         charged, sent = self._charge_soon(org, request_id, model, usage, "proxy", policy)
         return self._settled(charged, org, request_id, key_hash, model, usage), sent
 

@@ -135,7 +135,11 @@ class Pipeliner:
             return fut
         packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         self.queue.append(_Call(script, keys, args, packed, fut))
-        if not self.flush_scheduled:
+        if not self.pending and not self.flush_scheduled and self._writable() is not None:
+            # nothing in flight: Redis is idle for this connection, and a batch would only
+            # wait a loop turn; written at once (under load calls are in flight and batch)
+            self._flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             loop.call_soon(self._scheduled_flush)  # after every call of this turn is queued
         return fut
@@ -148,9 +152,10 @@ class Pipeliner:
         return loop
 
     def sent(self) -> asyncio.Future[bool]:
-        """Resolves when what is queued now has been written to Redis (True), at the end of
-        this loop turn with the rest of the batch, or could not be (False: the connection is
-        down and the calls wait for a new one)."""
+        """Resolves when what is queued now has been written to Redis (True): already, when
+        the connection was idle; else at the end of this loop turn with the rest of the
+        batch. False: it could not be (the connection is down and the calls wait for a new
+        one)."""
         fut: asyncio.Future[bool] = self._loop().create_future()
         if self.queue:
             self.waiters.append(fut)
@@ -163,8 +168,8 @@ class Pipeliner:
     def _flush(self) -> None:
         if not self.queue:
             return
-        proto = self.proto
-        if proto is None or proto.transport is None or proto.transport.is_closing():
+        transport = self._writable()
+        if transport is None:
             self._connect_soon()
             self._notify(False)
             return
@@ -175,12 +180,19 @@ class Pipeliner:
             c.sent_at = now
             c.tries += 1
         self.pending.extend(batch)
-        proto.transport.write(b"".join([c.packed for c in batch]))
+        transport.write(b"".join([c.packed for c in batch]))
         self.writes += 1
         if self.waiters:
             self._notify(True)
         if self.watchdog is None:
             self.watchdog = loop.call_at(now + self.timeout, self._watch)
+
+    def _writable(self) -> asyncio.Transport | None:
+        """The connection's transport when a write can go out now."""
+        proto = self.proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            return None
+        return proto.transport
 
     def _notify(self, written: bool) -> None:
         waiters, self.waiters = self.waiters, []

@@ -45,6 +45,36 @@ async def test_each_concurrent_call_gets_its_own_reply_in_few_round_trips(proxy:
     assert getattr(bad, "code", None) == "unknown_member"
 
 
+async def test_a_call_on_an_idle_connection_goes_out_at_once_and_busy_ones_batch(
+    proxy: Proxy,
+) -> None:
+    """Nothing in flight: the call is written before ``call`` returns (no loop turn of
+    waiting), and its ``sent`` is already True. While one is in flight, the calls of a turn
+    share one write."""
+    store = proxy.store
+    pipe = store.pipeliner
+    assert pipe is not None
+    org = await proxy.org("team")
+    await proxy.member(org, "ida")
+    await store.admit(org, "idle-0", who="m", credential="ida", max_cost=1, est_cost=1)
+    assert not pipe.pending
+    writes = pipe.writes
+    reply, sent = store.settle(org, "idle-0", cost=7, model="m", usage={})
+    assert pipe.writes == writes + 1 and not pipe.queue  # written synchronously
+    assert isinstance(sent, asyncio.Future) and sent.done() and sent.result() is True
+    # in flight now: the next calls of this turn wait for one shared write
+    more = [
+        store.admit(org, f"idle-{i}", who="m", credential="ida", max_cost=1, est_cost=1)
+        for i in range(1, 6)
+    ]
+    tasks = [asyncio.ensure_future(c) for c in more]
+    await asyncio.sleep(0)  # the tasks queue their calls
+    assert pipe.writes == writes + 1 and len(pipe.queue) == 5
+    assert (await reply)["cost"] == "7"
+    assert [a["rid"] for a in await asyncio.gather(*tasks)] == [f"idle-{i}" for i in range(1, 6)]
+    assert pipe.writes == writes + 2
+
+
 def _store(url: str, timeout: float = 5.0) -> Store:
     cfg = make_config(url, "http://127.0.0.1:9")
     cfg = dataclasses.replace(cfg, redis=dataclasses.replace(cfg.redis, socket_timeout_s=timeout))
