@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -91,6 +92,43 @@ async def _close(store: Store) -> None:
     assert store.pipeliner is not None
     await store.pipeliner.close()
     await store.client.aclose()
+
+
+async def test_scripts_run_over_a_unix_socket(tmp_path: Path) -> None:
+    """REDIS_URL=unix://…: Redis on the proxy's host, reached on its socket, auto-pipelined
+    as over TCP."""
+    sock = tmp_path / "redis.sock"
+    server = RedisServer("--unixsocket", str(sock), "--unixsocketperm", "700").start()
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.01)
+        store = _store(f"unix://{sock}")
+        try:
+            assert store.pipeliner is not None and store.pipeliner.path == str(sock)
+            k = store.keys("sockorg")
+            await store.client.hset(k.org, mapping={"plan": "team", "name": "sockorg"})
+            await store.client.hset(k.members, mapping={"uma|tier": "standard", "uma|role": "m"})
+            adms = await asyncio.gather(
+                *(
+                    store.admit(
+                        "sockorg", f"s-{i}", who="m", credential="uma", max_cost=1, est_cost=1
+                    )
+                    for i in range(20)
+                )
+            )
+            assert all(a.allowed for a in adms)
+            reply, sent = store.settle("sockorg", "s-0", cost=123, model="m", usage={})
+            assert await sent
+            assert (await reply)["cost"] == "123"
+            clients = await store.client.client_list()
+            # the pipeliner's connection and the pool's, both on the socket (flag U)
+            assert len(clients) >= 2 and all("U" in c["flags"] for c in clients), clients
+        finally:
+            await _close(store)
+    finally:
+        server.cleanup()
 
 
 async def test_calls_survive_a_killed_connection(redis_server: RedisServer) -> None:
