@@ -240,19 +240,21 @@ if decision == 'allow' and reserve then
   -- what the admission moves, as field/value pairs: one HSET per hash
   local ow, mw = {}, {}
   if advanced then put(ow, 'clock', fmt(now)) end
-  if not s_open then put(mw, p .. 's_end', fmt(now + sl), p .. 's_used', '0') end
-  if not w_open then put(mw, p .. 'w_end', fmt(now + wl), p .. 'w_used', '0') end
+  -- a window opened now ends at its reset, as answered
+  if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
+  if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
   if mode == 'extra_usage' and amount > 0 then
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
+  local exp = now + tonumber(ARGV[7])
   local rec = '{"s":"r","m":"' .. mid_j .. '","t":"' .. tier_j .. '","mode":"' .. mode
-    .. '","a":"' .. fmt(amount) .. '","exp":"' .. fmt(now + tonumber(ARGV[7])) .. '"}'
+    .. '","a":"' .. fmt(amount) .. '","exp":"' .. fmt(exp) .. '"}'
   -- the answer is kept as encoded, beside the record: encoded once, and settlement reads
   -- only the small record
   redis.call('HSET', ops_k, rid, rec, 'a:' .. rid, answer)
-  redis.call('ZADD', due_k, now + tonumber(ARGV[7]), rid)
+  redis.call('ZADD', due_k, exp, rid)
 end
 return answer
