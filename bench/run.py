@@ -326,16 +326,18 @@ async def open_streams(url: str, headers: dict[str, str], n: int, pid: int) -> f
     return rss
 
 
-# latency at c=1: interleaved blocks in alternating order (a b c, c b a, ...), pooled for the
-# percentiles, and each round's p50 of (c) less that of (b) — the two measured side by side —
-# with the median of those paired differences
+# latency at c=1 and throughput: interleaved rounds in alternating order (a b c, c b a, ...) so
+# that a slow spell or a drift within a round favours no target (throughput moves most: each
+# wrk run opens new connections, which the kernel spreads over the workers by a hash, and a
+# neighbour may take the CPU for a second); besides the pooled figures, each round's (c)
+# against (b) — the two measured side by side — and the median of those paired figures
 ROUNDS = 7
-# throughput moves most from run to run (each wrk run opens new connections, which the kernel
-# spreads over the workers by a hash, and a neighbour may take the CPU for a second): more
-# interleaved rounds, in alternating order (a b c, c b a, ...) so that a drift within a round
-# favours no target; the median run of each target, every round's (c)/(b) ratio — the two
-# measured side by side — and the median of those paired ratios
-TP_ROUNDS = 7
+
+
+def in_round_order(targets: dict[str, str], i: int) -> list[tuple[str, str]]:
+    """The targets in round ``i``'s order: as given in even rounds, reversed in odd ones."""
+    order = list(targets.items())
+    return order if i % 2 == 0 else order[::-1]
 
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -364,8 +366,7 @@ def run(quick: bool) -> dict[str, Any]:
         less_b: dict[str, list[float]] = {"c_candidate": [], "c_unix": []}
         for i in range(ROUNDS):
             block: dict[str, list[float]] = {}
-            order = list(t1.items())
-            for name, url in order if i % 2 == 0 else reversed(order):
+            for name, url in in_round_order(t1, i):
                 block[name] = asyncio.run(sequential(url, h, body, n // ROUNDS))
                 lat[name] += block[name]
             for name, diffs in less_b.items():
@@ -450,9 +451,8 @@ def run(quick: bool) -> dict[str, Any]:
         results["throughput_workers2"] = {}
         for conns in (16, 64):
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in t}
-            for i in range(TP_ROUNDS):
-                order = list(t.items())
-                for name, url in order if i % 2 == 0 else reversed(order):
+            for i in range(ROUNDS):
+                for name, url in in_round_order(t, i):
                     runs[name].append(wrk(url, h, conns, secs))
             row: dict[str, Any] = {name: median_run(v) for name, v in runs.items()}
             row["ratio_rps_c_over_b_per_round"] = [
