@@ -80,21 +80,35 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def cpu_s(pid: int) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU time (user and system, seconds) of the processes ``pids``."""
     total = 0.0
-    for p in children(pid):
+    for p in pids:
         try:
             f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(f[11]) + int(f[12])) / tick
+            total += (int(f[11]) + int(f[12])) / TICK
         except OSError:
             pass
     return total
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time of ``pid`` and its children (a proxy's workers)."""
+    return cpu_of(children(pid))
+
+
 def cpu_times() -> list[int]:
     """The machine's CPU time by kind (user, nice, system, idle, iowait, irq, softirq, steal)."""
     return [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+
+
+def machine_busy_s() -> float:
+    """CPU time the machine spent on anything but idling (all cores, seconds)."""
+    t = cpu_times()
+    return (sum(t) - t[3] - t[4] - t[7]) / TICK  # less idle, iowait and steal
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -215,6 +229,17 @@ class Stack:
         evals = sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_evalsha"))
         return int(info["total_commands_processed"]), int(evals)
 
+    def roles(self) -> dict[str, list[int]]:
+        """The processes of each role (a proxy with its workers), whose CPU time a throughput
+        round reads."""
+        assert self.redis.proc is not None
+        return {
+            "b_bare": children(self.bare.pid),
+            "c_candidate": children(self.cand.pid),
+            "redis": [self.redis.proc.pid],
+            "mock": children(self.mock.pid),
+        }
+
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
@@ -270,6 +295,7 @@ def wrk(url: str, headers: dict[str, str], conns: int, seconds: int) -> dict[str
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out)[1]),  # type: ignore[index]
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
@@ -338,6 +364,33 @@ def in_round_order(targets: dict[str, str], i: int) -> list[tuple[str, str]]:
     """The targets in round ``i``'s order: as given in even rounds, reversed in odd ones."""
     order = list(targets.items())
     return order if i % 2 == 0 else order[::-1]
+
+
+def loaded(
+    url: str, headers: dict[str, str], conns: int, seconds: int, roles: dict[str, list[int]]
+) -> dict[str, float]:
+    """One wrk run, and the CPU time it cost per request: each role's (the proxy under test,
+    Redis, the mock; a role the target does not use spends next to nothing) and the whole
+    machine's, wrk and everything else included. Under load the run is CPU-bound, so the
+    ratio of two targets' RPS follows the ratio of their machine CPU per request."""
+    before = {role: cpu_of(pids) for role, pids in roles.items()}
+    busy = machine_busy_s()
+    out = wrk(url, headers, conns, seconds)
+    busy = machine_busy_s() - busy
+    n = max(out["requests"], 1)
+    for role, pids in roles.items():
+        out[f"cpu_ms_{role}"] = round((cpu_of(pids) - before[role]) * 1000 / n, 3)
+    out["cpu_ms_machine"] = round(busy * 1000 / n, 3)
+    return out
+
+
+def cpu_per_request(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median over rounds of each CPU figure of ``loaded``, ms per request."""
+    return {
+        k.removeprefix("cpu_ms_"): round(statistics.median(r[k] for r in runs), 3)
+        for k in runs[0]
+        if k.startswith("cpu_ms_")
+    }
 
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -447,14 +500,15 @@ def run(quick: bool) -> dict[str, Any]:
         stack.stop()
     stack = Stack(workers=2)
     try:
-        t, h = stack.targets(), stack.headers()
+        t, h, roles = stack.targets(), stack.headers(), stack.roles()
         results["throughput_workers2"] = {}
         for conns in (16, 64):
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in t}
             for i in range(ROUNDS):
                 for name, url in in_round_order(t, i):
-                    runs[name].append(wrk(url, h, conns, secs))
+                    runs[name].append(loaded(url, h, conns, secs, roles))
             row: dict[str, Any] = {name: median_run(v) for name, v in runs.items()}
+            row["cpu_ms_per_request"] = {name: cpu_per_request(v) for name, v in runs.items()}
             row["ratio_rps_c_over_b_per_round"] = [
                 round(c["rps"] / b["rps"], 3)
                 for b, c in zip(runs["b_bare"], runs["c_candidate"], strict=True)
@@ -513,6 +567,15 @@ def table(r: dict[str, Any]) -> str:
         lines.append(
             f"| 2 workers {c}: (c)/(b) RPS, each round; median | | | {per_round}; "
             f"**{row['ratio_rps_c_over_b_paired']:.0%}** | ≥ 70 % of (b) |"
+        )
+        cpu = row["cpu_ms_per_request"]
+        lines.append(
+            f"| 2 workers {c}: CPU ms per request, whole machine (proxy / Redis / mock) | "
+            f"{cpu['a_direct']['machine']} (– / – / {cpu['a_direct']['mock']}) | "
+            f"{cpu['b_bare']['machine']} ({cpu['b_bare']['b_bare']} / – / "
+            f"{cpu['b_bare']['mock']}) | {cpu['c_candidate']['machine']} "
+            f"({cpu['c_candidate']['c_candidate']} / {cpu['c_candidate']['redis']} / "
+            f"{cpu['c_candidate']['mock']}) | |"
         )
         lines.append(
             f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "
