@@ -160,11 +160,19 @@ class Store:
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
 
-    def _call(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Awaitable[Any]:
-        """Queue one script call (auto-pipelined) or start it (redis-py); await the reply."""
+    def _call(
+        self,
+        name: str,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+        tail: tuple[str | int, ...] = (),
+    ) -> Awaitable[Any]:
+        """Queue one script call (auto-pipelined) or start it (redis-py); await the reply.
+        The script's arguments are ``args`` then ``tail``: the last ones, when their values
+        come from a small set (flags, settings), so that the pipeliner packs them once."""
         if self.pipeliner is not None:
-            return self.pipeliner.call(self.scripts[name], keys, args)
-        return self.scripts[name](keys=list(keys), args=list(args))
+            return self.pipeliner.call(self.scripts[name], keys, args, tail)
+        return self.scripts[name](keys=list(keys), args=[*args, *tail])
 
     async def _reply(self, name: str, started: float, reply: Awaitable[Any]) -> Any:
         """A script's JSON reply; Redis errors become StoreUnavailable, refusals StoreRefusal."""
@@ -183,11 +191,15 @@ class Store:
         return doc
 
     def _run(
-        self, name: str, keys: Sequence[str], args: Sequence[str | int]
+        self,
+        name: str,
+        keys: tuple[str, ...],
+        args: Sequence[str | int],
+        tail: tuple[str | int, ...] = (),
     ) -> Coroutine[Any, Any, Any]:
         """Call a script; await its decoded reply (no coroutine of its own: one frame less on
         every wake-up of the request path)."""
-        return self._reply(name, time.perf_counter(), self._call(name, keys, args))
+        return self._reply(name, time.perf_counter(), self._call(name, keys, tuple(args), tail))
 
     async def _cmd(self, coro: Any) -> Any:
         try:
@@ -228,12 +240,8 @@ class Store:
         doc = await self._run(
             "admit",
             (k.org, k.members, k.creds, k.ops, k.due),
-            (
-                request_id,
-                who,
-                credential,
-                max_cost,
-                est_cost,
+            (request_id, who, credential, max_cost, est_cost),
+            (  # from a small set of values: packed once (ARGV[6] on)
                 self.policy.reservation,
                 self.policy.reservation_ttl_s,
                 "1" if accept_extra else "0",
@@ -268,15 +276,8 @@ class Store:
         call = self._call(
             "settle",
             (k.org, k.members, k.ops, k.due, k.ledger),
-            (
-                request_id,
-                cost,
-                model,
-                orjson.dumps(usage).decode(),
-                self.pinned_now,
-                self.policy.op_retention_s,
-                source,
-            ),
+            (request_id, cost, model, orjson.dumps(usage).decode()),
+            (self.pinned_now, self.policy.op_retention_s, source),  # packed once (ARGV[5] on)
         )
         if self.pipeliner is not None:
             sent: Awaitable[bool] = self.pipeliner.sent()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.connection import PythonRespSerializer
 
-from proxy.pipelining import pack
+from proxy.pipelining import EvalshaPacker, pack
 
 
 def _encode(value: str | int | bytes) -> bytes:
@@ -29,3 +29,37 @@ def reference(args: tuple[str | int | bytes, ...]) -> bytes:
 )
 def test_pack_matches_redis_py(args: tuple[str | int | bytes, ...]) -> None:
     assert pack(args) == reference(args)
+
+
+KEYS = ("eup:{acme}:org", "eup:{acme}:members", "eup:{acme}:ops")
+
+
+@pytest.mark.parametrize(
+    ("args", "tail"),
+    [
+        (("req_1", "k", "f" * 64, 123456789, 0), ("estimate", 3600, "0", "1", ";standard,1,2")),
+        (("req_2", -42, "clé", "漢字 🙂"), (0, 86400, "proxy")),
+        (("req_3",), ()),
+        ((), ("1", "")),
+        (("", "\r\n inside", 10**15), ("0",)),
+    ],
+)
+def test_evalsha_packer_matches_one_pack_of_the_whole_command(
+    args: tuple[str | int, ...], tail: tuple[str | int, ...]
+) -> None:
+    packer = EvalshaPacker()
+    whole = reference(("EVALSHA", "a" * 40, len(KEYS), *KEYS, *args, *tail))
+    assert packer("a" * 40, KEYS, args, tail) == whole
+    assert packer("a" * 40, KEYS, args, tail) == whole  # from the kept head and tail
+    assert packer("b" * 40, KEYS, args, tail) != whole  # another script: its own head
+
+
+def test_evalsha_packer_keeps_a_bounded_number_of_heads_and_tails() -> None:
+    packer = EvalshaPacker()
+    packer.LIMIT = 3
+    for org in range(10):
+        keys = (f"eup:{{o{org}}}:org",)
+        for pinned in range(5):
+            got = packer("a" * 40, keys, ("req",), (pinned, "proxy"))
+            assert got == reference(("EVALSHA", "a" * 40, 1, *keys, "req", pinned, "proxy"))
+            assert len(packer.heads) <= 3 and len(packer.tails) <= 3
