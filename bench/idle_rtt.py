@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from proxy.embedded import RedisServer
+from proxy.tools.embedded import RedisServer
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 

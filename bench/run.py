@@ -35,7 +35,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "extra-usage-proxy"
 sys.path.insert(0, str(ROOT))
-from proxy.embedded import RedisServer, free_port  # noqa: E402
+from proxy.tools.embedded import RedisServer, free_port  # noqa: E402
 
 OPERATOR = "bench-operator"
 SMALL = {

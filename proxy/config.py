@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.money import AmountError, parse_usd
-from proxy.pricing import Family, PriceTable, family_from_toml, most_expensive
+from proxy.core.money import AmountError, parse_usd
+from proxy.core.pricing import Family, PriceTable, family_from_toml, most_expensive
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from proxy.embedded import RedisServer
+from proxy.tools.embedded import RedisServer
 
 CLUSTER_ARGS = (
     "--cluster-enabled",

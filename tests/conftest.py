@@ -16,12 +16,12 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from proxy.app import build_app
-from proxy.appkeys import STORE
 from proxy.config import Config, parse_config
-from proxy.forward import METER
-from proxy.mock_upstream import MockUpstream, build_mock_app
-from proxy.store import Store
+from proxy.http.app import build_app
+from proxy.http.appkeys import STORE
+from proxy.http.proxy_routes import METER
+from proxy.storage.store import Store
+from proxy.tools.mock_upstream import MockUpstream, build_mock_app
 from tests.servers import RedisServer
 
 OPERATOR = "operator-test-token"

@@ -1,10 +1,10 @@
-"""Real servers for the tests: redis-server processes on free ports (see proxy.embedded)."""
+"""Real servers for the tests: redis-server processes on free ports (see proxy.tools.embedded)."""
 
 from __future__ import annotations
 
 import subprocess
 
-from proxy.embedded import RedisServer, free_port
+from proxy.tools.embedded import RedisServer, free_port
 
 __all__ = ["PostgresServer", "RedisServer", "free_port"]
 

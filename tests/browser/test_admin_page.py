@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from proxy.embedded import RedisServer
+from proxy.tools.embedded import RedisServer
 from tests.servers import free_port
 
 BIN = Path(sys.executable).parent / "extra-usage-proxy"

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from proxy.pricing import PriceTable, Usage
-from proxy.store import Store
+from proxy.core.pricing import PriceTable, Usage
+from proxy.storage.store import Store
 
 
 def expected_cost(prices: PriceTable, body: dict[str, Any], output: int = 50) -> int:

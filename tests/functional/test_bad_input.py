@@ -6,7 +6,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.credentials import PROXY_KEY_PREFIX, new_secret
+from proxy.core.credentials import PROXY_KEY_PREFIX, new_secret
 from tests.conftest import Proxy, make_config, message
 
 
@@ -123,7 +123,7 @@ async def test_bad_bodies_are_400_and_charge_nothing(
 async def test_body_over_the_limit_is_413(
     aiohttp_server: Any, redis_server: Any, upstream: Any
 ) -> None:
-    from proxy.app import build_app
+    from proxy.http.app import build_app
     from tests.conftest import Proxy as P
 
     up_server, mock = upstream

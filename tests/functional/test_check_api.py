@@ -7,7 +7,7 @@ import anthropic
 import pytest
 from aiohttp import web
 
-from proxy.mock_upstream import MockUpstream
+from proxy.tools.mock_upstream import MockUpstream
 from tests.conftest import SERVICE, Proxy, ProxyFactory, message
 from tests.functional.drivers import OUT
 from tests.functional.test_extra_usage import exhaust_seat, settings
@@ -250,7 +250,9 @@ async def test_webhook_reload_is_retried_confirmed_once_and_never_doubled(
     headers = {"x-mock-output-tokens": "40000", "x-mock-input-tokens": "0"}  # $0.60
     for _ in range(2):  # 1.50 -> 0.90 (reload requested) -> 0.30 (still pending: no second)
         assert (await proxy.post(key, message(max_tokens=40000), headers=headers))[0] == 200
-    for task in list(proxy.server.app[__import__("proxy.appkeys").appkeys.PAYMENTS].webhooks.tasks):
+    for task in list(
+        proxy.server.app[__import__("proxy.http.appkeys").http.appkeys.PAYMENTS].webhooks.tasks
+    ):
         await task
     assert len(posts) == 2  # one reload, delivered on the second attempt
     assert posts[0] == posts[1]

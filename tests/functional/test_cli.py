@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.cli import main
+from proxy.tools.cli import main
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

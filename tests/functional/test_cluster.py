@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from proxy.keys import org_keys
+from proxy.storage.keys import org_keys
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message
 from tests.functional.helpers import ledger_sum, member_counters

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from proxy.demo import run
+from proxy.tools.demo import run
 from tests.servers import free_port
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from proxy.money import format_usd
-from proxy.store import Store
+from proxy.core.money import format_usd
+from proxy.storage.store import Store
 from tests.conftest import Proxy, ProxyFactory, message
 from tests.functional.drivers import OUT, CheckDriver, Driver, ProxyDriver
 from tests.functional.helpers import ledger_sum

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from proxy.embedded import RedisServer
-from proxy.ledger_db import LedgerDB
-from proxy.reconcile import reconcile
-from proxy.sink import GROUP, LedgerSink
+from proxy.ledger.db import LedgerDB
+from proxy.ledger.reconcile import reconcile
+from proxy.ledger.sink import GROUP, LedgerSink
+from proxy.tools.embedded import RedisServer
 from tests.conftest import Proxy, ProxyFactory, message
 from tests.functional.test_extra_usage import exhaust_seat, settings
 from tests.servers import PostgresServer
@@ -255,12 +255,12 @@ async def test_reconcile_reports_and_repairs(
 def _period() -> str:
     import time
 
-    from proxy.statements import current_period
+    from proxy.core.statements import current_period
 
     return current_period(time.time())
 
 
 def _usd(n: int) -> str:
-    from proxy.money import format_usd
+    from proxy.core.money import format_usd
 
     return format_usd(n)

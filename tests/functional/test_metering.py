@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.decision import unified_headers
-from proxy.store import StoreRefusal, script_source
+from proxy.core.decision import unified_headers
+from proxy.storage.store import StoreRefusal, script_source
 from tests.conftest import Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
 from tests.functional.test_extra_usage import exhaust_seat

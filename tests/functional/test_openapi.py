@@ -20,8 +20,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from proxy.embedded import RedisServer
-from proxy.openapi import document
+from proxy.http.openapi import document
+from proxy.tools.embedded import RedisServer
 from tests.servers import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ TOKEN = "contract-token"
 def test_the_repository_copy_is_current() -> None:
     on_disk = json.loads((ROOT / "openapi.json").read_text())
     assert on_disk == json.loads(orjson.dumps(document())), (
-        "regenerate openapi.json: python -c 'import orjson; from proxy.openapi import "
+        "regenerate openapi.json: python -c 'import orjson; from proxy.http.openapi import "
         "document; ...'"
     )
     assert on_disk["openapi"] == "3.1.0"

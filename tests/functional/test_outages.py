@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.embedded import RedisServer
+from proxy.tools.embedded import RedisServer
 from tests.conftest import ProxyFactory, message
 from tests.functional.helpers import eventually, ledger_sum, member_counters
 

@@ -48,9 +48,9 @@ def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
         "proxy/migrations/001_ledger.sql",
     } <= names
     code = (
-        "import proxy, proxy.store, proxy.config;"
+        "import proxy, proxy.storage.store, proxy.config;"
         f"assert proxy.__file__.startswith({str(site)!r}), proxy.__file__;"
-        "src = proxy.store.script_source('settle'); assert 'XADD' in src;"
+        "src = proxy.storage.store.script_source('settle'); assert 'XADD' in src;"
         "print(len(proxy.config.load_config(None, env={}).prices.families))"
     )
     out = subprocess.run(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.embedded import free_port
-from proxy.errors import StoreUnavailable
-from proxy.store import Store, StoreRefusal, make_client
+from proxy.core.errors import StoreUnavailable
+from proxy.storage.store import Store, StoreRefusal, make_client
+from proxy.tools.embedded import free_port
 from tests.conftest import Proxy, make_config
 from tests.servers import RedisServer
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 from aiohttp.test_utils import TestServer
 
-from proxy.mock_upstream import MockUpstream
+from proxy.tools.mock_upstream import MockUpstream
 from tests.conftest import UPSTREAM_KEY, Proxy, ProxyFactory, message
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from proxy.upload import STREAM_FROM
+from proxy.upstream.upload import STREAM_FROM
 from tests.conftest import UPSTREAM_KEY, Proxy, ProxyFactory, message, messages_reply
 from tests.functional.helpers import member_counters
 

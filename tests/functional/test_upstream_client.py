@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.upstream import Upstream, UpstreamError, UpstreamTimeout
+from proxy.upstream.client import Upstream, UpstreamError, UpstreamTimeout
 from tests.conftest import ProxyFactory, message, messages_reply
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Raw"], Awaitable[None]]

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from proxy.credentials import PROXY_KEY_PREFIX, hash_secret, new_secret, org_of
-from proxy.keys import org_keys
-from proxy.store import SCRIPT_KEYS, SCRIPT_NAMES
+from proxy.core.credentials import PROXY_KEY_PREFIX, hash_secret, new_secret, org_of
+from proxy.storage.keys import org_keys
+from proxy.storage.store import SCRIPT_KEYS, SCRIPT_NAMES
 
 
 @pytest.mark.parametrize("org", ["acme", "a", "org-with-dashes-1", "z" * 63])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from proxy.metrics import Metrics
+from proxy.obs.metrics import Metrics
 
 VALUES = [0.0, 0.0001, 0.0005, 0.00051, 0.003, 1, 2.5, 7, 600, 601, 1e9, 0.0004999]
 

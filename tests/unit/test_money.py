@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.money import AmountError, format_usd, parse_usd
+from proxy.core.money import AmountError, format_usd, parse_usd
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.metrics import Metrics
+from proxy.obs.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import ConfigError, load_default_prices, parse_config
-from proxy.pricing import PriceTable, Usage, UsageError, usage_from_mapping
+from proxy.core.pricing import PriceTable, Usage, UsageError, usage_from_mapping
 
 
 @pytest.fixture(scope="module")

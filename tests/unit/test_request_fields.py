@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.errors import InvalidRequest
-from proxy.request_body import LAZY_PARSE_FROM, REUSE_PARSER_UP_TO, parse_message_request
+from proxy.core.errors import InvalidRequest
+from proxy.core.request_fields import LAZY_PARSE_FROM, REUSE_PARSER_UP_TO, parse_message_request
 
 BIG = "x" * LAZY_PARSE_FROM
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.connection import PythonRespSerializer
 
-from proxy.pipelining import EvalshaPacker, pack
+from proxy.storage.pipelining import EvalshaPacker, pack
 
 
 def _encode(value: str | int | bytes) -> bytes:

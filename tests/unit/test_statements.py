@@ -3,7 +3,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime
 
-from proxy.statements import (
+from proxy.core.statements import (
     current_period,
     differences,
     fold,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.sse import SSEParser
-from proxy.usage import StreamUsage, response_usage
+from proxy.core.sse import SSEParser
+from proxy.core.usage import StreamUsage, response_usage
 
 
 def event(name: str, data: dict[str, object]) -> bytes:

@@ -1,0 +1,93 @@
+"""What an admission answered (admit.lua's reply), read strictly. Pure.
+
+The reply's fields are declared here, because the explanations of a decision
+(``proxy.core.decision``) read them; ``proxy.storage.scripts`` names them as admit's reply.
+Amounts are decimal strings of nano-USD; ``""`` is a value (no limit, no balance), a field
+that is absent is an error: reading one raises ``MissingReplyField``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# what every answer carries: the proxy's lean answer to an allowed request is these alone
+LEAN_FIELDS = (
+    "ok",
+    "d",  # "allow" | "deny"
+    "mode",  # "included" | "extra_usage" | "" (denied)
+    "reason",  # a refusal reason ("" when allowed)
+    "member",
+    "upstream",  # the org's upstream credential reference ("" = the default)
+    "policy",  # the reservation policy in force
+    "s_used",  # the 5-hour window: used, allowance, reset (epoch s)
+    "s_allow",
+    "s_reset",
+    "w_used",  # the 7-day window
+    "w_allow",
+    "w_reset",
+    "claim",  # the window that binds: "five_hour" | "seven_day"
+    "claim_reset",
+    "eu_available",  # "1" when extra usage would be available now
+    "eu_reason",  # why not (a disabled reason), else ""
+    "eu_reset",  # the end of the month (epoch s)
+    "spend",  # the member's month-to-date extra usage
+    "org_spend",
+    "member_limit",  # "" = none applies
+    "tier_limit",
+    "org_limit",
+)
+# the rest of the decision: answered to the check API, to status reads and with every denial
+FULL_FIELDS = (
+    *LEAN_FIELDS,
+    "rid",
+    "plan",
+    "key",  # the proxy key's id ("" for the check API)
+    "tier",
+    "role",
+    "amount",  # reserved, nano-USD
+    "now",  # the script's time (epoch s)
+    "period",  # "YYYY-MM"
+    "eu_on",
+    "eu_remaining",  # the least room under any limit ("" = unlimited)
+    "fits",  # "0" when strict refused a maximum that does not fit
+    "consent",  # the org's consent policy
+    "consented",
+    "balance",  # Team: the prepaid balance; Enterprise: ""
+    "reserved",  # the member's reserved extra usage
+    "requests_on",
+    "reload_pending",
+)
+OPTIONAL_FIELDS = ("replay",)  # "1" on a replayed request id
+
+
+class MissingReplyField(KeyError):
+    """A script's reply lacks a field the caller reads: a contract broken, never a default."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What admit.lua answered, with amounts as ints of nano-USD."""
+
+    raw: dict[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self.raw[name]
+        except KeyError:
+            raise MissingReplyField(f"admit's reply has no field {name!r}") from None
+
+    def nano(self, name: str) -> int:
+        v = self[name]
+        return int(v) if v else 0
+
+    def opt_nano(self, name: str) -> int | None:
+        v = self[name]
+        return int(v) if v else None
+
+    @property
+    def allowed(self) -> bool:
+        return self["d"] == "allow"
+
+    @property
+    def replayed(self) -> bool:
+        return self.raw.get("replay") == "1"

@@ -1,0 +1,136 @@
+"""Admin API, billing records: statements (JSON and CSV) and usage by member for a period.
+
+The month to date comes from Redis (the counters admission reads); history and statements
+come from the durable ledger in PostgreSQL. A closed month's statement is frozen the first
+time it is read, and never changes after.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy.core.errors import InvalidRequest
+from proxy.core.money import format_usd
+from proxy.core.statements import (
+    PERIOD,
+    current_period,
+    is_closed,
+    statement_csv,
+    statement_document,
+)
+from proxy.http.admin.orgs import actor_for, org_id, org_or_404
+from proxy.http.appkeys import CONFIG, LEDGER, STORE
+
+routes = web.RouteTableDef()
+
+
+def _period(value: str) -> str:
+    if not PERIOD.match(value):
+        raise InvalidRequest(f"period: must be YYYY-MM, from 2000-01 (got {value!r})")
+    return value
+
+
+async def statement(request: web.Request, org: str, period: str) -> dict[str, Any]:
+    store = request.app[STORE]
+    settings = await org_or_404(store, org)
+    db = await request.app[LEDGER].get()
+    closed = is_closed(period, time.time(), request.app[CONFIG].ledger.close_after_s)
+    if closed:
+        frozen = await db.frozen(org, period)
+        if frozen is not None:
+            return frozen
+    doc = statement_document(
+        org,
+        settings["plan"],
+        period,
+        await db.lines(org, period),
+        await db.credits(org, period),
+        await db.balance_before(org, period),
+        closed=closed,
+    )
+    return await db.freeze(org, period, doc) if closed else doc
+
+
+@routes.get(r"/admin/v1/orgs/{org}/statements/{period:\d{4}-\d{2}}")
+async def get_statement(request: web.Request) -> web.Response:
+    org = org_id(request)
+    await actor_for(request, org)
+    return web.json_response(await statement(request, org, _period(request.match_info["period"])))
+
+
+@routes.get(r"/admin/v1/orgs/{org}/statements/{period:\d{4}-\d{2}}.csv")
+async def get_statement_csv(request: web.Request) -> web.Response:
+    org = org_id(request)
+    await actor_for(request, org)
+    period = _period(request.match_info["period"])
+    doc = await statement(request, org, period)
+    return web.Response(
+        text=statement_csv(doc),
+        content_type="text/csv",
+        headers={"content-disposition": f'attachment; filename="statement-{org}-{period}.csv"'},
+    )
+
+
+def _usd(v: str | None) -> str | None:
+    return None if v in (None, "") else format_usd(int(v))
+
+
+@routes.get("/admin/v1/orgs/{org}/usage")
+async def usage(request: web.Request) -> web.Response:
+    """Spend by member for a period: month to date from Redis, earlier months from the ledger."""
+    org = org_id(request)
+    await actor_for(request, org)
+    store = request.app[STORE]
+    settings = await org_or_404(store, org)
+    now_period = current_period(time.time())
+    period = _period(request.query.get("period", now_period))
+    raw = await store.client.hgetall(store.keys(org).members)
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    members = sorted({f.rpartition("|")[0] for f in fields if f.endswith("|tier")})
+    history: dict[str, dict[str, int]] = {}
+    if period != now_period:
+        history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
+    rows = []
+    total_extra = total_included = 0
+    for m in members:
+        if period == now_period:
+            extra = int(fields.get(f"{m}|spend", 0)) if fields.get(f"{m}|spend_p") == period else 0
+            inc = int(fields.get(f"{m}|inc", 0)) if fields.get(f"{m}|inc_p") == period else 0
+        else:
+            extra = history.get(m, {}).get("extra_usage", 0)
+            inc = history.get(m, {}).get("included", 0)
+        total_extra += extra
+        total_included += inc
+        tier = fields[f"{m}|tier"]
+        rows.append(
+            {
+                "member_id": m,
+                "tier": tier,
+                "role": fields.get(f"{m}|role", "member"),
+                "enabled": fields.get(f"{m}|enabled", "1") != "0",
+                "extra_usage": format_usd(extra),
+                "included_usage": format_usd(inc),
+                "monthly_limit": _usd(fields.get(f"{m}|limit")),
+                "tier_limit": _usd(settings.get(f"tlimit:{tier}")),
+                "extra_usage_enabled": fields.get(f"{m}|eu") == "1",
+            }
+        )
+    return web.json_response(
+        {
+            "org_id": org,
+            "period": period,
+            "source": "redis" if period == now_period else "ledger",
+            "members": rows,
+            "totals": {
+                "extra_usage": format_usd(total_extra),
+                "included_usage": format_usd(total_included),
+                "monthly_limit": _usd(settings.get("limit")),
+            },
+        }
+    )

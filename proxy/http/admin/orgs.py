@@ -1,0 +1,358 @@
+"""Admin API, provisioning: organizations, members, proxy keys, admin tokens (SPEC §4.3).
+
+The operator token provisions everything; an owner (or the primary owner) manages the members
+and keys of their own organization; an admin reads; a member gets 403; no token reaches
+another organization. Every change goes through write.lua, which records it in the org's
+audit log in the same atomic step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.core.credentials import (
+    ADMIN_TOKEN_PREFIX,
+    PROXY_KEY_PREFIX,
+    hash_secret,
+    new_id,
+    new_secret,
+)
+from proxy.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from proxy.core.ids import MEMBER_ID, ORG_ID
+from proxy.core.validate import boolean, choice, env_name, only, string
+from proxy.http.appkeys import CONFIG, STORE
+from proxy.http.auth import Actor, admin_actor
+from proxy.http.body import json_object
+from proxy.storage.store import DELETE, Store, StoreRefusal
+
+PLANS = ("team", "enterprise")
+ROLES = ("primary_owner", "owner", "admin", "member")
+PRIMARY = "|primary"  # members-hash field naming the one primary owner
+MEMBER_FIELDS = ("tier", "role", "enabled")
+
+routes = web.RouteTableDef()
+
+
+async def actor_for(
+    request: web.Request,
+    org: str | None = None,
+    *,
+    change: bool = False,
+    operator_only: bool = False,
+) -> Actor:
+    actor = await admin_actor(request.app[STORE], request, request.app[CONFIG].operator_token)
+    if operator_only and not actor.operator:
+        raise PermissionDenied("only the operator may do this")
+    if org is not None:
+        allowed = actor.can_change(org) if change else actor.can_read(org)
+        if not allowed:
+            if actor.org != org and not actor.operator:
+                raise NotFound(f"organization {org!r} not found")
+            raise PermissionDenied(
+                f"role {actor.role!r} may not {'change' if change else 'read'} these settings"
+            )
+    return actor
+
+
+def org_id(request: web.Request) -> str:
+    org = request.match_info["org"]
+    if not ORG_ID.match(org):
+        raise NotFound(f"organization {org!r} not found")
+    return org
+
+
+def member_id(request: web.Request) -> str:
+    member = request.match_info["member"]
+    if not MEMBER_ID.match(member):
+        raise NotFound(f"member {member!r} not found")
+    return member
+
+
+async def org_or_404(store: Store, org: str) -> dict[str, str]:
+    settings = await store.org_settings(org)
+    if not settings.get("plan"):
+        raise NotFound(f"organization {org!r} not found")
+    return settings
+
+
+def org_view(org: str, s: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": org,
+        "name": s.get("name", ""),
+        "plan": s.get("plan"),
+        "enabled": s.get("enabled", "1") != "0",
+        "upstream_credential": s.get("upstream") or None,
+    }
+
+
+def refusal_error(exc: StoreRefusal) -> Exception:
+    if exc.code in ("not_found", "unknown_member"):
+        return NotFound(f"{exc.detail or 'resource'} not found")
+    if exc.code == "exists":
+        return Conflict(f"{exc.detail} already exists")
+    return Conflict(f"conflicting change ({exc.code}: {exc.detail})")
+
+
+@routes.get("/admin/v1/me")
+async def me(request: web.Request) -> web.Response:
+    """Who the admin token acts for: the admin page starts here."""
+    actor = await actor_for(request)
+    out: dict[str, Any] = {
+        "actor": actor.name,
+        "role": actor.role,
+        "org_id": actor.org,
+        "member_id": actor.member,
+    }
+    if actor.org:
+        s = await request.app[STORE].org_settings(actor.org)
+        out.update(org_name=s.get("name"), plan=s.get("plan"))
+    return web.json_response(out)
+
+
+@routes.get("/admin/v1/orgs/{org}/audit")
+async def audit(request: web.Request) -> web.Response:
+    """The audit log, newest first: who, what, before, after, when."""
+    org = org_id(request)
+    await actor_for(request, org)
+    try:
+        count = min(max(int(request.query.get("limit", "100")), 1), 1000)
+    except ValueError as exc:
+        raise InvalidRequest("limit: must be an integer from 1 to 1000") from exc
+    rows = await request.app[STORE].audit(org, count)
+    return web.json_response(
+        {
+            "org_id": org,
+            "entries": [
+                {
+                    "id": r["id"],
+                    "at": int(r["ts"]),
+                    "actor": r["actor"],
+                    "action": r["action"],
+                    "before": orjson.loads(r["before"]),
+                    "after": orjson.loads(r["after"]),
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
+@routes.post("/admin/v1/orgs")
+async def create_org(request: web.Request) -> web.Response:
+    actor = await actor_for(request, operator_only=True)
+    doc = await json_object(request)
+    only(doc, {"id", "name", "plan", "upstream_credential"})
+    org = string(doc, "id", max_len=63)
+    assert org is not None
+    if not ORG_ID.match(org):
+        raise InvalidRequest(
+            "id: must be 1-63 lowercase letters, digits or '-', starting with a letter or digit"
+        )
+    plan = choice(doc, "plan", PLANS)
+    name = string(doc, "name", required=False) or org
+    fields = {"plan": plan or "", "name": name, "enabled": "1"}
+    upstream = env_name(doc, "upstream_credential")
+    if upstream:
+        fields["upstream"] = upstream
+    if plan == "team":
+        fields.update({"eu_on": "0", "scope": "all", "consent": "automatic", "balance": "0"})
+    else:
+        fields.update({"eu_on": "0", "consent": "required", "requests_on": "1"})
+    store = request.app[STORE]
+    try:
+        await store.create_org(org, fields, actor.name)
+    except StoreRefusal as exc:
+        raise Conflict(f"organization {org!r} already exists") from exc
+    return web.json_response(org_view(org, fields), status=201)
+
+
+@routes.get("/admin/v1/orgs/{org}")
+async def get_org(request: web.Request) -> web.Response:
+    org = org_id(request)
+    await actor_for(request, org)
+    return web.json_response(org_view(org, await org_or_404(request.app[STORE], org)))
+
+
+@routes.patch("/admin/v1/orgs/{org}")
+async def patch_org(request: web.Request) -> web.Response:
+    org = org_id(request)
+    actor = await actor_for(request, org, operator_only=True)
+    doc = await json_object(request)
+    only(doc, {"name", "plan", "upstream_credential", "enabled"})
+    store = request.app[STORE]
+    await org_or_404(store, org)
+    fields: dict[str, str] = {}
+    if "name" in doc:
+        fields["name"] = string(doc, "name") or ""
+    if "plan" in doc:
+        fields["plan"] = choice(doc, "plan", PLANS) or ""
+    if "upstream_credential" in doc:
+        fields["upstream"] = env_name(doc, "upstream_credential") or DELETE
+    if "enabled" in doc:
+        fields["enabled"] = "1" if boolean(doc, "enabled") else "0"
+    await store.update(
+        org, "org", actor=actor.name, action="org.update", fields=fields, guards=["+plan"]
+    )
+    return web.json_response(org_view(org, await store.org_settings(org)))
+
+
+def member_view(org: str, member: str, f: dict[str, str]) -> dict[str, Any]:
+    return {
+        "org_id": org,
+        "member_id": member,
+        "role": f.get("role", "member"),
+        "tier": f.get("tier"),
+        "enabled": f.get("enabled", "1") != "0",
+    }
+
+
+@routes.put("/admin/v1/orgs/{org}/members/{member}")
+async def put_member(request: web.Request) -> web.Response:
+    org, member = org_id(request), member_id(request)
+    actor = await actor_for(request, org, change=True)
+    doc = await json_object(request)
+    only(doc, {"role", "tier", "enabled"})
+    role = choice(doc, "role", ROLES)
+    tier = string(doc, "tier")
+    enabled = boolean(doc, "enabled", required=False, default=True)
+    tiers = request.app[CONFIG].tiers
+    if tier not in tiers:
+        raise InvalidRequest(f"tier: unknown seat tier {tier!r} (configured: {', '.join(tiers)})")
+    store = request.app[STORE]
+    await org_or_404(store, org)
+    primary_id = await store.primary_owner(org)
+    fields = {
+        f"{member}|tier": tier or "",
+        f"{member}|role": role or "member",
+        f"{member}|enabled": "1" if enabled else "0",
+    }
+    # the guard makes the write fail if the primary owner changed since it was read
+    guards = [f"={PRIMARY}={primary_id}"] if primary_id else [f"-{PRIMARY}"]
+    if primary_id == member:
+        if role != "primary_owner":
+            raise Conflict(
+                "role: this member is the primary owner; make another member primary_owner first"
+            )
+        if not actor.operator and actor.member != member:
+            raise PermissionDenied(
+                "only the operator or the primary owner may change the primary owner"
+            )
+    elif role == "primary_owner":
+        if not (actor.operator or (primary_id and actor.member == primary_id)):
+            raise PermissionDenied(
+                "only the operator or the primary owner can name the primary owner"
+            )
+        fields[PRIMARY] = member
+        if primary_id:
+            fields[f"{primary_id}|role"] = "owner"  # the old primary owner stays an owner
+    try:
+        result = await store.update(
+            org, "members", actor=actor.name, action="member.put", fields=fields, guards=guards
+        )
+    except StoreRefusal as exc:
+        raise Conflict("the member changed meanwhile; retry") from exc
+    created = result["before"].get(f"{member}|tier") is None
+    return web.json_response(
+        member_view(
+            org,
+            member,
+            {"role": role or "member", "tier": tier or "", "enabled": fields[f"{member}|enabled"]},
+        ),
+        status=201 if created else 200,
+    )
+
+
+@routes.get("/admin/v1/orgs/{org}/members/{member}")
+async def get_member(request: web.Request) -> web.Response:
+    org, member = org_id(request), member_id(request)
+    await actor_for(request, org)
+    f = await request.app[STORE].member_fields(org, member, MEMBER_FIELDS)
+    if "tier" not in f:
+        raise NotFound(f"member {member!r} not found")
+    return web.json_response(member_view(org, member, f))
+
+
+@routes.delete("/admin/v1/orgs/{org}/members/{member}")
+async def delete_member(request: web.Request) -> web.Response:
+    """Disable the member and forget their role; their usage history stays in the ledger."""
+    org, member = org_id(request), member_id(request)
+    actor = await actor_for(request, org, change=True)
+    store = request.app[STORE]
+    if await store.primary_owner(org) == member:
+        raise Conflict("this member is the primary owner; make another member primary_owner first")
+    try:
+        await store.update(
+            org,
+            "members",
+            actor=actor.name,
+            action="member.delete",
+            fields={f"{member}|enabled": "0", f"{member}|role": "member", f"{member}|deleted": "1"},
+            guards=[f"+{member}|tier"],
+        )
+    except StoreRefusal as exc:
+        raise NotFound(f"member {member!r} not found") from exc
+    return web.json_response({"org_id": org, "member_id": member, "deleted": True})
+
+
+async def _issue(request: web.Request, kind: str, *, operator_only: bool) -> web.Response:
+    org, member = org_id(request), member_id(request)
+    actor = await actor_for(request, org, change=True, operator_only=operator_only)
+    store = request.app[STORE]
+    prefix = PROXY_KEY_PREFIX if kind == "k" else ADMIN_TOKEN_PREFIX
+    secret = new_secret(prefix, org)
+    cred_id = new_id("key" if kind == "k" else "tok")
+    try:
+        await store.credential(
+            org,
+            "add",
+            kind,
+            member=member,
+            cred_id=cred_id,
+            secret_hash=hash_secret(secret),
+            actor=actor.name,
+        )
+    except StoreRefusal as exc:
+        raise refusal_error(exc) from exc
+    if kind == "k":
+        return web.json_response(
+            {"key_id": cred_id, "key": secret, "member_id": member}, status=201
+        )
+    return web.json_response(
+        {"token_id": cred_id, "token": secret, "member_id": member}, status=201
+    )
+
+
+async def _revoke(request: web.Request, kind: str, *, operator_only: bool) -> web.Response:
+    org, member = org_id(request), member_id(request)
+    actor = await actor_for(request, org, change=True, operator_only=operator_only)
+    cred_id = request.match_info["cred_id"]
+    try:
+        await request.app[STORE].credential(
+            org, "revoke", kind, member=member, cred_id=cred_id, actor=actor.name
+        )
+    except StoreRefusal as exc:
+        raise NotFound(f"{'key' if kind == 'k' else 'token'} {cred_id!r} not found") from exc
+    return web.json_response({"id": cred_id, "revoked": True})
+
+
+@routes.post("/admin/v1/orgs/{org}/members/{member}/keys")
+async def issue_key(request: web.Request) -> web.Response:
+    return await _issue(request, "k", operator_only=False)
+
+
+@routes.delete("/admin/v1/orgs/{org}/members/{member}/keys/{cred_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    return await _revoke(request, "k", operator_only=False)
+
+
+@routes.post("/admin/v1/orgs/{org}/members/{member}/admin-tokens")
+async def issue_admin_token(request: web.Request) -> web.Response:
+    return await _issue(request, "t", operator_only=True)
+
+
+@routes.delete("/admin/v1/orgs/{org}/members/{member}/admin-tokens/{cred_id}")
+async def revoke_admin_token(request: web.Request) -> web.Response:
+    return await _revoke(request, "t", operator_only=True)

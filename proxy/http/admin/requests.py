@@ -1,0 +1,165 @@
+"""Extra usage requests (Enterprise): a member who hit their limit asks for more; owners list
+them, approve (which raises the member's monthly limit) or dismiss them. New requests are
+announced on the notification webhook. The feature can be switched off per organization."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.core.errors import Conflict, NotFound, PermissionDenied
+from proxy.core.money import format_usd
+from proxy.core.validate import amount, only, string
+from proxy.http.admin.orgs import actor_for, org_id, org_or_404
+from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
+from proxy.http.auth import member_of_key
+from proxy.http.body import json_object
+from proxy.storage.store import Store, StoreRefusal
+
+routes = web.RouteTableDef()
+
+
+def view(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "member_id": r["member"],
+        "state": r["state"],
+        "amount": format_usd(int(r["amount"])) if r.get("amount") else None,
+        "message": r.get("message"),
+        "created_at": r["created"],
+        "decided_by": r.get("decided_by"),
+        "decided_at": r.get("decided_at"),
+        "new_limit": format_usd(int(r["new_limit"])) if r.get("new_limit") else None,
+    }
+
+
+async def _all(store: Store, org: str) -> list[dict[str, Any]]:
+    raw = await store.hash_fields(org, "requests")
+    return sorted((orjson.loads(v) for v in raw.values()), key=lambda r: r["created"])
+
+
+@routes.post("/v1/usage/me/extra-usage-requests")
+async def ask(request: web.Request) -> web.Response:
+    """A member asks the admins for more extra usage (Enterprise)."""
+    store = request.app[STORE]
+    who = await member_of_key(store, request)
+    org, member = who["org"], who["member"]
+    doc = await json_object(request, allow_empty=True)
+    only(doc, {"amount", "message"})
+    settings = await org_or_404(store, org)
+    if settings["plan"] != "enterprise":
+        raise Conflict(
+            "extra usage requests are an Enterprise feature; on Team an owner "
+            "buys credit or raises the monthly limit"
+        )
+    if settings.get("requests_on", "1") == "0":
+        raise PermissionDenied(
+            "your organization does not take extra usage requests; ask an owner directly"
+        )
+    wanted = amount(doc["amount"], "amount", allow_zero=False) if "amount" in doc else None
+    note = string(doc, "message", required=False, max_len=1000)
+    for r in await _all(store, org):
+        if r["member"] == member and r["state"] == "pending":
+            return web.json_response(view(r), status=200)  # one pending request each
+    rid = f"eur_{secrets.token_hex(6)}"
+    record = {
+        "id": rid,
+        "member": member,
+        "state": "pending",
+        "amount": str(wanted) if wanted else "",
+        "message": note,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    await store.update(
+        org,
+        "requests",
+        actor=f"member:{member}",
+        action="extra_usage_request.create",
+        fields={rid: orjson.dumps(record).decode()},
+        guards=[f"-{rid}"],
+    )
+    url = request.app[CONFIG].notifications.webhook_url
+    if url:
+        request.app[PAYMENTS].webhooks.send(
+            url, {"type": "extra_usage.request_created", "org_id": org, **view(record)}
+        )
+    return web.json_response(view(record), status=201)
+
+
+@routes.get("/admin/v1/orgs/{org}/extra-usage/requests")
+async def list_requests(request: web.Request) -> web.Response:
+    org = org_id(request)
+    await actor_for(request, org)
+    state = request.query.get("state")
+    rows = [
+        view(r) for r in await _all(request.app[STORE], org) if state is None or r["state"] == state
+    ]
+    return web.json_response({"org_id": org, "requests": rows})
+
+
+async def _decide(request: web.Request, decision: str) -> web.Response:
+    org = org_id(request)
+    actor = await actor_for(request, org, change=True)
+    store = request.app[STORE]
+    rid = request.match_info["request_id"]
+    raw = (await store.hash_fields(org, "requests")).get(rid)
+    if raw is None:
+        raise NotFound(f"extra usage request {rid!r} not found")
+    record = orjson.loads(raw)
+    if record["state"] != "pending":
+        if record["state"] == decision:
+            return web.json_response(view(record))  # replayed decision
+        raise Conflict(f"this request was already {record['state']}")
+    doc = await json_object(request, allow_empty=True)
+    if decision == "approved":
+        only(doc, {"monthly_limit"})
+        member = record["member"]
+        current = (await store.member_fields(org, member, ("limit",))).get("limit")
+        if "monthly_limit" in doc and doc["monthly_limit"] is not None:
+            new_limit = amount(doc["monthly_limit"], "monthly_limit")
+        else:
+            # raise by what was asked (or by the current limit again when nothing was named)
+            base = int(current) if current else 0
+            new_limit = base + int(record["amount"] or current or 0)
+        await store.update(
+            org,
+            "members",
+            actor=actor.name,
+            action="extra_usage.member",
+            fields={f"{member}|limit": str(new_limit)},
+            guards=[f"+{member}|tier"],
+        )
+        record["new_limit"] = str(new_limit)
+    else:
+        only(doc, set())
+    record.update(
+        state=decision,
+        decided_by=actor.name,
+        decided_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    try:
+        await store.update(
+            org,
+            "requests",
+            actor=actor.name,
+            action=f"extra_usage_request.{decision}",
+            fields={rid: orjson.dumps(record).decode()},
+            guards=[f"={rid}={raw}"],
+        )
+    except StoreRefusal as exc:
+        raise Conflict("the request changed meanwhile; reload and retry") from exc
+    return web.json_response(view(record))
+
+
+@routes.post("/admin/v1/orgs/{org}/extra-usage/requests/{request_id}/approve")
+async def approve(request: web.Request) -> web.Response:
+    return await _decide(request, "approved")
+
+
+@routes.post("/admin/v1/orgs/{org}/extra-usage/requests/{request_id}/dismiss")
+async def dismiss(request: web.Request) -> web.Response:
+    return await _decide(request, "dismissed")

@@ -1,0 +1,23 @@
+"""Typed application keys: every shared resource is opened in cleanup_ctx and stored here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.obs.metrics import Metrics
+
+if TYPE_CHECKING:
+    from proxy.ledger.db import LazyLedger
+    from proxy.metering.payments import Payments
+    from proxy.storage.store import Store
+    from proxy.upstream.client import Upstream
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+STORE: web.AppKey[Store] = web.AppKey("store")
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")  # the Anthropic API
+PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
+LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")

@@ -1,0 +1,261 @@
+"""The check API (service token): first-party backends reserve, settle and release around
+each message they serve themselves, through the same scripts as the proxy — so chat and
+Claude Code draw from one seat allowance and one set of spend limits (SPEC §4.2).
+
+A reservation id is opaque to the caller: it carries the org, the request id and the model,
+so that settling needs no extra look-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.core.admission import Admission
+from proxy.core.decision import iso, status_document, utilization
+from proxy.core.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from proxy.core.ids import MEMBER_ID, ORG_ID
+from proxy.core.money import format_usd
+from proxy.core.pricing import UsageError, usage_from_mapping
+from proxy.core.request_fields import MAX_TOKENS_LIMIT
+from proxy.core.validate import boolean, only, string
+from proxy.http.appkeys import CONFIG, STORE
+from proxy.http.auth import bearer, is_token
+from proxy.http.body import json_object
+from proxy.http.member_routes import member_status
+from proxy.http.proxy_routes import METER
+from proxy.storage.store import StoreRefusal
+
+routes = web.RouteTableDef()
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def service(request: web.Request) -> None:
+    if not is_token(bearer(request), request.app[CONFIG].service_token):
+        raise AuthenticationFailed("the check API needs the service token (Authorization: Bearer)")
+
+
+def reservation_id(org: str, request_id: str, model: str) -> str:
+    raw = orjson.dumps([org, request_id, model])
+    return "rsv_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_reservation(doc: dict[str, Any]) -> tuple[str, str, str]:
+    rid = string(doc, "reservation_id", max_len=1024) or ""
+    try:
+        if not rid.startswith("rsv_"):
+            raise ValueError
+        raw = base64.urlsafe_b64decode(rid[4:] + "=" * (-len(rid[4:]) % 4))
+        org, request_id, model = orjson.loads(raw)
+        if not (
+            isinstance(org, str)
+            and ORG_ID.match(org)
+            and isinstance(request_id, str)
+            and isinstance(model, str)
+        ):
+            raise ValueError
+    except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
+        raise NotFound("reservation_id: not a reservation this service issued") from exc
+    return org, f"chk:{request_id}", model
+
+
+def _int(doc: dict[str, Any], name: str, *, low: int, high: int) -> int:
+    value = doc.get(name)
+    if value is None:
+        raise InvalidRequest(f"{name}: field required")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 12.0 is the integer 12
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name}: must be an integer")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name}: must be between {low} and {high} (got {value})")
+    return value
+
+
+def decision_document(a: Admission, rsv: str | None, fit_message: str | None) -> dict[str, Any]:
+    now = a.nano("now")
+    allowed = a.allowed
+    reason = a["reason"] or None
+    if a["reason"] in ("member_spend_limit", "seat_tier_spend_limit", "org_spend_limit"):
+        resets = a.nano("eu_reset")
+    elif a["reason"] == "out_of_credits":
+        resets = None
+    else:
+        resets = a.nano("claim_reset")
+    return {
+        "decision": "allow" if allowed else "deny",
+        "mode": a["mode"] or None,
+        "reservation_id": rsv if allowed else None,
+        "reserved": format_usd(a.nano("amount")) if allowed else None,
+        "reason": reason,
+        "message": fit_message,
+        "retry_after": None if allowed or resets is None else max(1, resets - now),
+        "resets_at": None if allowed or resets is None else iso(resets),
+        "utilization": {
+            "five_hour": round(utilization(a.nano("s_used"), a.nano("s_allow")), 4),
+            "seven_day": round(utilization(a.nano("w_used"), a.nano("w_allow")), 4),
+            "five_hour_resets_at": iso(a.nano("s_reset")),
+            "seven_day_resets_at": iso(a.nano("w_reset")),
+        },
+        "extra_usage": {
+            "available": a["eu_available"] == "1",
+            "disabled_reason": a["eu_reason"] or None,
+            "remaining": None
+            if not a["eu_remaining"]
+            else format_usd(max(0, a.nano("eu_remaining"))),
+        },
+    }
+
+
+@routes.post("/v1/usage/check")
+async def check(request: web.Request) -> web.Response:
+    service(request)
+    doc = await json_object(request)
+    only(
+        doc,
+        {
+            "org_id",
+            "member_id",
+            "model",
+            "input_tokens",
+            "max_tokens",
+            "request_id",
+            "accept_extra_usage",
+            "reserve",
+        },
+    )
+    org = string(doc, "org_id", max_len=63) or ""
+    member = string(doc, "member_id", max_len=128) or ""
+    model = string(doc, "model", max_len=256) or ""
+    request_id = string(doc, "request_id", max_len=128) or ""
+    if not ORG_ID.match(org):
+        raise NotFound(f"organization {org!r} not found")
+    if not MEMBER_ID.match(member):
+        raise NotFound(f"member {member!r} not found")
+    if not REQUEST_ID.match(request_id):
+        raise InvalidRequest("request_id: 1-128 letters, digits, '.', '_', ':' or '-'")
+    input_tokens = _int(doc, "input_tokens", low=0, high=100_000_000)
+    max_tokens = _int(doc, "max_tokens", low=1, high=MAX_TOKENS_LIMIT)
+    accept = bool(boolean(doc, "accept_extra_usage", required=False, default=False))
+    reserve = bool(boolean(doc, "reserve", required=False, default=True))
+    meter = request.app[METER]
+    prices = meter.prices
+    # the backend counted the prompt: it bounds the prompt exactly; the estimate is the same
+    max_cost = prices.max_cost(model, input_tokens, max_tokens)
+    est_cost = prices.estimate(model, input_tokens, max_tokens)
+    try:
+        a = await request.app[STORE].admit(
+            org,
+            f"chk:{request_id}",
+            who="m",
+            credential=member,
+            max_cost=max_cost,
+            est_cost=est_cost,
+            accept_extra=accept,
+            reserve=reserve,
+        )
+    except StoreRefusal as exc:
+        if exc.code == "unknown_org":
+            raise NotFound(f"organization {org!r} not found") from exc
+        if exc.code == "unknown_member":
+            raise NotFound(f"member {member!r} not found") from exc
+        if exc.code == "member_disabled":
+            return web.json_response(
+                {
+                    "decision": "deny",
+                    "reason": "member_disabled",
+                    "mode": None,
+                    "reservation_id": None,
+                }
+            )
+        if exc.code == "duplicate_id":
+            raise Conflict(
+                "request_id: already used by a reservation that was settled or "
+                "released; use a new request id"
+            ) from exc
+        raise Conflict(f"check refused: {exc.code}") from exc
+    meter.record_decision(a)
+    message = None
+    if not a.allowed:
+        message = meter.refuse(a, model, input_tokens, max_cost).args[0]
+    rsv = reservation_id(org, request_id, model) if reserve else None
+    return web.json_response(decision_document(a, rsv, message))
+
+
+@routes.post("/v1/usage/settle")
+async def settle(request: web.Request) -> web.Response:
+    service(request)
+    doc = await json_object(request)
+    only(doc, {"reservation_id", "usage"})
+    org, op_id, model = parse_reservation(doc)
+    raw = doc.get("usage")
+    if not isinstance(raw, dict):
+        raise InvalidRequest("usage: field required (an object of token counts)")
+    try:
+        usage = usage_from_mapping(raw)
+    except UsageError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    try:
+        result = await request.app[METER].charge(org, op_id, model, usage, source="check")
+    except StoreRefusal as exc:
+        if exc.code == "released":
+            raise Conflict("reservation_id: this reservation was released") from exc
+        raise NotFound("reservation_id: no such reservation (or it expired long ago)") from exc
+    cost = int(result["cost"])
+    extra = result["mode"] == "extra_usage"
+    return web.json_response(
+        {
+            "reservation_id": doc["reservation_id"],
+            "mode": result["mode"],
+            "cost": format_usd(cost),
+            "charged": {
+                "included_usage": format_usd(0 if extra else cost),
+                "extra_usage": format_usd(cost if extra else 0),
+                "balance": format_usd(int(result["balance"])) if result.get("balance") else None,
+            },
+            "overshoot": format_usd(int(result["overshoot"])),
+            "replay": result.get("replay") == "1",
+        }
+    )
+
+
+@routes.post("/v1/usage/release")
+async def release(request: web.Request) -> web.Response:
+    service(request)
+    doc = await json_object(request)
+    only(doc, {"reservation_id"})
+    org, op_id, _ = parse_reservation(doc)
+    try:
+        result = await request.app[STORE].release(org, op_id)
+    except StoreRefusal as exc:
+        if exc.code == "settled":
+            raise Conflict("reservation_id: this reservation was already settled") from exc
+        raise NotFound("reservation_id: no such reservation") from exc
+    return web.json_response(
+        {
+            "reservation_id": doc["reservation_id"],
+            "released": True,
+            "amount": format_usd(int(result["released"])),
+            "replay": result.get("replay") == "1",
+        }
+    )
+
+
+@routes.get("/v1/usage/orgs/{org}/members/{member}")
+async def member(request: web.Request) -> web.Response:
+    service(request)
+    org, member_id = request.match_info["org"], request.match_info["member"]
+    if not ORG_ID.match(org) or not MEMBER_ID.match(member_id):
+        raise NotFound("no such member")
+    try:
+        a = await member_status(request.app[STORE], org, who="m", credential=member_id)
+    except Exception as exc:
+        if isinstance(exc, AuthenticationFailed):
+            raise NotFound(f"member {member_id!r} of {org!r} not found") from exc
+        raise
+    return web.json_response({"org_id": org, **status_document(a)})

@@ -1,0 +1,60 @@
+"""The member's own routes, with their proxy key: usage status and extra-usage consent."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.core.admission import Admission
+from proxy.core.decision import status_document
+from proxy.core.validate import boolean, only
+from proxy.http.appkeys import STORE
+from proxy.http.auth import member_of_key, proxy_key, raise_for_identity
+from proxy.http.body import json_object
+from proxy.http.proxy_routes import new_request_id
+from proxy.storage.store import Store, StoreRefusal
+
+routes = web.RouteTableDef()
+
+
+async def member_status(store: Store, org: str, *, who: str, credential: str) -> Admission:
+    """The member's windows, mode and limits: admit.lua asked not to reserve."""
+    try:
+        return await store.admit(
+            org,
+            new_request_id(),
+            who=who,
+            credential=credential,
+            max_cost=0,
+            est_cost=0,
+            reserve=False,
+        )
+    except StoreRefusal as exc:
+        raise_for_identity(exc)
+        raise
+
+
+@routes.get("/v1/usage/me")
+async def usage_me(request: web.Request) -> web.Response:
+    key = proxy_key(request)
+    a = await member_status(request.app[STORE], key.org, who="k", credential=key.secret_hash)
+    return web.json_response({"org_id": key.org, **status_document(a)})
+
+
+@routes.post("/v1/usage/me/extra-usage")
+async def consent(request: web.Request) -> web.Response:
+    """The member accepts (or, with {"accept": false}, withdraws) continuing on extra usage."""
+    store = request.app[STORE]
+    who = await member_of_key(store, request)
+    doc = await json_object(request, allow_empty=True)
+    only(doc, {"accept"})
+    accept = boolean(doc, "accept", required=False, default=True)
+    org, member = who["org"], who["member"]
+    await store.update(
+        org,
+        "members",
+        actor=f"member:{member}",
+        action="extra_usage.consent" if accept else "extra_usage.withdraw",
+        fields={f"{member}|consent": "1" if accept else "0"},
+        guards=[f"+{member}|tier"],
+    )
+    return web.json_response({"member_id": member, "accepted": bool(accept)})

@@ -1,0 +1,2 @@
+"""Observability: Prometheus metrics and JSON logs. Importable from any layer; imports only
+``proxy.core``."""

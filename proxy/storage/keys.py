@@ -1,0 +1,44 @@
+"""Redis key names. Pure.
+
+Every key of one organization carries the org id as its hash tag (``eup:{acme}:org``), so that
+each script's keys live in one Redis Cluster slot. Members, credentials and operation records
+are fields of a few per-org hashes, never keys of their own: a script reaches a member whose id
+it only learns inside the script (from a proxy key) without inventing a key name in Lua.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OrgKeys:
+    org: str  # hash: plan, settings, balance, org spend, reserved total, clock
+    members: str  # hash: "<member>|<field>"
+    creds: str  # hash: proxy keys and admin tokens by hash
+    ops: str  # hash: operation id -> JSON record (reservations, results, reloads)
+    due: str  # zset: operation id by expiry
+    ledger: str  # stream: one entry per charge, purchase, reload
+    audit: str  # stream: who changed what, before, after, when
+    requests: str  # hash: extra-usage request id -> JSON (Enterprise)
+
+
+@functools.lru_cache(maxsize=65536)
+def org_keys(prefix: str, org: str) -> OrgKeys:
+    tag = f"{prefix}:{{{org}}}"
+    return OrgKeys(
+        org=f"{tag}:org",
+        members=f"{tag}:members",
+        creds=f"{tag}:creds",
+        ops=f"{tag}:ops",
+        due=f"{tag}:due",
+        ledger=f"{tag}:ledger",
+        audit=f"{tag}:audit",
+        requests=f"{tag}:requests",
+    )
+
+
+def orgs_index(prefix: str) -> str:
+    """The set of all org ids: an index for operators and the ledger sink, outside scripts."""
+    return f"{prefix}:orgs"

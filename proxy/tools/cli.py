@@ -1,0 +1,320 @@
+"""Command line: ``extra-usage-proxy serve | check-config | ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy.config import Config, ConfigError, load_config
+from proxy.http.app import build_app
+from proxy.obs.logs import setup_logging
+
+log = logging.getLogger("proxy")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config, *, reuse_port: bool) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=2048
+    )
+    await site.start()
+    log.info(
+        "serving",
+        extra={
+            "fields": {
+                "host": config.server.host,
+                "port": config.server.port,
+                "upstream": config.upstream.url,
+            }
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: letting open streams finish",
+        extra={"fields": {"grace_s": config.server.shutdown_grace_s}},
+    )
+    # stops listening, waits up to shutdown_timeout for open requests (streams included),
+    # cancels the rest (their handlers still settle), then closes Redis and the upstream
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _serve_worker(path: str | None, host: str | None, port: int | None) -> None:
+    setup_logging()
+    _install_uvloop()
+    config = _with_listen(load_config(path), host, port)
+    asyncio.run(_serve(config, reuse_port=True))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = _with_listen(config, args.host, args.port)
+    if args.workers <= 1:
+        setup_logging()
+        _install_uvloop()
+        asyncio.run(_serve(config, reuse_port=False))
+        return 0
+    return _run_workers(args)
+
+
+def _with_listen(config: Config, host: str | None, port: int | None) -> Config:
+    from dataclasses import replace
+
+    server = config.server
+    if host is not None:
+        server = replace(server, host=host)
+    if port is not None:
+        server = replace(server, port=port)
+    return replace(config, server=server)
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """N processes on one port (SO_REUSEPORT), each with its own Redis pool, upstream session
+    and scripts; metrics are shared through prometheus-client's multiprocess files."""
+    import multiprocessing as mp
+    import os
+    import shutil
+    import tempfile
+
+    from prometheus_client import multiprocess
+
+    metrics_dir = tempfile.mkdtemp(prefix="eup-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_serve_worker, args=(args.config, args.host, args.port), daemon=False)
+        for _ in range(args.workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None:
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        for p in procs:
+            p.join()
+            if p.pid is not None:
+                multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max((p.exitcode or 0) for p in procs)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.file}: ok ({len(config.tiers)} tiers, "
+        f"{len(config.prices.families)} price families, "
+        f"reservation policy {config.policy.reservation}, fail mode {config.policy.fail_mode})"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.tools.demo import run
+
+    _install_uvloop()
+    try:
+        return asyncio.run(run(port=args.port, once=args.once, prefer=args.redis))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _config_or_exit(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from proxy.ledger.db import LedgerDB
+
+    config = _config_or_exit(args.config)
+
+    async def go() -> list[str]:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        try:
+            return await db.migrate()
+        finally:
+            await db.close()
+
+    applied = asyncio.run(go())
+    print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
+    return 0
+
+
+def cmd_ledger_sink(args: argparse.Namespace) -> int:
+    from proxy.ledger.db import LedgerDB
+    from proxy.ledger.sink import LedgerSink
+    from proxy.storage.store import make_client
+
+    config = _config_or_exit(args.config)
+    setup_logging()
+
+    async def go() -> int:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        client = make_client(config.redis)
+        try:
+            sink = LedgerSink(
+                client,
+                db,
+                prefix=config.redis.key_prefix,
+                consumer=args.consumer,
+                claim_idle_ms=0 if args.once else 60_000,
+            )
+            result = await sink.run(once=args.once, interval_s=args.interval)
+            for org, d in result.items():
+                print(f"{org}: written {d.written}, lag {d.lag}, pending {d.pending}")
+            return 0
+        finally:
+            await client.aclose()
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from proxy.core.statements import current_period, report
+    from proxy.ledger.db import LedgerDB
+    from proxy.ledger.reconcile import reconcile, repair
+    from proxy.storage.store import Store, make_client
+
+    config = _config_or_exit(args.config)
+    period = args.period or current_period(__import__("time").time())
+
+    async def go() -> int:
+        db = await LedgerDB.connect(config.ledger.database_url)
+        client = make_client(config.redis)
+        store = Store(
+            client, prefix=config.redis.key_prefix, tiers=config.tiers, policy=config.policy
+        )
+        try:
+            if args.repair:
+                diffs = await repair(store, db, args.org, period)
+                sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
+                diffs = await reconcile(store, db, args.org, period)
+            else:
+                diffs = await reconcile(store, db, args.org, period)
+                sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
+            return 0 if not diffs else 1
+        finally:
+            await client.aclose()
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    """The built-in mock of the Messages API, alone (benchmarks, browser tests, trying out)."""
+    from aiohttp import web as aioweb
+
+    from proxy.tools.mock_upstream import MockUpstream, build_mock_app
+
+    _install_uvloop()
+    aioweb.run_app(
+        build_mock_app(MockUpstream(record=False)),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extra-usage-proxy",
+        description="Extra usage enforcement proxy for Claude Team and Enterprise organizations.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    s.add_argument("--port", type=int, default=None, help="override server.port")
+    s.add_argument("--host", default=None, help="override server.host (0.0.0.0 in a container)")
+    s.set_defaults(func=cmd_serve)
+    d = sub.add_parser("demo", help="the whole product on this machine, no Redis or key needed")
+    d.add_argument("--once", action="store_true", help="exit after the scenario")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument(
+        "--redis",
+        choices=("auto", "redis-server", "in-process"),
+        default="auto",
+        help="embedded Redis: a local redis-server when installed, else in-process",
+    )
+    d.set_defaults(func=cmd_demo)
+    m = sub.add_parser("migrate", help="apply the PostgreSQL schema of the durable ledger")
+    m.add_argument("--config")
+    m.set_defaults(func=cmd_migrate)
+    k = sub.add_parser("ledger-sink", help="move the ledger streams into PostgreSQL")
+    k.add_argument("--config")
+    k.add_argument("--once", action="store_true", help="drain what is there and exit")
+    k.add_argument("--consumer", default="sink-1", help="consumer name in the group")
+    k.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+    k.set_defaults(func=cmd_ledger_sink)
+    r = sub.add_parser("reconcile", help="Redis counters against the durable ledger")
+    r.add_argument("org")
+    r.add_argument("--config")
+    r.add_argument("--period", help="YYYY-MM (default: the current month)")
+    r.add_argument(
+        "--repair", action="store_true", help="rewrite the derived counters from the ledger"
+    )
+    r.set_defaults(func=cmd_reconcile)
+    u = sub.add_parser("mock-upstream", help="run the built-in mock of the Messages API")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8089)
+    u.set_defaults(func=cmd_mock_upstream)
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""The client to the Anthropic API (``client``) and early uploads of large bodies
+(``upload``). Knows nothing of Redis or money."""
