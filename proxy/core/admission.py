@@ -9,6 +9,27 @@ that is absent is an error: reading one raises ``MissingReplyField``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+# -- the decision's vocabulary (re-exported by the data model, proxy.storage.model) -----
+ALLOW: Final = "allow"
+DENY: Final = "deny"
+INCLUDED: Final = "included"
+EXTRA_USAGE: Final = "extra_usage"
+MODES: Final = (INCLUDED, EXTRA_USAGE)
+CLAIMS: Final = ("five_hour", "seven_day")
+# why extra usage is not available (the unified headers' overage-disabled-reason, and the
+# reason of a denial): the conditions first, then the limits in the order admission tests them
+DISABLED_REASONS: Final = (
+    "org_level_disabled",
+    "member_level_disabled",
+    "consent_required",
+    "member_spend_limit",
+    "seat_tier_spend_limit",
+    "org_spend_limit",
+    "out_of_credits",
+)
+
 
 # what every answer carries: the proxy's lean answer to an allowed request is these alone
 LEAN_FIELDS = (

@@ -13,41 +13,30 @@ from typing import Any
 
 from proxy.core.statements import differences, fold, merge
 from proxy.ledger.db import LedgerDB
+from proxy.storage.model import Member, Org, in_period
 from proxy.storage.store import Store
 
 
 async def redis_counters(store: Store, org: str, period: str) -> dict[str, int]:
     s = await store.org_settings(org)
-    out: dict[str, int] = {}
-    if s.get("plan") == "team" or s.get("balance"):
-        out["org:balance"] = int(s.get("balance") or 0)
-    else:
-        out["org:balance"] = 0
-    if s.get("spend_p") == period:
-        out["org:spend"] = int(s.get("spend") or 0)
-    for f, v in s.items():
-        if f.startswith("tspend:") and s.get(f"tspend_p:{f[7:]}") == period:
-            out[f"tier:{f[7:]}:spend"] = int(v)
-    raw = await store.client.hgetall(store.keys(org).members)
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    for f, v in fields.items():
-        member, _, name = f.rpartition("|")
-        if not member:
-            continue
-        if name == "spend" and fields.get(f"{member}|spend_p") == period:
-            out[f"member:{member}:spend"] = int(v)
-        if name == "inc" and fields.get(f"{member}|inc_p") == period:
-            out[f"member:{member}:included"] = int(v)
+    out: dict[str, int] = {"org:balance": int(s.get(Org.BALANCE) or 0)}
+    out["org:spend"] = in_period(s, Org.SPEND_PERIOD, Org.SPEND, period)
+    for f in s:
+        if f.startswith(Org.TIER_SPEND):
+            tier = f[len(Org.TIER_SPEND) :]
+            out[f"tier:{tier}:spend"] = in_period(s, *Org.tier_spend(tier), period)
+    for member, fields in (await store.members(org)).items():
+        out[f"member:{member}:spend"] = in_period(fields, Member.SPEND_PERIOD, Member.SPEND, period)
+        out[f"member:{member}:included"] = in_period(
+            fields, Member.INCLUDED_PERIOD, Member.INCLUDED, period
+        )
     return {k: v for k, v in out.items() if v}
 
 
 async def ledger_totals(store: Store, db: LedgerDB, org: str, period: str) -> dict[str, int]:
     durable = await db.totals(org, period)
     sunk = await db.op_ids(org)
-    pending = [e for e in await store.ledger(org) if e["op"] not in sunk]
+    pending = [e for e in await store.ledger(org, count=None) if e["op"] not in sunk]
     return {k: v for k, v in merge(durable, fold(pending, period)).items() if v}
 
 
@@ -66,17 +55,22 @@ async def repair(store: Store, db: LedgerDB, org: str, period: str) -> list[dict
         kind, _, rest = d["counter"].partition(":")
         value = str(d["ledger"])
         if d["counter"] == "org:balance":
-            org_fields["balance"] = value
+            org_fields[Org.BALANCE] = value
         elif d["counter"] == "org:spend":
-            org_fields.update({"spend_p": period, "spend": value})
+            org_fields.update({Org.SPEND_PERIOD: period, Org.SPEND: value})
         elif kind == "tier":
-            tier = rest.rsplit(":", 1)[0]
-            org_fields.update({f"tspend_p:{tier}": period, f"tspend:{tier}": value})
+            pfield, vfield = Org.tier_spend(rest.rsplit(":", 1)[0])
+            org_fields.update({pfield: period, vfield: value})
         elif kind == "member":
             member, _, name = rest.rpartition(":")
-            pfield = "spend_p" if name == "spend" else "inc_p"
-            vfield = "spend" if name == "spend" else "inc"
-            member_fields.update({f"{member}|{pfield}": period, f"{member}|{vfield}": value})
+            pfield, vfield = (
+                (Member.SPEND_PERIOD, Member.SPEND)
+                if name == "spend"
+                else (Member.INCLUDED_PERIOD, Member.INCLUDED)
+            )
+            member_fields.update(
+                {Member.field(member, pfield): period, Member.field(member, vfield): value}
+            )
     if org_fields:
         await store.update(
             org, "org", actor="reconcile", action="reconcile.repair", fields=org_fields

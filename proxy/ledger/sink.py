@@ -14,30 +14,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from redis.exceptions import ResponseError
 
 from proxy.ledger.db import LedgerDB
-from proxy.storage.keys import org_keys, orgs_index
-from proxy.storage.store import RedisClient
+from proxy.storage.store import Store
+from proxy.storage.streams import GROUP, LedgerStream
 
 log = logging.getLogger(__name__)
 
-GROUP = "ledger-sink"
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _entries(raw: list[Any]) -> list[dict[str, str]]:
-    out = []
-    for entry_id, fields in raw:
-        if fields is None:  # deleted meanwhile
-            continue
-        out.append({"id": _s(entry_id), **{_s(k): _s(v) for k, v in fields.items()}})
-    return out
+__all__ = ["GROUP", "Drained", "LedgerSink"]
 
 
 @dataclass
@@ -50,73 +34,50 @@ class Drained:
 class LedgerSink:
     def __init__(
         self,
-        client: RedisClient,
+        store: Store,
         db: LedgerDB,
         *,
-        prefix: str,
         consumer: str = "sink-1",
         batch: int = 500,
         claim_idle_ms: int = 60_000,
     ) -> None:
-        self.client = client
+        self.store = store
         self.db = db
-        self.prefix = prefix
         self.consumer = consumer
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
-        self._grouped: set[str] = set()
+        self.stream = LedgerStream(store, consumer)
 
     async def orgs(self) -> list[str]:
-        return sorted(_s(o) for o in await self.client.smembers(orgs_index(self.prefix)))
-
-    async def _group(self, stream: str) -> None:
-        if stream in self._grouped:
-            return
-        try:
-            await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._grouped.add(stream)
+        return await self.store.org_ids()
 
     async def _write(self, org: str, stream: str, entries: list[dict[str, str]]) -> int:
+        """One batch into PostgreSQL, then acknowledged and trimmed from ``stream``."""
         if not entries:
             return 0
         await self.db.insert(org, entries, now=time.time())
-        ids = [e["id"] for e in entries]
         # only after the commit: acknowledge, then trim what is now durable
-        await self.client.xack(stream, GROUP, *ids)
-        await self.client.xdel(stream, *ids)
+        await self.stream.done(stream, [e["id"] for e in entries])
         return len(entries)
 
     async def drain_org(self, org: str) -> Drained:
-        stream = org_keys(self.prefix, org).ledger
-        await self._group(stream)
+        stream = await self.stream.ensure_group(org)
         done = Drained()
         # entries a dead consumer left pending
         start = "0-0"
         while True:
-            reply = await self.client.xautoclaim(
-                stream, GROUP, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch
+            start, entries = await self.stream.claim_abandoned(
+                org, self.claim_idle_ms, start, self.batch
             )
-            start = _s(reply[0])
-            done.written += await self._write(org, stream, _entries(reply[1]))
+            done.written += await self._write(org, stream, entries)
             if start == "0-0":
                 break
         # then our own pending ("0"), then new entries (">")
         for cursor in ("0", ">"):
-            while True:
-                read: Any = await self.client.xreadgroup(
-                    GROUP, self.consumer, {stream: cursor}, count=self.batch
-                )
-                entries = _entries(read[0][1]) if read else []
-                if not entries:
-                    break
+            while entries := await self.stream.read(org, cursor, self.batch):
                 done.written += await self._write(org, stream, entries)
-        for info in await self.client.xinfo_groups(stream):
-            if _s(info["name"]) == GROUP:
-                done.lag = int(info.get("lag") or 0)
-                done.pending = int(info.get("pending") or 0)
+        state = await self.stream.state(org)
+        done.lag, done.pending = state.lag, state.pending
         return done
 
     async def drain(self) -> dict[str, Drained]:

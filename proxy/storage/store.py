@@ -1,10 +1,11 @@
-"""The only module that talks to Redis.
+"""The only client of Redis: nothing outside ``proxy.storage`` talks to it.
 
 Scripts live in ``lua/`` (one file per atomic operation, shipped in the package as
-``proxy.lua``), get the shared prelude ``lib.lua`` prepended, are registered once, and are
-called with EVALSHA: on a single Redis through the process's multiplexed connection
-(``proxy.storage.pipelining``), on a cluster or over TLS through redis-py's ``Script``; both load a
-script again on NOSCRIPT. Redis errors become
+``proxy.lua``), get the shared prelude ``lib.lua`` and the data model's defaults prepended
+(``proxy.storage.scripts.script_source``), are registered once, and are called as their spec
+(``proxy.storage.scripts``) builds the call, with EVALSHA: on a single Redis through the
+process's multiplexed connection (``proxy.storage.pipelining``), on a cluster or over TLS
+through redis-py's ``Script``; both load a script again on NOSCRIPT. Redis errors become
 ``StoreUnavailable`` here and nowhere else; a script's own "no" becomes ``StoreRefusal``.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -30,22 +30,26 @@ from proxy.core.admission import Admission
 from proxy.core.errors import StoreUnavailable
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, org_keys, orgs_index
+from proxy.storage.model import DELETE, Member, flag
 from proxy.storage.pipelining import Pipeliner
+from proxy.storage.scripts import (
+    ADMIT,
+    CREDENTIAL,
+    PURCHASE,
+    RELEASE,
+    SETTLE,
+    SPECS,
+    WHOIS,
+    WRITE,
+    WRITE_TARGETS,
+    Reply,
+    ScriptSpec,
+    script_source,
+)
 
 RedisClient = aioredis.Redis | RedisCluster
 
-SCRIPT_NAMES = ("admit", "settle", "release", "purchase", "write", "credential", "whois")
-# the keys each script takes, by OrgKeys attribute (a unit test checks they share one slot)
-SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
-    "admit": ("org", "members", "creds", "ops", "due"),
-    "settle": ("org", "members", "ops", "due", "ledger"),
-    "release": ("org", "members", "ops", "due"),
-    "purchase": ("org", "ops", "due", "ledger", "audit"),
-    "credential": ("creds", "members", "audit"),
-    "whois": ("org", "members", "creds"),
-}
-
-DELETE = "\0"  # the value that deletes a field in write.lua
+__all__ = ["DELETE", "NOT_SENT", "Store", "StoreRefusal", "make_client", "script_source"]
 
 
 class StoreRefusal(Exception):
@@ -55,15 +59,6 @@ class StoreRefusal(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
-
-
-def script_source(name: str) -> str:
-    pkg = resources.files("proxy.lua")
-    return (
-        pkg.joinpath("lib.lua").read_text("utf-8")
-        + "\n"
-        + pkg.joinpath(f"{name}.lua").read_text("utf-8")
-    )
 
 
 def tiers_spec(tiers: Mapping[str, TierConfig]) -> str:
@@ -107,6 +102,9 @@ def make_client(cfg: RedisConfig) -> RedisClient:
 
 
 class Store:
+    """Every Redis call of the product: the scripts by their spec, and the few plain reads
+    (settings, a member's fields, the streams) that need no atomicity."""
+
     def __init__(
         self,
         client: RedisClient,
@@ -116,16 +114,18 @@ class Store:
         policy: PolicyConfig,
         metrics: Metrics | None = None,
         pipelining: bool = False,
+        owns_client: bool = False,
     ) -> None:
         self.client = client
         self.metrics = metrics
         self.prefix = prefix
         self.policy = policy
         self.tiers_spec = tiers_spec(tiers)
+        self.owns_client = owns_client
         # test-only: a pinned epoch second passed to every script instead of Redis TIME
         self.pinned_now = 0
         self.scripts: dict[str, AsyncScript] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+            name: client.register_script(script_source(name)) for name in SPECS
         }
         # one write for the script calls of one event-loop turn (not on a cluster: there each
         # key goes to its own node)
@@ -138,46 +138,53 @@ class Store:
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
 
+    async def close(self) -> None:
+        """Close the multiplexed connection, and the client when this store opened it."""
+        try:
+            if self.pipeliner is not None:
+                await self.pipeliner.close()
+        finally:
+            if self.owns_client:
+                await self.client.aclose()
+
     def _call(
         self,
-        name: str,
+        spec: ScriptSpec,
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
     ) -> Awaitable[Any]:
         """Queue one script call (auto-pipelined) or start it (redis-py); await the reply.
-        The script's arguments are ``args`` then ``tail``: the last ones, when their values
-        come from a small set (flags, settings), so that the pipeliner packs them once."""
+        The script's arguments are ``args`` then ``tail`` (the spec's two parts: the tail's
+        values come from a small set, so that the pipeliner packs them once)."""
+        script = self.scripts[spec.name]
         if self.pipeliner is not None:
-            return self.pipeliner.call(self.scripts[name], keys, args, tail)
-        return self.scripts[name](keys=list(keys), args=[*args, *tail])
+            return self.pipeliner.call(script, keys, args, tail)
+        return script(keys=list(keys), args=[*args, *tail])
 
-    async def _reply(self, name: str, started: float, reply: Awaitable[Any]) -> Any:
+    async def _reply(self, spec: ScriptSpec, started: float, reply: Awaitable[Any]) -> Reply:
         """A script's JSON reply; Redis errors become StoreUnavailable, refusals StoreRefusal."""
         try:
             raw = await reply
         except RedisError as exc:
             if self.metrics is not None:
-                self.metrics.redis_errors.labels(name).inc()
+                self.metrics.redis_errors.labels(spec.name).inc()
             raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
         if self.metrics is not None:
             m = self.metrics
-            m.child(m.redis_latency, name).observe(time.perf_counter() - started)
-        doc = orjson.loads(raw)
+            m.child(m.redis_latency, spec.name).observe(time.perf_counter() - started)
+        doc = Reply(orjson.loads(raw))
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
         return doc
 
     def _run(
-        self,
-        name: str,
-        keys: tuple[str, ...],
-        args: Sequence[str | int],
-        tail: tuple[str | int, ...] = (),
-    ) -> Coroutine[Any, Any, Any]:
-        """Call a script; await its decoded reply (no coroutine of its own: one frame less on
-        every wake-up of the request path)."""
-        return self._reply(name, time.perf_counter(), self._call(name, keys, tuple(args), tail))
+        self, spec: ScriptSpec, keys: tuple[str, ...], **values: str | int
+    ) -> Coroutine[Any, Any, Reply]:
+        """Call a script with its arguments by name; await its decoded reply (no coroutine of
+        its own: one frame less on every wake-up of the request path)."""
+        args, tail = spec.bind(**values)
+        return self._reply(spec, time.perf_counter(), self._call(spec, keys, args, tail))
 
     async def _cmd(self, coro: Any) -> Any:
         try:
@@ -212,25 +219,27 @@ class Store:
         lean: bool = False,
     ) -> Admission:
         """Decide and reserve (admit.lua). ``lean``: when allowed, only what the proxy reads
-        (the decision, member, upstream credential, policy and the unified headers' fields);
-        a denial is always answered whole."""
-        k = self.keys(org)
+        (``LEAN_FIELDS``); a denial is always answered whole."""
+        policy = self.policy
         doc = await self._run(
-            "admit",
-            (k.org, k.members, k.creds, k.ops, k.due),
-            (request_id, who, credential, max_cost, est_cost),
-            (  # from a small set of values: packed once (ARGV[6] on)
-                self.policy.reservation,
-                self.policy.reservation_ttl_s,
-                "1" if accept_extra else "0",
-                "1" if reserve else "0",
-                self.tiers_spec,
-                self.pinned_now,
-                self.policy.op_retention_s,
-                "1" if force else "0",
-                "1" if lean else "0",
-            ),
+            ADMIT,
+            ADMIT.keys_of(self.keys(org)),
+            request_id=request_id,
+            who=who,
+            credential=credential,
+            max_cost=max_cost,
+            est_cost=est_cost,
+            policy=policy.reservation,
+            reservation_ttl_s=policy.reservation_ttl_s,
+            accept=flag(accept_extra),
+            reserve=flag(reserve),
+            tiers=self.tiers_spec,
+            pinned_now=self.pinned_now,
+            retention_s=policy.op_retention_s,
+            force=flag(force),
+            lean=flag(lean),
         )
+        doc.script = "admit"
         return Admission(doc)
 
     def settle(
@@ -242,71 +251,59 @@ class Store:
         model: str,
         usage: Mapping[str, int],
         source: str = "proxy",
-    ) -> tuple[Coroutine[Any, Any, dict[str, str]], Awaitable[bool]]:
+    ) -> tuple[Coroutine[Any, Any, Reply], Awaitable[bool]]:
         """Send a settlement; (its reply, resolving True once it is written to Redis).
 
         Written means ordered: Redis runs the calls of one connection in order, so anything
         this process sends afterwards — the member's next admission — sees the charge. False
         (the connection is down, or no auto-pipelining): only the reply tells.
         """
-        k = self.keys(org)
         started = time.perf_counter()
-        call = self._call(
-            "settle",
-            (k.org, k.members, k.ops, k.due, k.ledger),
-            (request_id, cost, model, orjson.dumps(usage).decode()),
-            (self.pinned_now, self.policy.op_retention_s, source),  # packed once (ARGV[5] on)
+        args, tail = SETTLE.bind(
+            request_id=request_id,
+            cost=cost,
+            model=model,
+            usage=orjson.dumps(usage).decode(),
+            pinned_now=self.pinned_now,
+            retention_s=self.policy.op_retention_s,
+            source=source,
         )
-        if self.pipeliner is not None:
-            sent: Awaitable[bool] = self.pipeliner.sent()
-        else:
-            sent = NOT_SENT
-        return self._reply("settle", started, call), sent
+        call = self._call(SETTLE, SETTLE.keys_of(self.keys(org)), args, tail)
+        sent: Awaitable[bool] = self.pipeliner.sent() if self.pipeliner is not None else NOT_SENT
+        return self._reply(SETTLE, started, call), sent
 
-    async def release(self, org: str, request_id: str) -> dict[str, str]:
-        k = self.keys(org)
-        doc: dict[str, str] = await self._run(
-            "release",
-            (k.org, k.members, k.ops, k.due),
-            (request_id, self.pinned_now, self.policy.op_retention_s),
+    def release(self, org: str, request_id: str) -> Coroutine[Any, Any, Reply]:
+        return self._run(
+            RELEASE,
+            RELEASE.keys_of(self.keys(org)),
+            request_id=request_id,
+            pinned_now=self.pinned_now,
+            retention_s=self.policy.op_retention_s,
         )
-        return doc
 
     # -- money in ------------------------------------------------------------------------
 
-    async def purchase(
+    def purchase(
         self, org: str, idempotency_key: str, amount: int, actor: str
-    ) -> dict[str, str]:
-        k = self.keys(org)
-        doc: dict[str, str] = await self._run(
-            "purchase",
-            (k.org, k.ops, k.due, k.ledger, k.audit),
-            (
-                "purchase",
-                f"purchase:{idempotency_key}",
-                amount,
-                actor,
-                self.pinned_now,
-                self.policy.op_retention_s,
-            ),
-        )
-        return doc
+    ) -> Coroutine[Any, Any, Reply]:
+        return self._credit(org, "purchase", f"purchase:{idempotency_key}", amount, actor)
 
-    async def confirm_reload(self, org: str, reload_id: str, actor: str) -> dict[str, str]:
-        k = self.keys(org)
-        doc: dict[str, str] = await self._run(
-            "purchase",
-            (k.org, k.ops, k.due, k.ledger, k.audit),
-            (
-                "reload",
-                f"reload:{reload_id}",
-                0,
-                actor,
-                self.pinned_now,
-                self.policy.op_retention_s,
-            ),
+    def confirm_reload(self, org: str, reload_id: str, actor: str) -> Coroutine[Any, Any, Reply]:
+        return self._credit(org, "reload", f"reload:{reload_id}", 0, actor)
+
+    def _credit(
+        self, org: str, kind: str, op_id: str, amount: int, actor: str
+    ) -> Coroutine[Any, Any, Reply]:
+        return self._run(
+            PURCHASE,
+            PURCHASE.keys_of(self.keys(org)),
+            kind=kind,
+            op_id=op_id,
+            amount=amount,
+            actor=actor,
+            pinned_now=self.pinned_now,
+            retention_s=self.policy.op_retention_s,
         )
-        return doc
 
     # -- administration ------------------------------------------------------------------
 
@@ -319,16 +316,22 @@ class Store:
         action: str,
         fields: Mapping[str, str],
         guards: Sequence[str] = (),
-    ) -> dict[str, Any]:
+    ) -> Reply:
         """Change fields of one of the org's hashes (``target``: "org", "members" or
         "requests"), under guards, with an audit entry in the same atomic step (write.lua)."""
+        if target not in WRITE_TARGETS:
+            raise ValueError(f"write.lua changes only {', '.join(WRITE_TARGETS)} (not {target})")
         k = self.keys(org)
-        key = {"org": k.org, "members": k.members, "requests": k.requests}[target]
-        args: list[str | int] = [actor, action, self.pinned_now, "\n".join(guards)]
+        args, _ = WRITE.bind(
+            actor=actor, action=action, pinned_now=self.pinned_now, guards="\n".join(guards)
+        )
+        pairs: list[str | int] = []
         for f, v in fields.items():
-            args += [f, v]
-        doc: dict[str, Any] = await self._run("write", (key, k.audit), args)
-        return doc
+            pairs += [f, v]
+        keys = (getattr(k, target), k.audit)
+        return await self._reply(
+            WRITE, time.perf_counter(), self._call(WRITE, keys, (*args, *pairs))
+        )
 
     async def create_org(self, org: str, fields: Mapping[str, str], actor: str) -> None:
         await self.update(
@@ -347,46 +350,69 @@ class Store:
         secret_hash: str = "",
         actor: str,
     ) -> None:
-        k = self.keys(org)
         await self._run(
-            "credential",
-            (k.creds, k.members, k.audit),
-            (op, kind, secret_hash, member, cred_id, actor, self.pinned_now),
+            CREDENTIAL,
+            CREDENTIAL.keys_of(self.keys(org)),
+            op=op,
+            kind=kind,
+            secret_hash=secret_hash,
+            member=member,
+            cred_id=cred_id,
+            actor=actor,
+            pinned_now=self.pinned_now,
         )
 
-    async def whois(self, org: str, kind: str, secret_hash: str) -> dict[str, str]:
-        k = self.keys(org)
-        doc: dict[str, str] = await self._run(
-            "whois", (k.org, k.members, k.creds), (kind, secret_hash)
-        )
-        return doc
+    def whois(self, org: str, kind: str, secret_hash: str) -> Coroutine[Any, Any, Reply]:
+        return self._run(WHOIS, WHOIS.keys_of(self.keys(org)), kind=kind, secret_hash=secret_hash)
+
+    # -- plain reads ---------------------------------------------------------------------
 
     async def org_settings(self, org: str) -> dict[str, str]:
-        raw = await self._cmd(self.client.hgetall(self.keys(org).org))
-        return {_s(f): _s(v) for f, v in raw.items()}
+        return await self.hash_fields(org, "org")
 
     async def member_fields(self, org: str, member: str, names: Sequence[str]) -> dict[str, str]:
-        fields = [f"{member}|{n}" for n in names]
+        fields = [Member.field(member, n) for n in names]
         values = await self._cmd(self.client.hmget(self.keys(org).members, fields))
         return {n: _s(v) for n, v in zip(names, values, strict=True) if v is not None}
 
+    async def members(self, org: str) -> dict[str, dict[str, str]]:
+        """Every member's fields, by member id (the org's whole members hash, one read)."""
+        out: dict[str, dict[str, str]] = {}
+        for f, v in (await self.hash_fields(org, "members")).items():
+            member, name = Member.split(f)
+            if member:
+                out.setdefault(member, {})[name] = v
+        return out
+
     async def hash_fields(self, org: str, target: str) -> dict[str, str]:
-        k = self.keys(org)
-        key = {"org": k.org, "members": k.members, "requests": k.requests}[target]
-        raw = await self._cmd(self.client.hgetall(key))
+        raw = await self._cmd(self.client.hgetall(getattr(self.keys(org), target)))
         return {_s(f): _s(v) for f, v in raw.items()}
 
     async def primary_owner(self, org: str) -> str | None:
-        v = await self._cmd(self.client.hget(self.keys(org).members, "|primary"))
+        v = await self._cmd(self.client.hget(self.keys(org).members, Member.PRIMARY))
         return None if v is None else _s(v)
 
-    async def ledger(self, org: str, count: int = 10_000) -> list[dict[str, str]]:
-        rows = await self._cmd(self.client.xrange(self.keys(org).ledger, count=count))
-        return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows]
+    async def org_ids(self) -> list[str]:
+        """Every org id (the orgs index set: never a scan of the keyspace)."""
+        return sorted(_s(o) for o in await self._cmd(self.client.smembers(orgs_index(self.prefix))))
+
+    async def ledger(self, org: str, count: int | None = 10_000) -> list[dict[str, str]]:
+        """The org's ledger stream as it is (entries the sink has not moved yet), oldest
+        first; ``count=None``: every entry, read in pages."""
+        stream = self.keys(org).ledger
+        page = count if count is not None else 10_000
+        out: list[dict[str, str]] = []
+        start = "-"
+        while True:
+            rows = await self._cmd(self.client.xrange(stream, min=start, count=page))
+            out += _entries(rows)
+            if count is not None or len(rows) < page:
+                return out
+            start = "(" + out[-1]["id"]
 
     async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
         rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))
-        return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows]
+        return _entries(rows)
 
 
 class _NotSent:
@@ -402,3 +428,8 @@ NOT_SENT = _NotSent()
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _entries(rows: Sequence[Any]) -> list[dict[str, str]]:
+    """Stream entries as dicts with their id (an entry deleted meanwhile has no fields)."""
+    return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows if d is not None]

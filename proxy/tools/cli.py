@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from proxy.config import Config, ConfigError, load_config
 from proxy.http.app import build_app
 from proxy.obs.logs import setup_logging
+from proxy.storage.store import Store
 
 log = logging.getLogger("proxy")
 
@@ -180,22 +182,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(config: Config) -> Store:
+    """A store on its own client (the commands outside the proxy): closing it closes both."""
+    from proxy.storage.store import make_client
+
+    return Store(
+        make_client(config.redis),
+        prefix=config.redis.key_prefix,
+        tiers=config.tiers,
+        policy=config.policy,
+        owns_client=True,
+    )
+
+
 def cmd_ledger_sink(args: argparse.Namespace) -> int:
     from proxy.ledger.db import LedgerDB
     from proxy.ledger.sink import LedgerSink
-    from proxy.storage.store import make_client
 
     config = _config_or_exit(args.config)
     setup_logging()
 
     async def go() -> int:
         db = await LedgerDB.connect(config.ledger.database_url)
-        client = make_client(config.redis)
+        store = _store(config)
         try:
             sink = LedgerSink(
-                client,
+                store,
                 db,
-                prefix=config.redis.key_prefix,
                 consumer=args.consumer,
                 claim_idle_ms=0 if args.once else 60_000,
             )
@@ -204,7 +217,7 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
                 print(f"{org}: written {d.written}, lag {d.lag}, pending {d.pending}")
             return 0
         finally:
-            await client.aclose()
+            await store.close()
             await db.close()
 
     try:
@@ -217,17 +230,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from proxy.core.statements import current_period, report
     from proxy.ledger.db import LedgerDB
     from proxy.ledger.reconcile import reconcile, repair
-    from proxy.storage.store import Store, make_client
 
     config = _config_or_exit(args.config)
-    period = args.period or current_period(__import__("time").time())
+    period = args.period or current_period(time.time())
 
     async def go() -> int:
         db = await LedgerDB.connect(config.ledger.database_url)
-        client = make_client(config.redis)
-        store = Store(
-            client, prefix=config.redis.key_prefix, tiers=config.tiers, policy=config.policy
-        )
+        store = _store(config)
         try:
             if args.repair:
                 diffs = await repair(store, db, args.org, period)
@@ -238,7 +247,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
             return 0 if not diffs else 1
         finally:
-            await client.aclose()
+            await store.close()
             await db.close()
 
     return asyncio.run(go())

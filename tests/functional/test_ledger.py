@@ -81,7 +81,7 @@ async def team_traffic(proxy: Proxy, *, now: int = 0, requests: int = 6) -> str:
 
 
 def sink_for(proxy: Proxy, db: LedgerDB, **kw: Any) -> LedgerSink:
-    return LedgerSink(proxy.store.client, db, prefix="eup", claim_idle_ms=0, **kw)
+    return LedgerSink(proxy.store, db, claim_idle_ms=0, **kw)
 
 
 async def test_migrate_is_idempotent(db: LedgerDB) -> None:
@@ -139,7 +139,7 @@ async def test_a_crash_between_commit_and_ack_redelivers_without_duplicates(
             raise RuntimeError("killed after the commit, before the XACK")
 
     with pytest.raises(RuntimeError):
-        await Crashing(billing.store.client, db, prefix="eup", batch=4).drain_org(org)
+        await Crashing(billing.store, db, batch=4).drain_org(org)
     info = await billing.store.client.xpending(billing.store.keys(org).ledger, GROUP)
     assert info["pending"] == 4  # delivered, written, not acknowledged
     # duplicate delivery: the same entries again, by the same and by another consumer

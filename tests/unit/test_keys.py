@@ -1,25 +1,31 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from redis.crc import key_slot
 
 from proxy.core.credentials import PROXY_KEY_PREFIX, hash_secret, new_secret, org_of
 from proxy.storage.keys import org_keys
-from proxy.storage.store import SCRIPT_KEYS, SCRIPT_NAMES
+from proxy.storage.scripts import SPECS, WRITE_TARGETS
 
 
 @pytest.mark.parametrize("org", ["acme", "a", "org-with-dashes-1", "z" * 63])
 def test_every_scripts_keys_map_to_one_slot(org: str) -> None:
     keys = org_keys("eup", org)
-    for name, attrs in SCRIPT_KEYS.items():
-        slots = {key_slot(getattr(keys, a).encode()) for a in attrs}
+    for name, spec in SPECS.items():
+        # write.lua takes one of the org's hashes (its target) plus the audit stream
+        attrs = [a for a in spec.keys if a != "target"]
+        targets = WRITE_TARGETS if "target" in spec.keys else ()
+        slots = {key_slot(getattr(keys, a).encode()) for a in [*attrs, *targets]}
         assert len(slots) == 1, name
-    # write.lua takes the org or members hash plus the audit stream
-    assert key_slot(keys.members.encode()) == key_slot(keys.audit.encode())
 
 
 def test_every_script_declares_its_keys() -> None:
-    assert set(SCRIPT_KEYS) | {"write"} == set(SCRIPT_NAMES)
+    lua = {p.stem for p in (Path(__file__).parents[2] / "lua").glob("*.lua")}
+    assert set(SPECS) | {"lib"} == lua
+    for spec in SPECS.values():
+        assert spec.keys, spec.name
 
 
 def test_orgs_spread_over_slots() -> None:

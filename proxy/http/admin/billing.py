@@ -23,6 +23,17 @@ from proxy.core.statements import (
 )
 from proxy.http.admin.orgs import actor_for, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, LEDGER, STORE
+from proxy.storage.model import (
+    DEFAULT_ENABLED,
+    DEFAULT_ROLE,
+    EXTRA_USAGE,
+    INCLUDED,
+    OFF,
+    ON,
+    Member,
+    Org,
+    in_period,
+)
 
 routes = web.RouteTableDef()
 
@@ -87,38 +98,34 @@ async def usage(request: web.Request) -> web.Response:
     settings = await org_or_404(store, org)
     now_period = current_period(time.time())
     period = _period(request.query.get("period", now_period))
-    raw = await store.client.hgetall(store.keys(org).members)
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    members = sorted({f.rpartition("|")[0] for f in fields if f.endswith("|tier")})
+    members = await store.members(org)
     history: dict[str, dict[str, int]] = {}
     if period != now_period:
         history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
     rows = []
     total_extra = total_included = 0
-    for m in members:
+    for m in sorted(m for m, f in members.items() if Member.TIER in f):
+        fields = members[m]
         if period == now_period:
-            extra = int(fields.get(f"{m}|spend", 0)) if fields.get(f"{m}|spend_p") == period else 0
-            inc = int(fields.get(f"{m}|inc", 0)) if fields.get(f"{m}|inc_p") == period else 0
+            extra = in_period(fields, Member.SPEND_PERIOD, Member.SPEND, period)
+            inc = in_period(fields, Member.INCLUDED_PERIOD, Member.INCLUDED, period)
         else:
-            extra = history.get(m, {}).get("extra_usage", 0)
-            inc = history.get(m, {}).get("included", 0)
+            extra = history.get(m, {}).get(EXTRA_USAGE, 0)
+            inc = history.get(m, {}).get(INCLUDED, 0)
         total_extra += extra
         total_included += inc
-        tier = fields[f"{m}|tier"]
+        tier = fields[Member.TIER]
         rows.append(
             {
                 "member_id": m,
                 "tier": tier,
-                "role": fields.get(f"{m}|role", "member"),
-                "enabled": fields.get(f"{m}|enabled", "1") != "0",
+                "role": fields.get(Member.ROLE, DEFAULT_ROLE),
+                "enabled": fields.get(Member.ENABLED, DEFAULT_ENABLED) != OFF,
                 "extra_usage": format_usd(extra),
                 "included_usage": format_usd(inc),
-                "monthly_limit": _usd(fields.get(f"{m}|limit")),
-                "tier_limit": _usd(settings.get(f"tlimit:{tier}")),
-                "extra_usage_enabled": fields.get(f"{m}|eu") == "1",
+                "monthly_limit": _usd(fields.get(Member.LIMIT)),
+                "tier_limit": _usd(settings.get(Org.tier_limit(tier))),
+                "extra_usage_enabled": fields.get(Member.EU) == ON,
             }
         )
     return web.json_response(
@@ -130,7 +137,7 @@ async def usage(request: web.Request) -> web.Response:
             "totals": {
                 "extra_usage": format_usd(total_extra),
                 "included_usage": format_usd(total_included),
-                "monthly_limit": _usd(settings.get("limit")),
+                "monthly_limit": _usd(settings.get(Org.LIMIT)),
             },
         }
     )

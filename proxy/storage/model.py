@@ -1,0 +1,279 @@
+"""The data model in Redis, declared once: every hash field, flag encoding, record state and
+code that the scripts (``lua/``) and the Python side share, with its default.
+
+Python builds field names from here; the Lua scripts spell the same names as literals (a
+script is read best with its fields in it), and ``tests/unit/test_data_model.py`` parses every
+``lua/*.lua`` and fails on a field, state or code that is not declared below. The defaults a
+script needs are handed to it in a prelude generated from this module (``lua_prelude``), so
+that they too are written only here.
+
+Layout per organization (every key carries ``{org}`` as its hash tag: ``proxy.storage.keys``):
+
+- ``org``      hash   the org's settings and counters (``Org``); per tier ``tlimit:<tier>`` …
+- ``members``  hash   ``<member>|<field>`` (``Member``), and ``|primary``
+- ``creds``    hash   ``k:<sha256>`` / ``t:<sha256>`` -> ``<member>|<id>``; ``kid:<id>`` /
+                      ``tid:<id>`` -> the hash (``Cred``)
+- ``ops``      hash   operation id -> JSON record (``Op``); ``a:<id>`` the kept answer
+- ``due``      zset   operation id by the time its record expires
+- ``ledger``   stream one entry per charge, purchase, reload (``Ledger``)
+- ``audit``    stream who changed what (``Audit``)
+- ``requests`` hash   Enterprise extra-usage requests by id (JSON, written by Python only)
+
+Money is integer nano-USD, written as a plain decimal integer; a monthly counter is a pair of
+fields (its period ``YYYY-MM`` and its value) that counts only in its period (``in_period``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from proxy.core.admission import (
+    ALLOW,
+    CLAIMS,
+    DENY,
+    DISABLED_REASONS,
+    EXTRA_USAGE,
+    INCLUDED,
+    MODES,
+)
+
+__all__ = ["ALLOW", "CLAIMS", "DENY", "DISABLED_REASONS", "EXTRA_USAGE", "INCLUDED", "MODES"]
+
+# -- encodings ---------------------------------------------------------------------------
+ON: Final = "1"
+OFF: Final = "0"
+DELETE: Final = "\0"  # the value that deletes a field in write.lua
+MEMBER_SEP: Final = "|"  # "<member>|<field>" in the members hash
+
+
+def flag(value: bool) -> str:
+    return ON if value else OFF
+
+
+# -- plans, roles, settings' values ------------------------------------------------------
+TEAM: Final = "team"
+ENTERPRISE: Final = "enterprise"
+PLANS: Final = (TEAM, ENTERPRISE)
+ROLES: Final = ("primary_owner", "owner", "admin", "member")
+SCOPE_ALL: Final = "all"
+SCOPE_SELECTED: Final = "selected"
+SCOPES: Final = (SCOPE_ALL, SCOPE_SELECTED)
+CONSENT_AUTOMATIC: Final = "automatic"
+CONSENT_REQUIRED: Final = "required"
+CONSENTS: Final = (CONSENT_AUTOMATIC, CONSENT_REQUIRED)
+RESERVATION_POLICIES: Final = ("strict", "estimate", "none")
+
+# -- defaults, stated once (a field that is absent reads as its default) ------------------
+DEFAULT_CONSENT: Final[Mapping[str, str]] = {
+    TEAM: CONSENT_AUTOMATIC,
+    ENTERPRISE: CONSENT_REQUIRED,
+}
+DEFAULT_SCOPE: Final = SCOPE_ALL
+DEFAULT_ROLE: Final = "member"
+DEFAULT_ENABLED: Final = ON  # an org or member without "enabled" is enabled
+DEFAULT_REQUESTS_ON: Final = ON  # Enterprise extra-usage requests are on unless turned off
+
+
+class Org:
+    """Fields of the org hash."""
+
+    PLAN: Final = "plan"
+    NAME: Final = "name"
+    ENABLED: Final = "enabled"
+    UPSTREAM: Final = "upstream"  # the name of the variable holding its upstream key
+    EU_ON: Final = "eu_on"  # extra usage enabled
+    SCOPE: Final = "scope"  # Team: all | selected members
+    CONSENT: Final = "consent"  # automatic | required
+    LIMIT: Final = "limit"  # the monthly org spend limit (absent: unlimited)
+    POLICY: Final = "policy"  # the reservation policy (absent: the config's)
+    REQUESTS_ON: Final = "requests_on"  # Enterprise
+    BALANCE: Final = "balance"  # Team: prepaid credit
+    EU_RESERVED: Final = "eu_res"  # extra usage reserved by requests in flight
+    SPEND_PERIOD: Final = "spend_p"  # the monthly org spend: its period ...
+    SPEND: Final = "spend"  # ... and its value
+    AUTO_RELOAD_ON: Final = "ar_on"
+    AUTO_RELOAD_THRESHOLD: Final = "ar_threshold"
+    AUTO_RELOAD_AMOUNT: Final = "ar_amount"
+    RELOAD_PENDING: Final = "ar_pending"  # the id of the reload asked for and not confirmed
+    CLOCK: Final = "clock"  # the high-water mark of the scripts' time (never runs back)
+    # per seat tier: "<prefix><tier>"
+    TIER_LIMIT: Final = "tlimit:"
+    TIER_SPEND_PERIOD: Final = "tspend_p:"
+    TIER_SPEND: Final = "tspend:"
+
+    @staticmethod
+    def tier_limit(tier: str) -> str:
+        return Org.TIER_LIMIT + tier
+
+    @staticmethod
+    def tier_spend(tier: str) -> tuple[str, str]:
+        """(period field, value field) of a tier's monthly spend."""
+        return Org.TIER_SPEND_PERIOD + tier, Org.TIER_SPEND + tier
+
+
+class Member:
+    """Fields of one member in the members hash: ``<member>|<name>``."""
+
+    TIER: Final = "tier"  # present for every member: "the member exists"
+    ROLE: Final = "role"
+    ENABLED: Final = "enabled"
+    DELETED: Final = "deleted"
+    SESSION_END: Final = "s_end"  # the 5-hour window: when it closes, what it used
+    SESSION_USED: Final = "s_used"
+    WEEK_END: Final = "w_end"  # the 7-day window
+    WEEK_USED: Final = "w_used"
+    SPEND_PERIOD: Final = "spend_p"  # monthly extra-usage spend
+    SPEND: Final = "spend"
+    INCLUDED_PERIOD: Final = "inc_p"  # monthly included usage
+    INCLUDED: Final = "inc"
+    EU_RESERVED: Final = "eu_res"
+    LIMIT: Final = "limit"  # Enterprise: the member's monthly limit (absent: unlimited)
+    EU: Final = "eu"  # Team, selected scope: extra usage enabled for the member
+    CONSENT: Final = "consent"  # the member accepted continuing on extra usage
+    PRIMARY: Final = "|primary"  # not a member's field: names the one primary owner
+
+    # what the admin API shows of a member
+    VIEW: Final = ("tier", "role", "enabled")
+
+    @staticmethod
+    def field(member: str, name: str) -> str:
+        return f"{member}{MEMBER_SEP}{name}"
+
+    @staticmethod
+    def split(field: str) -> tuple[str, str]:
+        """(member, name) of a members-hash field; ("", field) for one of the hash's own."""
+        member, _, name = field.rpartition(MEMBER_SEP)
+        return member, name
+
+
+class Cred:
+    """Fields of the credentials hash: by secret hash, and by credential id."""
+
+    PROXY_KEY: Final = "k"
+    ADMIN_TOKEN: Final = "t"
+    KINDS: Final = (PROXY_KEY, ADMIN_TOKEN)
+    BY_HASH: Final = ":"  # "<kind>:<sha256>" -> "<member>|<id>"
+    BY_ID: Final = "id:"  # "<kind>id:<id>" -> "<sha256>"
+    ADD: Final = "add"
+    REVOKE: Final = "revoke"
+
+
+class Op:
+    """Operation records in the ops hash (JSON), their states and their fields."""
+
+    RESERVED: Final = "r"  # admitted, holding its reservation
+    EXPIRED: Final = "x"  # reclaimed: past its TTL, holding nothing, still settleable
+    SETTLED: Final = "settled"
+    RELEASED: Final = "released"
+    STATES: Final = (RESERVED, EXPIRED, SETTLED, RELEASED)
+    # a request's record: state, member, tier, mode, amount held, expiry; settled: result
+    FIELDS: Final = ("s", "m", "t", "mode", "a", "exp", "result", "reply")
+    ANSWER: Final = "a:"  # "a:<id>": the admission's answer, kept while it is reserved
+    RELOAD: Final = "reload:"  # "reload:<id>": an auto-reload (amount, state, created, result)
+    RELOAD_ID: Final = "rl-"  # a reload's id: "rl-<the request that crossed the threshold>"
+    PURCHASE: Final = "purchase:"  # "purchase:<idempotency key>": amount, result
+    RELOAD_FIELDS: Final = ("amount", "state", "created", "result")
+    RELOAD_PENDING: Final = "pending"
+    RELOAD_CONFIRMED: Final = "confirmed"
+    CHECK_PREFIX: Final = "chk:"  # the check API's request ids, apart from the proxy's
+
+
+class Ledger:
+    """Fields of a ledger stream entry, its kinds and sources."""
+
+    FIELDS: Final = (
+        "op",
+        "kind",
+        "ts",
+        "period",
+        "member",
+        "tier",
+        "mode",
+        "model",
+        "cost",
+        "balance_delta",
+        "usage",
+        "source",
+    )
+    USAGE: Final = "usage"
+    PURCHASE: Final = "purchase"
+    RELOAD: Final = "reload"
+    KINDS: Final = (USAGE, PURCHASE, RELOAD)
+    SOURCES: Final = ("proxy", "check", "journal")  # a credit's source is its actor
+
+
+class Audit:
+    """Fields of an audit stream entry, and the actions the scripts write themselves."""
+
+    FIELDS: Final = ("ts", "actor", "action", "before", "after")
+    SCRIPT_ACTIONS: Final = (
+        "credit.purchase",
+        "credit.reload_confirm",
+        "key.issue",
+        "key.revoke",
+        "admin_token.issue",
+        "admin_token.revoke",
+    )
+
+
+# -- what a script answers when it refuses ({"ok": 0, "err": <code>, "detail": ...}) -----
+REFUSALS: Final = (
+    "unknown_org",
+    "org_disabled",
+    "unknown_key",
+    "unknown_member",
+    "member_disabled",
+    "unknown_tier",
+    "unknown_credential",
+    "duplicate_id",  # admit: the request id was settled or released
+    "unknown_reservation",
+    "released",  # settle: the reservation was released
+    "settled",  # release: the reservation was settled
+    "not_team",  # purchase: only Team has credit
+    "idempotency_conflict",  # purchase: the key was used with another amount
+    "unknown_reload",
+    "not_found",  # write: a "+field" guard
+    "exists",  # write: a "-field" guard; credential: the id is taken
+    "conflict",  # write: a "=field=value" guard
+)
+REPLY_STATUS: Final = ("ok", "err", "detail")
+
+
+def in_period(fields: Mapping[str, str], period_field: str, value_field: str, period: str) -> int:
+    """A monthly counter's value in ``period``: 0 once the month moved on (lib.lua's
+    ``in_period`` is the same rule inside the scripts)."""
+    if fields.get(period_field) != period:
+        return 0
+    return int(fields.get(value_field) or 0)
+
+
+def consent_of(settings: Mapping[str, str]) -> str:
+    """The org's consent policy: its own, else its plan's default."""
+    return settings.get(Org.CONSENT) or DEFAULT_CONSENT.get(settings.get(Org.PLAN, ""), "")
+
+
+def lua_prelude() -> str:
+    """The defaults as Lua locals, prepended to every script after lib.lua."""
+    consent = ", ".join(f"{plan} = '{value}'" for plan, value in DEFAULT_CONSENT.items())
+    return (
+        "-- generated by proxy/storage/model.py (lua_prelude): the data model's defaults\n"
+        f"local DEFAULT_CONSENT = {{ {consent} }}\n"
+        f"local DEFAULT_REQUESTS_ON = '{DEFAULT_REQUESTS_ON}'\n"
+        f"local DEFAULT_ROLE = '{DEFAULT_ROLE}'\n"
+    )
+
+
+def vocabulary() -> frozenset[str]:
+    """Every word the scripts may spell: field names (prefixes included), states, codes,
+    encodings and values. The data-model test checks the Lua against it."""
+    words: set[str] = set(PLANS) | set(ROLES) | set(SCOPES) | set(CONSENTS)
+    words |= set(RESERVATION_POLICIES) | set(MODES) | set(CLAIMS) | set(DISABLED_REASONS)
+    words |= set(REFUSALS) | set(REPLY_STATUS) | {ALLOW, DENY, ON, OFF}
+    for holder in (Org, Member, Cred, Op):
+        words |= {v for k, v in vars(holder).items() if k.isupper() and isinstance(v, str)}
+    words |= set(Member.VIEW) | set(Op.STATES) | set(Op.FIELDS) | set(Op.RELOAD_FIELDS)
+    words |= {kind + Cred.BY_HASH for kind in Cred.KINDS} | {k + Cred.BY_ID for k in Cred.KINDS}
+    words |= set(Ledger.FIELDS) | set(Ledger.KINDS) | set(Ledger.SOURCES)
+    words |= set(Audit.FIELDS) | set(Audit.SCRIPT_ACTIONS)
+    return frozenset(words)

@@ -1,0 +1,206 @@
+"""One spec per Lua script: its KEYS, its ARGV by name with units, its reply fields.
+
+The spec is the contract, stated once: ``Store`` builds every call from it (``bind``,
+``keys_of``), the header of each ``lua/<name>.lua`` is checked against it, and so is the
+cluster-slot test (every key of a call in one slot) — ``tests/unit/test_scripts.py``.
+A script's arguments come in two parts: ``args``, per call, then ``tail``, whose values come
+from a small set (flags, the process's settings) so that the pipeliner packs them once.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from proxy.core.admission import FULL_FIELDS, OPTIONAL_FIELDS, MissingReplyField
+from proxy.storage.keys import OrgKeys
+from proxy.storage.model import REPLY_STATUS, lua_prelude
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    name: str
+    meaning: str  # with its unit: "nano-USD", "seconds", "epoch seconds", a flag "1"/"0"
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    name: str
+    keys: tuple[str, ...]  # OrgKeys attributes ("target": the hash a write changes)
+    args: tuple[Arg, ...]
+    tail: tuple[Arg, ...] = ()
+    reply: tuple[str, ...] = ()  # the fields of a successful reply
+    optional: tuple[str, ...] = OPTIONAL_FIELDS  # fields a reply may carry
+    pairs: str = ""  # the meaning of field/value pairs after the named arguments
+    _names: tuple[str, ...] = field(init=False, repr=False)
+    _tail_names: tuple[str, ...] = field(init=False, repr=False)
+    _keys_of: Callable[[OrgKeys], tuple[str, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_names", tuple(a.name for a in self.args))
+        object.__setattr__(self, "_tail_names", tuple(a.name for a in self.tail))
+        getter = operator.attrgetter(*self.keys)
+        # attrgetter of one name answers the value, not a 1-tuple
+        keys_of = getter if len(self.keys) > 1 else (lambda k: (getter(k),))
+        object.__setattr__(self, "_keys_of", keys_of)
+
+    @property
+    def argv(self) -> tuple[Arg, ...]:
+        """Every named argument in ARGV order (ARGV[1] first)."""
+        return self.args + self.tail
+
+    def keys_of(self, org_keys: OrgKeys) -> tuple[str, ...]:
+        """KEYS, in order, for one org (a write names its target hash itself)."""
+        return self._keys_of(org_keys)
+
+    def bind(self, **values: str | int) -> tuple[tuple[str | int, ...], tuple[str | int, ...]]:
+        """(args, tail) in ARGV order from the arguments by name; a missing or unknown name
+        is a programming error, raised at once."""
+        if len(values) != len(self._names) + len(self._tail_names):
+            unknown = set(values) - set(self._names) - set(self._tail_names)
+            raise TypeError(f"{self.name}.lua: unknown arguments {sorted(unknown)}")
+        try:
+            get = values.__getitem__
+            return tuple(map(get, self._names)), tuple(map(get, self._tail_names))
+        except KeyError as exc:
+            raise TypeError(f"{self.name}.lua: missing argument {exc.args[0]!r}") from None
+
+
+class Reply(dict[str, Any]):
+    """A script's decoded reply: a field it lacks is an error, never a silent ``""``."""
+
+    script = "a script"
+
+    def __missing__(self, name: str) -> Any:
+        raise MissingReplyField(f"{self.script}'s reply has no field {name!r}")
+
+
+PINNED = Arg("pinned_now", "epoch seconds to use instead of Redis TIME (tests only; 0 = TIME)")
+RETENTION = Arg("retention_s", "seconds a finished operation record is kept, for replays")
+REQUEST_ID = Arg("request_id", "the operation id (the proxy's request id, or chk:<id>)")
+
+ADMIT = ScriptSpec(
+    "admit",
+    keys=("org", "members", "creds", "ops", "due"),
+    args=(
+        REQUEST_ID,
+        Arg("who", '"k": credential is a proxy key hash; "m": a member id (check API)'),
+        Arg("credential", "the sha256 of the proxy key, or the member id"),
+        Arg("max_cost", "nano-USD: the request's strict upper bound"),
+        Arg("est_cost", "nano-USD: the estimate policy's reservation"),
+    ),
+    tail=(
+        Arg("policy", "the default reservation policy: strict | estimate | none"),
+        Arg("reservation_ttl_s", "seconds a reservation holds before it is reclaimed"),
+        Arg("accept", '"1" when the member accepts extra usage for this request'),
+        Arg("reserve", '"1" to reserve; "0" to answer without writing (status reads)'),
+        Arg("tiers", '";name,session,weekly,session_s,weekly_s" per tier (nano-USD, seconds)'),
+        PINNED,
+        RETENTION,
+        Arg("force", '"1" to admit a journaled request that already ran'),
+        Arg("lean", '"1" for the lean answer when allowed (LEAN_FIELDS)'),
+    ),
+    reply=FULL_FIELDS,
+)
+SETTLE = ScriptSpec(
+    "settle",
+    keys=("org", "members", "ops", "due", "ledger"),
+    args=(
+        REQUEST_ID,
+        Arg("cost", "nano-USD: the actual cost"),
+        Arg("model", "the model id as requested"),
+        Arg("usage", "JSON: token counts by kind, copied into the ledger entry"),
+    ),
+    tail=(PINNED, RETENTION, Arg("source", "who charges: proxy | check | journal")),
+    reply=(
+        "ok",
+        "mode",
+        "cost",
+        "overshoot",
+        "reserved",
+        "balance",
+        "period",
+        "member",
+        "tier",
+        "reload_id",
+        "reload_amount",
+        "entry",
+        "expired",
+    ),
+)
+RELEASE = ScriptSpec(
+    "release",
+    keys=("org", "members", "ops", "due"),
+    args=(REQUEST_ID,),
+    tail=(PINNED, RETENTION),
+    reply=("ok", "released"),
+)
+PURCHASE = ScriptSpec(
+    "purchase",
+    keys=("org", "ops", "due", "ledger", "audit"),
+    args=(
+        Arg("kind", "purchase | reload"),
+        Arg("op_id", "purchase:<idempotency key> | reload:<reload id>"),
+        Arg("amount", "nano-USD (a purchase; a reload's amount is the one it was asked for)"),
+        Arg("actor", "who: recorded in the ledger and the audit log"),
+    ),
+    tail=(PINNED, RETENTION),
+    reply=("ok", "amount", "balance", "entry"),
+)
+WRITE = ScriptSpec(
+    "write",
+    keys=("target", "audit"),
+    args=(
+        Arg("actor", "who changes it"),
+        Arg("action", "what, as the audit log names it"),
+        PINNED,
+        Arg("guards", '"=field=value", "+field", "-field", one a line'),
+    ),
+    pairs='field, value pairs; the value "\\0" deletes the field',
+    reply=("ok", "before", "after"),
+)
+CREDENTIAL = ScriptSpec(
+    "credential",
+    keys=("creds", "members", "audit"),
+    args=(
+        Arg("op", "add | revoke"),
+        Arg("kind", '"k" proxy key | "t" admin token'),
+        Arg("secret_hash", "sha256 of the secret (add)"),
+        Arg("member", "the member id"),
+        Arg("cred_id", "the credential id"),
+        Arg("actor", "who, for the audit log"),
+        PINNED,
+    ),
+    reply=("ok",),
+)
+WHOIS = ScriptSpec(
+    "whois",
+    keys=("org", "members", "creds"),
+    args=(
+        Arg("kind", '"k" proxy key | "t" admin token'),
+        Arg("secret_hash", "sha256 of the secret"),
+    ),
+    reply=("ok", "member", "id", "tier", "role", "enabled", "plan", "upstream"),
+    optional=(),
+)
+
+SPECS: dict[str, ScriptSpec] = {
+    s.name: s for s in (ADMIT, SETTLE, RELEASE, PURCHASE, WRITE, CREDENTIAL, WHOIS)
+}
+FAILURE_FIELDS = REPLY_STATUS  # {"ok": 0, "err": <a code of model.REFUSALS>, "detail": ...}
+# the hashes write.lua may change
+WRITE_TARGETS = ("org", "members", "requests")
+
+
+def script_source(name: str) -> str:
+    """What is registered for a script: lib.lua, the data model's defaults, the script."""
+    pkg = resources.files("proxy.lua")
+    return (
+        pkg.joinpath("lib.lua").read_text("utf-8")
+        + "\n"
+        + lua_prelude()
+        + pkg.joinpath(f"{name}.lua").read_text("utf-8")
+    )
