@@ -1,32 +1,35 @@
 -- admit: decide one request (included / extra usage / deny) and reserve its cost, atomically.
 --
--- KEYS[1] org hash          settings, balance, org spend, reserved total, clock
--- KEYS[2] members hash      "<member>|<field>" for every member of the org
--- KEYS[3] credentials hash  "k:<sha256 of proxy key>" -> "<member>|<key id>"
--- KEYS[4] ops hash          operation id -> JSON record (reservations, results), for replays;
---                           "a:<operation id>" -> the admission's answer while it is reserved
--- KEYS[5] ops due zset      operation id scored by when its record expires
--- ARGV[1]  request id (the operation id)
--- ARGV[2]  "k": ARGV[3] is a proxy key hash; "m": ARGV[3] is a member id (check API)
--- ARGV[4]  maximum cost, nano-USD (strict upper bound of the request)
--- ARGV[5]  estimated cost, nano-USD (estimate policy)
--- ARGV[6]  default reservation policy: strict | estimate | none (an org may override)
--- ARGV[7]  reservation TTL, seconds
--- ARGV[8]  "1" when the member accepts extra usage for this request
--- ARGV[9]  "1" to reserve; "0" to answer without writing a reservation (status, dry check)
--- ARGV[10] tiers: ";name,session_allowance,weekly_allowance,session_s,weekly_s;..." (nano-USD,
---          s; each tier starts with ";")
--- ARGV[11] pinned time in epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[12] retention of finished operation records, seconds
--- ARGV[13] "1" to force admission: replaying usage journaled while Redis was down (the request
---          already ran): included while the seat allows, else extra usage when the org and
---          member have it (past any limit), else included past the seat allowance
--- ARGV[14] "1" for the proxy's lean answer when allowed: the decision, the member, the
---          upstream credential and policy, and what the unified rate-limit headers show;
---          a denial always gets the whole answer (its explanation needs it)
--- Reply: JSON, written out directly (see jstr in lib.lua). {ok=0, err=...} for unknown
--- key/member/org or a disabled member; else the decision {ok=1, d="allow"|"deny", mode,
--- reason, ...} with every amount as a decimal string.
+-- KEYS[1] org            hash: settings, balance, org spend, reserved total, clock
+-- KEYS[2] members        hash: "<member>|<field>" for every member of the org
+-- KEYS[3] creds          hash: "k:<sha256 of proxy key>" -> "<member>|<key id>"
+-- KEYS[4] ops            hash: operation id -> JSON record (reservations, results), for
+--                        replays; "a:<operation id>" -> the admission's answer while reserved
+-- KEYS[5] due            zset: operation id scored by when its record expires
+-- ARGV[1]  request_id         the operation id
+-- ARGV[2]  who                "k": ARGV[3] is a proxy key hash; "m": a member id (check API)
+-- ARGV[3]  credential         the proxy key's sha256, or the member id
+-- ARGV[4]  max_cost           nano-USD: strict upper bound of the request
+-- ARGV[5]  est_cost           nano-USD: the estimate policy's reservation
+-- ARGV[6]  policy             default reservation policy: strict | estimate | none (an org
+--                             may override it)
+-- ARGV[7]  reservation_ttl_s  seconds
+-- ARGV[8]  accept             "1" when the member accepts extra usage for this request
+-- ARGV[9]  reserve            "1" to reserve; "0" to answer without writing (status, dry check)
+-- ARGV[10] tiers              ";name,session_allowance,weekly_allowance,session_s,weekly_s;..."
+--                             (nano-USD, seconds; each tier starts with ";")
+-- ARGV[11] pinned_now         epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[12] retention_s        seconds a finished operation record is kept
+-- ARGV[13] force              "1" to admit usage journaled while Redis was down (the request
+--                             already ran): included while the seat allows, else extra usage
+--                             when the org and member have it (past any limit), else included
+--                             past the seat allowance
+-- ARGV[14] lean               "1" for the lean answer when allowed: the decision, the member,
+--                             the upstream credential and policy, and what the unified
+--                             rate-limit headers show; a denial always gets the whole answer
+-- Reply: JSON, written out directly (see jstr in lib.lua): {ok=0, err, detail} for an unknown
+-- key/member/org/tier or a disabled member or org; else the decision {ok=1, d, mode, reason,
+-- ...} (proxy/core/admission.py names every field) with every amount a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
 -- correct on its own.
@@ -35,214 +38,156 @@ local org_k, mem_k, cred_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local rid = ARGV[1]
 local max_cost = tonumber(ARGV[4])
 local est_cost = tonumber(ARGV[5])
-local accept = ARGV[8] == '1'
 local reserve = ARGV[9] == '1'
-local force = ARGV[13] == '1'
 
-if reserve then
+-- a request id seen before: the answer it got, or the refusal of a spent id (nil: new)
+local function replayed()
   local prior = redis.call('HGET', ops_k, rid)
-  if prior then
-    local rec = cjson.decode(prior)
-    if rec.s == 'r' or rec.s == 'x' then
-      -- the decision as answered, kept beside the record until it is settled or released
-      local answered = redis.call('HGET', ops_k, 'a:' .. rid)
-      if answered then return string.sub(answered, 1, -2) .. ',"replay":"1"}' end
-    end
-    if rec.reply then  -- a record written before the answer was kept beside it
-      rec.reply.replay = '1'
-      return cjson.encode(rec.reply)
-    end
-    -- already settled or released: this request id is spent
-    return fail('duplicate_id', rec.s or '')
+  if not prior then return nil end
+  local rec = cjson.decode(prior)
+  if rec.s == 'r' or rec.s == 'x' then
+    -- the decision as answered, kept beside the record until it is settled or released
+    local answered = redis.call('HGET', ops_k, 'a:' .. rid)
+    if answered then return string.sub(answered, 1, -2) .. ',"replay":"1"}' end
   end
+  if rec.reply then  -- a record written before the answer was kept beside it
+    rec.reply.replay = '1'
+    return cjson.encode(rec.reply)
+  end
+  -- already settled or released: this request id is spent
+  return fail('duplicate_id', rec.s or '')
 end
 
-local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-  'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
-  'clock')
-local plan = o[1]
-if not plan then return fail('unknown_org') end
-if o[12] == '0' then return fail('org_disabled') end
-
-local mid, kid = ARGV[3], ''
-if ARGV[2] == 'k' then
+-- who asks: (member id, key id), or nil and the refusal
+local function identify()
+  if ARGV[2] ~= 'k' then return ARGV[3], '' end
   local v = redis.call('HGET', cred_k, 'k:' .. ARGV[3])
-  if not v then return fail('unknown_key') end
-  mid, kid = split2(v)
+  if not v then return nil, fail('unknown_key') end
+  return split2(v)
 end
 
-local now, advanced = clock_at(o[15], ARGV[11])
-local period, month_end = month_of(now)
-
--- the org's reserved total, less what the reclaiming below gives back
-local org_res = num(o[7])
--- reclaim reservations left by crashed proxies (bounded work per call)
-local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now, 'LIMIT', 0, 16)
-for _, id in ipairs(due) do
-  local raw = redis.call('HGET', ops_k, id)
-  if raw then
-    local rec = cjson.decode(raw)
-    if rec.s == 'r' then
-      local a = num(rec.a)
-      if rec.mode == 'extra_usage' and a > 0 then
-        redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-a))
-        redis.call('HINCRBY', org_k, 'eu_res', fmt(-a))
-        org_res = org_res - a
+-- give back the reservations of crashed proxies that are past their TTL (at most 16 a call);
+-- returns the org's reserved total less what it gave back
+local function reclaim(now, org_res)
+  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now, 'LIMIT', 0, 16)
+  for _, id in ipairs(due) do
+    local raw = redis.call('HGET', ops_k, id)
+    if raw then
+      local rec = cjson.decode(raw)
+      if rec.s == 'r' then
+        local a = num(rec.a)
+        if rec.mode == 'extra_usage' and a > 0 then
+          redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-a))
+          redis.call('HINCRBY', org_k, 'eu_res', fmt(-a))
+          org_res = org_res - a
+        end
+        rec.s = 'x'
+        redis.call('HSET', ops_k, id, cjson.encode(rec))
+        redis.call('ZADD', due_k, now + tonumber(ARGV[12]), id)
+      else
+        redis.call('HDEL', ops_k, id, 'a:' .. id)
+        redis.call('ZREM', due_k, id)
       end
-      rec.s = 'x'
-      redis.call('HSET', ops_k, id, cjson.encode(rec))
-      redis.call('ZADD', due_k, now + tonumber(ARGV[12]), id)
     else
-      redis.call('HDEL', ops_k, id, 'a:' .. id)
       redis.call('ZREM', due_k, id)
     end
-  else
-    redis.call('ZREM', due_k, id)
   end
+  return org_res
 end
 
-local p = mid .. '|'
-local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
-  p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
-  p .. 'limit', p .. 'eu', p .. 'consent')
-local tier = m[1]
-if not tier then return fail('unknown_member', mid) end
-if m[3] == '0' then return fail('member_disabled', mid) end
-
--- the tier's numbers: found by name (";<tier>,"), not by parsing every tier
-local sa_s, wa_s, sl_s, wl_s
-local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
-if at then
-  sa_s, wa_s, sl_s, wl_s = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
-end
-if not sa_s then return fail('unknown_tier', tier) end
-local sa, wa = tonumber(sa_s), tonumber(wa_s)
-
--- seat allowance: each window opens with the first admitted request when none is open
-local s_end, w_end = num(m[4]), num(m[6])
-local s_open, w_open = now < s_end, now < w_end
--- each value also as the string the answer carries: the stored one where it is unchanged
--- (every number in these hashes is written as a plain integer), so no formatting per request
-local s_used_s = s_open and m[5] or '0'
-local w_used_s = w_open and m[7] or '0'
-local s_used, w_used = num(s_used_s), num(w_used_s)
-local sl, wl = 0, 0
-if not s_open then sl = tonumber(sl_s) end
-if not w_open then wl = tonumber(wl_s) end
-local s_reset_s = s_open and m[4] or fmt(now + sl)
-local w_reset_s = w_open and m[6] or fmt(now + wl)
-local seat_ok = s_used < sa and w_used < wa
-local claim, claim_reset
-if w_used >= wa then
-  claim, claim_reset = 'seven_day', w_reset_s
-elseif s_used >= sa then
-  claim, claim_reset = 'five_hour', s_reset_s
-elseif w_used * sa > s_used * wa then
-  claim, claim_reset = 'seven_day', w_reset_s
-else
-  claim, claim_reset = 'five_hour', s_reset_s
+-- the tier's allowances and windows, found by name (";<tier>,"), not by parsing every tier:
+-- (session allowance, weekly allowance, session window, weekly window) as strings
+local function tier_numbers(tier)
+  local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
+  if not at then return nil end
+  return string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
 end
 
--- extra usage: the four conditions, then every applicable limit and the balance
-local policy = o[10] or ARGV[6]
-local m_spend_s = in_period(m[8], m[9], period)
-local org_spend_s = in_period(o[8], o[9], period)
-local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
-local m_res = num(m[10])
-local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
-local tier_limit = nil
-if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
-local org_limit = opt(o[5])
-local balance = num(o[6])
-local consent_mode = o[4] or (plan == 'team' and 'automatic' or 'required')
-
-local eu_reason = ''
-if o[2] ~= '1' then
-  eu_reason = 'org_level_disabled'
-elseif plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
-  eu_reason = 'member_level_disabled'
-elseif plan == 'enterprise' and member_limit == 0 then
-  eu_reason = 'member_level_disabled'
+-- the seat allowance: each window opens with the first admitted request when none is open.
+-- Each value is also kept as the string the answer carries: the stored one where it is
+-- unchanged (every number in these hashes is a plain integer), so no formatting per request.
+local function windows(now, m, sa_s, wa_s, sl_s, wl_s)
+  local w = {}
+  local s_end, w_end = num(m[4]), num(m[6])
+  w.s_open, w.w_open = now < s_end, now < w_end
+  w.s_used_s = w.s_open and m[5] or '0'
+  w.w_used_s = w.w_open and m[7] or '0'
+  local s_used, w_used = num(w.s_used_s), num(w.w_used_s)
+  local sa, wa = tonumber(sa_s), tonumber(wa_s)
+  w.s_reset_s = w.s_open and m[4] or fmt(now + tonumber(sl_s))
+  w.w_reset_s = w.w_open and m[6] or fmt(now + tonumber(wl_s))
+  w.seat_ok = s_used < sa and w_used < wa
+  -- the window that binds: a used-up one, else the one nearer its allowance
+  if w_used >= wa then
+    w.claim, w.claim_reset = 'seven_day', w.w_reset_s
+  elseif s_used >= sa then
+    w.claim, w.claim_reset = 'five_hour', w.s_reset_s
+  elseif w_used * sa > s_used * wa then
+    w.claim, w.claim_reset = 'seven_day', w.w_reset_s
+  else
+    w.claim, w.claim_reset = 'five_hour', w.s_reset_s
+  end
+  return w
 end
 
-local limits = {}
-if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
-if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
-if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
-if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
+-- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
+local function eu_condition(plan, o, m, member_limit)
+  if o[2] ~= '1' then return 'org_level_disabled' end
+  if plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
+    return 'member_level_disabled'
+  end
+  if plan == 'enterprise' and member_limit == 0 then return 'member_level_disabled' end
+  return ''
+end
 
-local remaining = nil      -- the least room left under any limit (nil: unlimited)
-local limit_reason = ''
-local fits = '1'
-for _, l in ipairs(limits) do
-  local room
-  if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
-  if remaining == nil or room < remaining then remaining = room end
-  if limit_reason == '' then
-    if room <= 0 then
-      limit_reason = l[1]
-    elseif policy == 'strict' and room < max_cost then
-      limit_reason, fits = l[1], '0'
+-- condition 4: every applicable limit and the balance. Returns the least room left under
+-- any of them (nil: unlimited), the first one that refuses ('' none) and whether a strict
+-- maximum fits ('1'/'0').
+local function limits_and_balance(policy, limits)
+  local remaining, limit_reason, fits = nil, '', '1'
+  for _, l in ipairs(limits) do
+    local room
+    if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
+    if remaining == nil or room < remaining then remaining = room end
+    if limit_reason == '' then
+      if room <= 0 then
+        limit_reason = l[1]
+      elseif policy == 'strict' and room < max_cost then
+        limit_reason, fits = l[1], '0'
+      end
     end
   end
+  return remaining, limit_reason, fits
 end
 
-local consent_ok = consent_mode ~= 'required' or m[13] == '1' or accept
-local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
-local eu_disabled = eu_reason
-if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
-if eu_disabled == '' then eu_disabled = limit_reason end
-
-local decision, mode, reason, amount = 'allow', 'included', '', 0
-if not seat_ok then
+-- the decision: (decision, mode, reason, amount to reserve)
+local function decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
+  if seat_ok then return 'allow', 'included', '', 0 end
   if eu_available then
-    mode = 'extra_usage'
+    local amount = 0
     if policy == 'strict' then
       amount = max_cost
     elseif policy == 'estimate' then
       amount = est_cost
       if remaining ~= nil and remaining < amount then amount = remaining end
     end
-  elseif force then
-    mode = (eu_reason == '') and 'extra_usage' or 'included'
-  else
-    decision, mode, reason = 'deny', '', eu_disabled
+    return 'allow', 'extra_usage', '', amount
   end
+  if ARGV[13] == '1' then  -- forced: the request already ran
+    return 'allow', (eu_reason == '') and 'extra_usage' or 'included', '', 0
+  end
+  return 'deny', '', eu_disabled, 0
 end
 
--- the answer, written out as JSON (see jstr): the rest of the decision (for the check API and
--- every denial), then what every answer carries (the proxy's lean answer when allowed)
-local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
-local rest = '}'
-if decision ~= 'allow' or ARGV[14] ~= '1' then
-  rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
-    .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or 'member')
-    .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
-    .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
-    .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
-    .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
-    .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
-    .. fmt(m_res) .. '","requests_on":"' .. (o[14] == '0' and '0' or '1')
-    .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
-end
-
-local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
-  .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
-  .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
-  .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
-  .. w_reset_s .. '","claim":"' .. claim .. '","claim_reset":"' .. claim_reset
-  .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
-  .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
-  .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
-  .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
-  .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
-if decision == 'allow' and reserve then
-  -- what the admission moves, as field/value pairs: one HSET per hash
+-- what the admission moves, as field/value pairs (one HSET per hash), then the record and
+-- the answer kept beside it (encoded once; settlement reads only the small record)
+local function reserve_it(now, advanced, p, w, mode, amount, org_res, m_res, mid_j, tier_j,
+                          answer)
   local ow, mw = {}, {}
   if advanced then put(ow, 'clock', fmt(now)) end
   -- a window opened now ends at its reset, as answered
-  if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
-  if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
+  if not w.s_open then put(mw, p .. 's_end', w.s_reset_s, p .. 's_used', '0') end
+  if not w.w_open then put(mw, p .. 'w_end', w.w_reset_s, p .. 'w_used', '0') end
   if mode == 'extra_usage' and amount > 0 then
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
@@ -252,9 +197,102 @@ if decision == 'allow' and reserve then
   local exp = now + tonumber(ARGV[7])
   local rec = '{"s":"r","m":"' .. mid_j .. '","t":"' .. tier_j .. '","mode":"' .. mode
     .. '","a":"' .. fmt(amount) .. '","exp":"' .. fmt(exp) .. '"}'
-  -- the answer is kept as encoded, beside the record: encoded once, and settlement reads
-  -- only the small record
   redis.call('HSET', ops_k, rid, rec, 'a:' .. rid, answer)
   redis.call('ZADD', due_k, exp, rid)
 end
-return answer
+
+local function admit()
+  if reserve then
+    local prior = replayed()
+    if prior then return prior end
+  end
+
+  local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
+    'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
+    'clock')
+  local plan = o[1]
+  if not plan then return fail('unknown_org') end
+  if o[12] == '0' then return fail('org_disabled') end
+
+  local mid, kid = identify()
+  if not mid then return kid end
+
+  local now, advanced = clock_at(o[15], ARGV[11])
+  local period, month_end = month_of(now)
+  local org_res = reclaim(now, num(o[7]))
+
+  local p = mid .. '|'
+  local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
+    p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
+    p .. 'limit', p .. 'eu', p .. 'consent')
+  local tier = m[1]
+  if not tier then return fail('unknown_member', mid) end
+  if m[3] == '0' then return fail('member_disabled', mid) end
+  local sa_s, wa_s, sl_s, wl_s = tier_numbers(tier)
+  if not sa_s then return fail('unknown_tier', tier) end
+  local w = windows(now, m, sa_s, wa_s, sl_s, wl_s)
+
+  -- extra usage: the conditions, then every applicable limit and the balance
+  local policy = o[10] or ARGV[6]
+  local m_spend_s = in_period(m[8], m[9], period)
+  local org_spend_s = in_period(o[8], o[9], period)
+  local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
+  local m_res = num(m[10])
+  local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
+  local tier_limit = nil
+  if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
+  local org_limit = opt(o[5])
+  local balance = num(o[6])
+  local consent_mode = o[4] or DEFAULT_CONSENT[plan]
+  local eu_reason = eu_condition(plan, o, m, member_limit)
+
+  local limits = {}
+  if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
+  if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
+  if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
+  if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
+  local remaining, limit_reason, fits = limits_and_balance(policy, limits)
+
+  -- condition 3: consent
+  local consent_ok = consent_mode ~= 'required' or m[13] == '1' or ARGV[8] == '1'
+  local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
+  local eu_disabled = eu_reason
+  if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
+  if eu_disabled == '' then eu_disabled = limit_reason end
+
+  local decision, mode, reason, amount =
+    decide(policy, w.seat_ok, eu_available, eu_reason, eu_disabled, remaining)
+
+  -- the answer, written out as JSON (see jstr): the rest of the decision (for the check API
+  -- and every denial), then what every answer carries (the proxy's lean answer when allowed)
+  local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
+  local rest = '}'
+  if decision ~= 'allow' or ARGV[14] ~= '1' then
+    rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
+      .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or DEFAULT_ROLE)
+      .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
+      .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
+      .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
+      .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
+      .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
+      .. fmt(m_res) .. '","requests_on":"' .. (o[14] or DEFAULT_REQUESTS_ON)
+      .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
+  end
+  local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
+    .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
+    .. '","s_used":"' .. w.s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
+    .. w.s_reset_s .. '","w_used":"' .. w.w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
+    .. w.w_reset_s .. '","claim":"' .. w.claim .. '","claim_reset":"' .. w.claim_reset
+    .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
+    .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
+    .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
+    .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
+    .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
+
+  if decision == 'allow' and reserve then
+    reserve_it(now, advanced, p, w, mode, amount, org_res, m_res, mid_j, tier_j, answer)
+  end
+  return answer
+end
+
+return admit()

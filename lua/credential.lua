@@ -1,8 +1,15 @@
 -- credential: issue or revoke a proxy key ("k") or an admin token ("t") of a member.
 --
--- KEYS[1] credentials hash, KEYS[2] members hash, KEYS[3] audit stream
--- ARGV[1] "add" | "revoke", ARGV[2] kind "k" | "t", ARGV[3] sha256 of the secret (add),
--- ARGV[4] member id, ARGV[5] credential id, ARGV[6] actor, ARGV[7] pinned time (0 = TIME)
+-- KEYS[1] creds    hash: credentials by secret hash and by id
+-- KEYS[2] members  hash: "<member>|tier" (the member must exist)
+-- KEYS[3] audit    stream
+-- ARGV[1] op           "add" | "revoke"
+-- ARGV[2] kind         "k" | "t"
+-- ARGV[3] secret_hash  sha256 of the secret (add)
+-- ARGV[4] member       the member id
+-- ARGV[5] cred_id      the credential id
+-- ARGV[6] actor        who, for the audit log
+-- ARGV[7] pinned_now   epoch seconds (0 = Redis TIME)
 -- Layout: "<kind>:<hash>" -> "<member>|<id>" (lookup by secret), "<kind>id:<id>" -> hash.
 -- Reply: JSON {ok=1} or {ok=0, err="unknown_member"|"unknown_credential"|"exists"}.
 -- Idempotent: adding the same id with the same hash again, or revoking twice, changes nothing

@@ -1,11 +1,17 @@
 -- purchase: add prepaid credit to a Team org's balance (a purchase or a confirmed reload).
 --
--- KEYS[1] org hash, KEYS[2] ops hash, KEYS[3] ops due zset, KEYS[4] ledger stream,
--- KEYS[5] audit stream
--- ARGV[1] kind: "purchase" | "reload"
--- ARGV[2] operation id: "purchase:<idempotency key>" | "reload:<reload id>"
--- ARGV[3] amount, nano-USD (purchase; a reload's amount is the one stored when it was requested)
--- ARGV[4] actor, ARGV[5] pinned time (tests only; 0 = TIME), ARGV[6] retention, seconds
+-- KEYS[1] org     hash: plan, balance, pending reload, clock
+-- KEYS[2] ops     hash: "purchase:<key>" / "reload:<id>" -> JSON record
+-- KEYS[3] due     zset: operation id by when its record expires
+-- KEYS[4] ledger  stream: one entry per credit
+-- KEYS[5] audit   stream: the balance before and after
+-- ARGV[1] kind         "purchase" | "reload"
+-- ARGV[2] op_id        "purchase:<idempotency key>" | "reload:<reload id>"
+-- ARGV[3] amount       nano-USD (a purchase; a reload's amount is the one stored when it was
+--                      requested)
+-- ARGV[4] actor        who: the ledger entry's source and the audit's actor
+-- ARGV[5] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[6] retention_s  seconds a purchase's record is kept, for replays
 -- Reply: JSON {ok=1, amount, balance, entry, replay?} or {ok=0, err}.
 -- Idempotent by operation id: a replay returns the stored result and adds nothing; the same
 -- idempotency key with another amount is a conflict.

@@ -1,9 +1,13 @@
 -- release: give back a reservation without charging (upstream failed before any byte,
 -- or a first-party backend decided not to serve the message).
 --
--- KEYS[1] org hash, KEYS[2] members hash, KEYS[3] ops hash, KEYS[4] ops due zset
--- ARGV[1] request id, ARGV[2] pinned time (tests only; 0 = Redis TIME),
--- ARGV[3] retention of the finished record, seconds
+-- KEYS[1] org      hash: reserved total, clock
+-- KEYS[2] members  hash: "<member>|eu_res"
+-- KEYS[3] ops      hash: operation id -> JSON record
+-- KEYS[4] due      zset: operation id by when its record expires
+-- ARGV[1] request_id   the reservation made by admit.lua
+-- ARGV[2] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[3] retention_s  seconds the finished record is kept
 -- Reply: JSON {ok=1, released=<nano-USD>, replay?} or {ok=0, err="unknown_reservation"|"settled"}.
 -- Idempotent: releasing twice releases once.
 

@@ -1,7 +1,10 @@
 -- whois: the member behind a credential (read-only).
 --
--- KEYS[1] org hash, KEYS[2] members hash, KEYS[3] credentials hash
--- ARGV[1] kind "k" (proxy key) | "t" (admin token), ARGV[2] sha256 of the secret
+-- KEYS[1] org      hash: plan, upstream, enabled
+-- KEYS[2] members  hash: "<member>|tier", role, enabled
+-- KEYS[3] creds    hash: "<kind>:<sha256>" -> "<member>|<id>"
+-- ARGV[1] kind         "k" (proxy key) | "t" (admin token)
+-- ARGV[2] secret_hash  sha256 of the secret
 -- Reply: JSON {ok=1, member, id, role, tier, enabled, plan, upstream} or {ok=0, err}.
 
 local org_k, mem_k, cred_k = KEYS[1], KEYS[2], KEYS[3]
@@ -14,5 +17,6 @@ local mid, id = split2(v)
 local p = mid .. '|'
 local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled')
 if not m[1] then return fail('unknown_member', mid) end
-return cjson.encode({ ok = 1, member = mid, id = id, tier = m[1], role = m[2] or 'member',
+return cjson.encode({ ok = 1, member = mid, id = id, tier = m[1],
+  role = m[2] or DEFAULT_ROLE,
   enabled = (m[3] == '0' or o[3] == '0') and '0' or '1', plan = plan, upstream = o[2] or '' })

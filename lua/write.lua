@@ -1,9 +1,12 @@
 -- write: change fields of one org hash under guards, and record the change in the audit log.
 --
--- KEYS[1] the hash to change (org hash or members hash), KEYS[2] audit stream
--- ARGV[1] actor (who), ARGV[2] action (what), ARGV[3] pinned time (tests only; 0 = TIME)
--- ARGV[4] guards, one a line: "=field=value" the field must equal value; "+field" the field
---         must exist; "-field" it must not exist ("not_found"/"exists"/"conflict" otherwise)
+-- KEYS[1] target  hash: the org, members or requests hash
+-- KEYS[2] audit   stream: who changed what, before, after, when
+-- ARGV[1] actor       who
+-- ARGV[2] action      what
+-- ARGV[3] pinned_now  epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[4] guards      one a line: "=field=value" the field must equal value; "+field" the
+--                     field must exist; "-field" it must not ("not_found"/"exists"/"conflict")
 -- ARGV[5..] field, value pairs; the value "\0" deletes the field
 -- Reply: JSON {ok=1, before={...}, after={...}} or {ok=0, err, detail=<field>}.
 -- Idempotent: writing the same values twice leaves the same state (the audit notes both).

@@ -207,6 +207,8 @@ class Audit:
     """Fields of an audit stream entry, and the actions the scripts write themselves."""
 
     FIELDS: Final = ("ts", "actor", "action", "before", "after")
+    # what the scripts' own entries carry in before / after (write.lua: the fields it wrote)
+    SCRIPT_PAYLOAD: Final = ("member", "id", "balance")
     SCRIPT_ACTIONS: Final = (
         "credit.purchase",
         "credit.reload_confirm",
@@ -275,5 +277,5 @@ def vocabulary() -> frozenset[str]:
     words |= set(Member.VIEW) | set(Op.STATES) | set(Op.FIELDS) | set(Op.RELOAD_FIELDS)
     words |= {kind + Cred.BY_HASH for kind in Cred.KINDS} | {k + Cred.BY_ID for k in Cred.KINDS}
     words |= set(Ledger.FIELDS) | set(Ledger.KINDS) | set(Ledger.SOURCES)
-    words |= set(Audit.FIELDS) | set(Audit.SCRIPT_ACTIONS)
+    words |= set(Audit.FIELDS) | set(Audit.SCRIPT_ACTIONS) | set(Audit.SCRIPT_PAYLOAD)
     return frozenset(words)

@@ -1,0 +1,131 @@
+"""Each Lua script against its spec (proxy/storage/scripts.py) and the data model
+(proxy/storage/model.py): the header names the spec's KEYS and ARGV in order, every word the
+script spells — a field, a state, a code, a reply field — is declared, and every declared
+reply field is written. Pure: reads the files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from proxy.core.admission import FULL_FIELDS, LEAN_FIELDS
+from proxy.storage.model import Op, vocabulary
+from proxy.storage.scripts import FAILURE_FIELDS, SPECS, ScriptSpec
+
+LUA = Path(__file__).parents[2] / "lua"
+# words of Lua and Redis, not of the data model
+LUA_WORDS = frozenset(
+    {"LIMIT", "-inf", "*", "|", ";", ","}  # ZRANGEBYSCORE ... LIMIT; XADD's id; separators
+)
+
+
+def code_and_strings(src: str) -> tuple[str, list[str]]:
+    """The code without its comments, and its string literals."""
+    code: list[str] = []
+    strings: list[str] = []
+    i, n = 0, len(src)
+    while i < n:
+        if src.startswith("--", i):
+            j = src.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        c = src[i]
+        if c in "'\"":
+            j, buf = i + 1, []
+            while j < n and src[j] != c:
+                if src[j] == "\\":
+                    buf.append(src[j : j + 2])
+                    j += 2
+                    continue
+                buf.append(src[j])
+                j += 1
+            strings.append("".join(buf))
+            code.append(" '' ")
+            i = j + 1
+            continue
+        code.append(c)
+        i += 1
+    return "".join(code), strings
+
+
+def words(src: str) -> set[str]:
+    """What the script spells that the data model must declare: identifier-shaped literals
+    that are not Redis commands, JSON keys written out, keys of the tables it builds, and the
+    fields of records it reads."""
+    code, strings = code_and_strings(src)
+    out = {s for s in strings if re.fullmatch(r"[a-z_][\w:.|-]*", s)}
+    out |= {k for s in strings if '"' in s for k in re.findall(r'"(\w+)":', s)}
+    for table in re.findall(r"\{([^{}]*)\}", code):  # keys of every table constructor
+        out |= set(re.findall(r"(\w+)\s*=(?!=)", table))
+    out |= set(re.findall(r"\brec\.(\w+)", code))
+    return out
+
+
+def header(src: str) -> tuple[list[str], list[str], bool]:
+    """(KEYS names, ARGV names, whether it takes field/value pairs) from the header."""
+    keys = re.findall(r"^-- KEYS\[(\d+)\]\s+(\w+)", src, re.M)
+    argv = re.findall(r"^-- ARGV\[(\d+)\]\s+(\w+)", src, re.M)
+    assert [int(i) for i, _ in keys] == list(range(1, len(keys) + 1))
+    assert [int(i) for i, _ in argv] == list(range(1, len(argv) + 1))
+    pairs = re.search(r"^-- ARGV\[(\d+)\.\.\]", src, re.M)
+    if pairs:
+        assert int(pairs.group(1)) == len(argv) + 1
+    return [k for _, k in keys], [a for _, a in argv], bool(pairs)
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
+def test_the_header_states_the_spec(spec: ScriptSpec) -> None:
+    keys, argv, pairs = header((LUA / f"{spec.name}.lua").read_text())
+    assert keys == list(spec.keys)
+    assert argv == [a.name for a in spec.argv]
+    assert pairs == bool(spec.pairs)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in LUA.glob("*.lua")))
+def test_every_word_of_a_script_is_declared(name: str) -> None:
+    spelled = words((LUA / f"{name}.lua").read_text())
+    spelled = {w for w in spelled if not w.isupper()}  # Redis commands: HGET, XADD …
+    spec = SPECS.get(name)
+    replies = set(spec.reply) | set(spec.optional) if spec else set()
+    undeclared = spelled - vocabulary() - replies - LUA_WORDS - set(FAILURE_FIELDS)
+    assert not undeclared, f"{name}.lua spells words the data model does not declare"
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
+def test_every_reply_field_is_written(spec: ScriptSpec) -> None:
+    spelled = words((LUA / f"{spec.name}.lua").read_text())
+    assert set(spec.reply) <= spelled
+    for field in spec.reply:
+        assert field in vocabulary() or field in FULL_FIELDS or field in spelled
+
+
+def test_the_scan_finds_what_it_checks() -> None:
+    """The checks above can fail: the scanner sees literals, JSON keys, encoded tables and
+    record fields, and not comments."""
+    src = (
+        "-- 'in_a_comment'\nlocal x = redis.call('HGET', k, 'typo_field')\n"
+        'local j = \'{"made_up":"\' .. v\nreturn cjson.encode({ ok = 1, bogus = 2 })\n'
+        "if rec.nonsense then end"
+    )
+    found = words(src)
+    assert {"typo_field", "made_up", "ok", "bogus", "nonsense"} <= found
+    assert "in_a_comment" not in found
+    assert not {"typo_field", "made_up", "bogus", "nonsense"} & vocabulary()
+
+
+def test_the_lean_answer_is_part_of_the_full_one() -> None:
+    assert set(LEAN_FIELDS) < set(FULL_FIELDS)
+    assert set(SPECS["admit"].reply) == set(FULL_FIELDS)
+    assert {"s", "m", "t", "mode", "a", "exp"} <= set(Op.FIELDS)
+
+
+def test_bind_names_every_argument() -> None:
+    spec = SPECS["release"]
+    args, tail = spec.bind(request_id="r1", pinned_now=0, retention_s=60)
+    assert (args, tail) == (("r1",), (0, 60))
+    with pytest.raises(TypeError, match="missing argument 'retention_s'"):
+        spec.bind(request_id="r1", pinned_now=0, other=1)
+    with pytest.raises(TypeError, match="unknown arguments"):
+        spec.bind(request_id="r1", pinned_now=0, retention_s=60, extra=1)
