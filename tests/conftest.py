@@ -18,8 +18,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config, parse_config
 from proxy.http.app import build_app
-from proxy.http.appkeys import STORE
-from proxy.http.proxy_routes import METER
+from proxy.http.appkeys import METER, STORE
 from proxy.storage.store import Store
 from proxy.tools.mock_upstream import MockUpstream, build_mock_app
 from tests.servers import RedisServer

@@ -1,32 +1,40 @@
-"""Builds the aiohttp application. Every resource is opened in cleanup_ctx, under an AppKey."""
+"""Builds the aiohttp application: the routes, and every resource in a ``cleanup_ctx`` of
+its own under a typed ``AppKey``.
+
+aiohttp opens the contexts in order and closes them in reverse, attempting every close even
+when one fails and reporting each error (``CleanupError``), so a resource is closed after
+everything that uses it: the store last, after the upstream client, the ledger, payments,
+the journal's replayer and the settlements still under way.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.core.errors import InternalError, ProxyError, StoreUnavailable
+from proxy.core.errors import ProxyError, StoreUnavailable
 from proxy.http import check_api, member_routes
 from proxy.http.admin import billing, extra_usage, orgs, requests
-from proxy.http.appkeys import CONFIG, LEDGER, METRICS, PAYMENTS, STORE, UPSTREAM
-from proxy.http.errors import error_response
-from proxy.http.openapi import document
-from proxy.http.proxy_routes import (
+from proxy.http.appkeys import (
     ACCESS_LOG,
+    CONFIG,
+    LEDGER,
     METER,
-    REQUEST_ID,
-    head_root,
-    messages,
-    new_request_id,
-    passthrough,
-    refuse_unmetered,
+    METRICS,
+    PAYMENTS,
+    STORE,
+    UPSTREAM,
 )
+from proxy.http.middleware import errors_middleware
+from proxy.http.openapi import document
+from proxy.http.proxy_routes import head_root, messages, passthrough, refuse_unmetered
 from proxy.ledger.db import LazyLedger
 from proxy.metering.journal import Journal
 from proxy.metering.meter import Meter
@@ -38,33 +46,7 @@ from proxy.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every request gets an id; every error leaves in the Anthropic envelope carrying it."""
-    rid = request[REQUEST_ID] = new_request_id()
-    try:
-        return await handler(request)
-    except ProxyError as err:
-        if isinstance(err, StoreUnavailable):
-            request.app[METRICS].redis_errors.labels("request").inc()
-        return error_response(err, rid)
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            kind = {
-                404: "not_found_error",
-                405: "invalid_request_error",
-                413: "request_too_large",
-            }.get(exc.status, "invalid_request_error")
-            http_err = ProxyError(exc.reason or "error", error_type=kind)
-            http_err.status = exc.status
-            return error_response(http_err, rid)
-        raise
-    except Exception:
-        log.exception("unhandled error", extra={"fields": {"path": request.path}})
-        return error_response(InternalError("internal error in the proxy"), rid)
+Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -99,12 +81,97 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
-async def _flush_metrics(metrics: Metrics, every_s: float = 1.0) -> None:
-    """Hot-path counts reach the metric series once a second (and before each scrape): with
-    ``--workers`` another worker may answer the scrape."""
+async def _every(seconds: float, work: Callable[[], None]) -> None:
     while True:
-        await asyncio.sleep(every_s)
-        metrics.flush()
+        await asyncio.sleep(seconds)
+        work()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _store_ctx(config: Config, redis_client: RedisClient | None) -> Context:
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(
+            redis_client or make_client(config.redis),
+            prefix=config.redis.key_prefix,
+            tiers=config.tiers,
+            policy=config.policy,
+            metrics=app[METRICS],
+            # auto-pipelining on the client this app opened itself (a real Redis)
+            pipelining=redis_client is None and not config.redis.cluster,
+            owns_client=redis_client is None,
+        )
+        app[STORE] = store
+        try:
+            await store.load_scripts()
+        except StoreUnavailable:
+            log.warning("redis not reachable at start; /readyz will report it")
+        yield
+        await store.close()
+
+    return store_ctx
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    up = app[CONFIG].upstream
+    app[UPSTREAM] = upstream = Upstream(
+        up.url,
+        connect_timeout_s=up.connect_timeout_s,
+        read_timeout_s=up.read_timeout_s,
+        max_connections=up.max_connections,
+    )
+    yield
+    await upstream.close()
+
+
+async def _payments_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    # outgoing calls other than the API's (payment provider, webhooks)
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout_s),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    try:
+        app[PAYMENTS] = payments = Payments(config.payments, app[STORE], app[METRICS], session)
+        yield
+        await payments.close()
+    finally:
+        await session.close()
+
+
+async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LEDGER] = ledger = LazyLedger(app[CONFIG].ledger.database_url)
+    yield
+    await ledger.close()
+
+
+async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    journal = Journal(config.policy.journal_dir, app[METRICS])
+    app[METER] = meter = Meter(config, app[STORE], app[METRICS], app[PAYMENTS], journal)
+    # journals left by this or an earlier process are replayed as soon as Redis answers
+    replayer = asyncio.create_task(journal.run(meter.replay, app[STORE].ping))
+    try:
+        yield
+        await meter.drain()  # settlements still under way
+    finally:
+        await _cancel(replayer)
+        journal.close()
+
+
+async def _flush_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hot-path counts reach the metric series once a second (and before each scrape): with
+    ``--workers`` another worker may answer the scrape. The access log's last lines too."""
+    metrics, access_log = app[METRICS], app[ACCESS_LOG]
+    flusher = asyncio.create_task(_every(1.0, metrics.flush))
+    yield
+    await _cancel(flusher)
+    metrics.flush()
+    access_log.flush()
 
 
 def build_app(
@@ -114,71 +181,31 @@ def build_app(
     metrics: Metrics | None = None,
     access_log_fd: int | None = 2,
 ) -> web.Application:
-    """The proxy application. ``redis_client`` lets the demo bring an embedded Redis;
-    ``access_log_fd=None`` turns the per-request lines off (the demo prints its own)."""
+    """The proxy application. ``redis_client`` lets the demo bring an embedded Redis (it is
+    not closed here); ``access_log_fd=None`` turns the per-request lines off (the demo prints
+    its own)."""
     app = web.Application(
         client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware]
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
-    app[ACCESS_LOG] = access_log = AccessLog(access_log_fd)
+    app[ACCESS_LOG] = AccessLog(access_log_fd)
+    # opened in this order, closed in the reverse
+    app.cleanup_ctx.extend(
+        [
+            _store_ctx(config, redis_client),
+            _upstream_ctx,
+            _ledger_ctx,
+            _payments_ctx,
+            _meter_ctx,
+            _flush_ctx,
+        ]
+    )
+    _routes(app)
+    return app
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        client = redis_client or make_client(config.redis)
-        store = Store(
-            client,
-            prefix=config.redis.key_prefix,
-            tiers=config.tiers,
-            policy=config.policy,
-            metrics=app[METRICS],
-            # auto-pipelining on the client this app opened itself (a real Redis)
-            pipelining=redis_client is None and not config.redis.cluster,
-        )
-        up = config.upstream
-        upstream = Upstream(
-            up.url,
-            connect_timeout_s=up.connect_timeout_s,
-            read_timeout_s=up.read_timeout_s,
-            max_connections=up.max_connections,
-        )
-        # outgoing calls other than the API's (payment provider, webhooks)
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout_s),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        payments = Payments(config.payments, store, app[METRICS], session)
-        app[STORE] = store
-        app[UPSTREAM] = upstream
-        app[PAYMENTS] = payments
-        journal = Journal(config.policy.journal_dir, app[METRICS])
-        app[LEDGER] = ledger = LazyLedger(config.ledger.database_url)
-        app[METER] = meter = Meter(config, store, app[METRICS], payments, journal)
-        # journals left by this or an earlier process are replayed as soon as Redis answers
-        replayer = asyncio.create_task(journal.run(meter.replay, store.ping))
-        flusher = asyncio.create_task(_flush_metrics(app[METRICS]))
-        try:
-            await store.load_scripts()
-        except StoreUnavailable:
-            log.warning("redis not reachable at start; /readyz will report it")
-        yield
-        await meter.drain()  # settlements still under way
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
-        app[METRICS].flush()
-        access_log.flush()
-        replayer.cancel()
-        await asyncio.gather(replayer, return_exceptions=True)
-        journal.close()
-        await ledger.close()
-        await payments.close()
-        await session.close()
-        await upstream.close()
-        if store.pipeliner is not None:
-            await store.pipeliner.close()
-        if redis_client is None:
-            await client.aclose()
 
-    app.cleanup_ctx.append(resources)
+def _routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", passthrough)
     app.router.add_get("/v1/models", passthrough)
@@ -197,4 +224,3 @@ def build_app(
     app.add_routes(requests.routes)
     app.add_routes(check_api.routes)
     app.router.add_route("*", "/v1/{tail:.*}", refuse_unmetered)
-    return app

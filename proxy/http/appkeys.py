@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Metrics
 
 if TYPE_CHECKING:
     from proxy.ledger.db import LazyLedger
+    from proxy.metering.meter import Meter
     from proxy.metering.payments import Payments
     from proxy.storage.store import Store
     from proxy.upstream.client import Upstream
@@ -21,3 +23,6 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")  # the Anthropic API
 PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
 LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
+METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it

@@ -24,11 +24,10 @@ from proxy.core.money import format_usd
 from proxy.core.pricing import UsageError, usage_from_mapping
 from proxy.core.request_fields import MAX_TOKENS_LIMIT
 from proxy.core.validate import boolean, only, string
-from proxy.http.appkeys import CONFIG, STORE
+from proxy.http.appkeys import CONFIG, METER, STORE
 from proxy.http.auth import bearer, is_token
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
-from proxy.http.proxy_routes import METER
 from proxy.storage.store import StoreRefusal
 
 routes = web.RouteTableDef()

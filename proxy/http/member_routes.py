@@ -10,7 +10,7 @@ from proxy.core.validate import boolean, only
 from proxy.http.appkeys import STORE
 from proxy.http.auth import member_of_key, proxy_key, raise_for_identity
 from proxy.http.body import json_object
-from proxy.http.proxy_routes import new_request_id
+from proxy.http.middleware import new_request_id
 from proxy.storage.store import Store, StoreRefusal
 
 routes = web.RouteTableDef()

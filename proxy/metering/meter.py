@@ -1,25 +1,30 @@
 """Admission and settlement around one request: what the proxy and the check API share.
 
 Prices a request, admits it (round trip 1), and later settles its actual usage (round trip 2),
-keeping the metrics. Settlement never raises: a failure is logged and counted, because the
-answer has already reached the member by then.
+keeping the metrics. The fail_open / fail_closed policy for a Redis outage is decided here
+(``admit_request``, ``let_through``). The settlement path is three calls deep: ``settle``
+sends it (``Store.settle``) and hands the reply to ``_finish``, which accounts for it
+(``_account``: metrics, auto-reload) and never raises — the answer has already reached the
+member by then; ``charge`` is the same accounting, awaited, for callers that answer with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from proxy.config import Config
 from proxy.core.admission import Admission
 from proxy.core.decision import Fit, refusal
 from proxy.core.errors import StoreUnavailable
-from proxy.core.pricing import PriceTable, Usage, cost_of
+from proxy.core.pricing import Price, PriceTable, Usage, cost_of
 from proxy.metering.journal import Journal
 from proxy.metering.payments import Payments
 from proxy.obs.metrics import NANO, Metrics
+from proxy.storage.model import EXTRA_USAGE
+from proxy.storage.scripts import Reply
 from proxy.storage.store import Store, StoreRefusal
 from proxy.upstream.upload import MAX_KNOWN_KEYS
 
@@ -32,6 +37,13 @@ TOKEN_KINDS = (
     "cache_write_1h_tokens",
     "cache_read_input_tokens",
 )
+FAIL_CLOSED_MESSAGE = (
+    "the usage store (Redis) is unavailable and this proxy fails closed: requests are "
+    "refused until it is back"
+)
+# what the caller does once a settlement is finished: its result, None when it was journaled
+# or refused
+Settled = Callable[[Reply | None], None]
 
 
 class Meter:
@@ -51,6 +63,8 @@ class Meter:
         # settlements sent and not yet answered (each finishes in its own task)
         self.inflight: set[asyncio.Task[Any]] = set()
 
+    # -- admission -----------------------------------------------------------------------
+
     def bounds(self, model: str, prompt_bytes: int, max_tokens: int) -> tuple[int, int]:
         """(maximum cost, estimated cost) of a request, nano-USD.
 
@@ -62,18 +76,54 @@ class Meter:
             self.prices.estimate(model, prompt_bytes // 4, max_tokens),
         )
 
+    async def admit_request(
+        self,
+        org: str,
+        request_id: str,
+        key_hash: str,
+        *,
+        max_cost: int,
+        est_cost: int,
+        accept_extra: bool,
+    ) -> Admission | None:
+        """Admit a proxy request (its lean answer); None when Redis is unavailable and the
+        proxy fails open (the request then runs unmetered and its usage is journaled)."""
+        try:
+            return await self.store.admit(
+                org,
+                request_id,
+                who="k",
+                credential=key_hash,
+                max_cost=max_cost,
+                est_cost=est_cost,
+                accept_extra=accept_extra,
+                lean=True,
+            )
+        except StoreUnavailable:
+            self.let_through()
+            return None
+
+    def let_through(self) -> None:
+        """Redis is unavailable: raise the fail_closed 503, or count a fail_open pass."""
+        if self.config.policy.fail_mode != "open":
+            raise StoreUnavailable(FAIL_CLOSED_MESSAGE) from None
+        self.metrics.fail_open.inc()
+
+    def admitted(self, org: str, a: Admission, key_hash: str) -> None:
+        """Remember what an allowed admission tells about the org and the key."""
+        self.record_decision(a)
+        self.upstream_refs[org] = a["upstream"]
+        if key_hash not in self.known_keys:
+            if len(self.known_keys) >= MAX_KNOWN_KEYS:
+                self.known_keys.clear()
+            self.known_keys.add(key_hash)
+
     def fit(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Fit:
         """For a strict refusal: the largest max_tokens that the room left would hold."""
         family = self.prices.resolve(model).family
         rates = family.rates_for(prompt_tokens)
         room = a.nano("eu_remaining") - prompt_tokens * rates.max_prompt
         return Fit(max_cost, max(0, room // rates.output) if rates.output else 0)
-
-    def remember_key(self, key_hash: str) -> None:
-        if key_hash not in self.known_keys:
-            if len(self.known_keys) >= MAX_KNOWN_KEYS:
-                self.known_keys.clear()
-            self.known_keys.add(key_hash)
 
     def count_upload(self, outcome: str) -> None:
         self.metrics.child(self.metrics.uploads, outcome).inc()
@@ -86,47 +136,9 @@ class Meter:
         fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
         return refusal(a, fit)
 
-    async def charge(
-        self, org: str, request_id: str, model: str, usage: Usage, *, source: str, policy: str = ""
-    ) -> dict[str, str]:
-        """Settle a reservation on its actual usage; raises StoreRefusal/StoreUnavailable."""
-        charged, _ = self._charge_soon(org, request_id, model, usage, source, policy)
-        return await charged
+    # -- settlement ----------------------------------------------------------------------
 
-    def _charge_soon(
-        self, org: str, request_id: str, model: str, usage: Usage, source: str, policy: str
-    ) -> tuple[Coroutine[Any, Any, dict[str, str]], Awaitable[bool]]:
-        price = self.prices.resolve(model)
-        detail = usage.as_dict()
-        reply, sent = self.store.settle(
-            org,
-            request_id,
-            cost=cost_of(price.family, usage),
-            model=model,
-            usage=detail,
-            source=source,
-        )
-        family = price.family.name if price.known else "unknown"
-        return self._charged(org, reply, family, detail, policy), sent
-
-    async def _charged(
-        self,
-        org: str,
-        reply: Awaitable[dict[str, str]],
-        family: str,
-        detail: dict[str, int],
-        policy: str,
-    ) -> dict[str, str]:
-        result = await reply
-        if result.get("replay") != "1":
-            self._count(org, family, detail, result, policy)
-        if result.get("reload_id"):
-            await self.payments.reload_requested(
-                org, result["reload_id"], int(result["reload_amount"])
-            )
-        return result
-
-    def settle_start(
+    def settle(
         self,
         org: str,
         request_id: str,
@@ -134,36 +146,68 @@ class Meter:
         usage: Usage,
         *,
         key_hash: str,
-        policy: str = "",
-    ) -> tuple[Coroutine[Any, Any, dict[str, str] | None], Awaitable[bool]]:
+        policy: str,
+        then: Settled,
+    ) -> tuple[asyncio.Task[Reply | None], Awaitable[bool]]:
         """Settle after the answer: the settlement is queued now (written at once on an idle
-        connection, else with this loop turn's batch); the coroutine finishes it and never
-        raises. The second value resolves True once the settlement is written to Redis, so
-        that the member may see the end of the answer: their next request is admitted after
-        it. If Redis is unavailable the usage goes to the journal, replayed when Redis is
-        back; a refusal is counted."""
-        charged, sent = self._charge_soon(org, request_id, model, usage, "proxy", policy)
-        return self._settled(charged, org, request_id, key_hash, model, usage), sent
+        connection, else with this loop turn's batch) and finished in a task of its own,
+        which never raises and calls ``then`` with the result. The second value resolves
+        True once the settlement is written to Redis, so that the member may see the end of
+        the answer: their next request is admitted after it. If Redis is unavailable the
+        usage goes to the journal, replayed when Redis is back; a refusal is counted."""
+        price, reply, sent = self._send(org, request_id, model, usage, "proxy")
+        done = self._finish(reply, org, request_id, key_hash, model, usage, price, policy, then)
+        return self.track(done), sent
 
-    def track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run the end of a settlement in a task of its own (a cancelled handler must not
-        lose a charge), waited for at shutdown."""
-        task = asyncio.ensure_future(work)
-        self.inflight.add(task)
-        task.add_done_callback(self.inflight.discard)
-        return task
+    async def charge(
+        self, org: str, request_id: str, model: str, usage: Usage, *, source: str
+    ) -> Reply:
+        """Settle a reservation on its actual usage and account for it; raises StoreRefusal /
+        StoreUnavailable (the check API, journal replays)."""
+        price, reply, _ = self._send(org, request_id, model, usage, source)
+        return await self._account(org, await reply, price, usage, "")
 
-    async def _settled(
+    def journaled(
+        self, org: str, request_id: str, key_hash: str, model: str, usage: Usage, then: Settled
+    ) -> asyncio.Task[None]:
+        """fail_open: the usage of a request that ran unmetered, written to the journal (in a
+        task of its own: durably, before the process may stop)."""
+
+        async def write() -> None:
+            await self.journal_usage(org, request_id, key_hash, model, usage)
+            then(None)
+
+        return self.track(write())
+
+    def _send(
+        self, org: str, request_id: str, model: str, usage: Usage, source: str
+    ) -> tuple[Price, Coroutine[Any, Any, Reply], Awaitable[bool]]:
+        price = self.prices.resolve(model)
+        reply, sent = self.store.settle(
+            org,
+            request_id,
+            cost=cost_of(price.family, usage),
+            model=model,
+            usage=usage.as_dict(),
+            source=source,
+        )
+        return price, reply, sent
+
+    async def _finish(
         self,
-        charged: Awaitable[dict[str, str]],
+        reply: Awaitable[Reply],
         org: str,
         request_id: str,
         key_hash: str,
         model: str,
         usage: Usage,
-    ) -> dict[str, str] | None:
+        price: Price,
+        policy: str,
+        then: Settled,
+    ) -> Reply | None:
+        result: Reply | None = None
         try:
-            return await charged
+            result = await self._account(org, await reply, price, usage, policy)
         except StoreRefusal as exc:
             self.metrics.settle_failures.labels(exc.code).inc()
             log.error(
@@ -173,7 +217,29 @@ class Meter:
         except StoreUnavailable:
             self.metrics.settle_failures.labels("journaled").inc()
             await self.journal_usage(org, request_id, key_hash, model, usage)
-        return None
+        then(result)
+        return result
+
+    async def _account(
+        self, org: str, result: Reply, price: Price, usage: Usage, policy: str
+    ) -> Reply:
+        """Metrics for a charge made (not for a replay), and the auto-reload it asked for."""
+        if result.get("replay") != "1":
+            family = price.family.name if price.known else "unknown"
+            self._count(org, family, usage.as_dict(), result, policy)
+        if result["reload_id"]:
+            await self.payments.reload_requested(
+                org, result["reload_id"], int(result["reload_amount"])
+            )
+        return result
+
+    def track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run the end of a settlement in a task of its own (a cancelled handler must not
+        lose a charge), waited for at shutdown."""
+        task = asyncio.ensure_future(work)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return task
 
     async def drain(self) -> None:
         """Wait for the settlements still under way (shutdown)."""
@@ -194,16 +260,16 @@ class Meter:
         )
 
     def _count(
-        self, org: str, family: str, detail: dict[str, int], result: dict[str, str], policy: str
+        self, org: str, family: str, detail: dict[str, int], result: Reply, policy: str
     ) -> None:
         m = self.metrics
         for kind in TOKEN_KINDS:
             if detail[kind]:
                 m.child(m.tokens, family, kind).inc(detail[kind])
         cost = int(result["cost"])
-        if result["mode"] == "extra_usage":
+        if result["mode"] == EXTRA_USAGE:
             m.spend(org, cost / NANO)
-            over = int(result.get("overshoot") or 0)
+            over = int(result["overshoot"] or 0)
             if over > 0:
                 m.overshoot.labels(policy or self.config.policy.reservation).inc(over / NANO)
                 m.overshoot_requests.labels(policy or self.config.policy.reservation).inc()

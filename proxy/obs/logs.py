@@ -49,6 +49,31 @@ class AccessLog:
         self.lines: list[bytes] = []
         self._scheduled = False
 
+    def request(
+        self,
+        *,
+        request_id: str,
+        org: str,
+        member: str | None,
+        mode: str,
+        status: int,
+        cost: str | None,
+        started: float,
+        **extra: Any,
+    ) -> None:
+        """The line of one proxied request, whatever its outcome (``started``: its
+        ``time.perf_counter()`` on arrival)."""
+        self.write(
+            request_id=request_id,
+            org=org,
+            member=member,
+            mode=mode,
+            status=status,
+            cost=cost,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            **extra,
+        )
+
     def write(self, **fields: Any) -> None:
         if self.fd is None:
             return

@@ -1,0 +1,189 @@
+"""Forwarding an admitted request's answer to the member, and settling it.
+
+Responses come back unmodified apart from the unified rate-limit headers (and a gzip or
+deflate body, which ``proxy.upstream.client`` decodes to read the usage, comes back decoded
+without its ``Content-Encoding``). Streams are forwarded chunk by chunk as they arrive. The
+charge is written to Redis before the member sees the end of the answer (the last bytes of a
+body, the terminating chunk of a stream): their next request is admitted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.core.admission import Admission
+from proxy.core.decision import unified_headers
+from proxy.core.errors import UpstreamUnavailable
+from proxy.core.pricing import Usage
+from proxy.core.usage import StreamUsage, response_usage
+from proxy.http.appkeys import ACCESS_LOG, METER, METRICS
+from proxy.http.auth import ProxyKey
+from proxy.http.headers import response_headers
+from proxy.storage.scripts import Reply
+from proxy.storage.store import NOT_SENT
+from proxy.upstream.client import Response, UpstreamError
+
+
+class Metered:
+    """One metered request on its way: who, what, and what admission decided (``adm`` is
+    None when it runs unmetered under fail_open)."""
+
+    __slots__ = ("adm", "key", "model", "org", "rid", "sent_at", "started")
+
+    def __init__(
+        self, rid: str, key: ProxyKey, model: str, adm: Admission | None, started: float
+    ) -> None:
+        self.rid, self.key, self.org, self.model, self.adm = rid, key, key.org, model, adm
+        self.started = started  # perf_counter() on arrival
+        self.sent_at = started  # perf_counter() when it went upstream
+
+    @property
+    def member(self) -> str | None:
+        return self.adm["member"] if self.adm is not None else None
+
+
+def out_headers(upstream: Response, m: Metered) -> CIMultiDict[str]:
+    out = response_headers(upstream.headers)
+    if m.adm is not None:
+        out.update(unified_headers(m.adm))
+    return out
+
+
+async def release(app: web.Application, m: Metered) -> None:
+    """Nothing was served: give the reservation back."""
+    if m.adm is not None:
+        await app[METER].release(m.org, m.rid)
+
+
+def settle_and_log(
+    app: web.Application,
+    m: Metered,
+    usage: Usage,
+    status: int,
+    model: str | None = None,
+    **extra: Any,
+) -> tuple[asyncio.Task[Any], Awaitable[bool]]:
+    """Settle (or under fail_open journal the usage durably); the request's line is written
+    once that is done, from its own task. The second value resolves True once the
+    settlement is written to Redis: the member may then see the end of the answer; on False
+    the caller waits for the task."""
+    meter, metrics, access_log = app[METER], app[METRICS], app[ACCESS_LOG]
+    model = model or m.model
+
+    def then(result: Reply | None) -> None:
+        if m.adm is None:
+            cost: str | None = str(meter.prices.cost(model, usage))
+            mode = "journaled"
+        else:
+            cost = result["cost"] if result else None
+            mode = m.adm["mode"]
+        metrics.h_upstream_latency.observe(time.perf_counter() - m.sent_at)
+        metrics.child(metrics.requests, "messages", str(status)).inc()
+        access_log.request(
+            request_id=m.rid,
+            org=m.org,
+            member=m.member,
+            mode=mode,
+            model=model,
+            cost=cost,
+            status=status,
+            started=m.started,
+            **extra,
+        )
+
+    if m.adm is None:
+        return meter.journaled(m.org, m.rid, m.key.secret_hash, model, usage, then), NOT_SENT
+    return meter.settle(
+        m.org, m.rid, model, usage, key_hash=m.key.secret_hash, policy=m.adm["policy"], then=then
+    )
+
+
+async def forward_error(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:
+    """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
+    app = request.app
+    body = await read_all(app, upstream, m)
+    await release(app, m)
+    app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
+    app[METRICS].requests.labels("messages", str(upstream.status)).inc()
+    app[ACCESS_LOG].request(
+        request_id=m.rid,
+        org=m.org,
+        member=m.member,
+        mode="released",
+        status=upstream.status,
+        cost="0",
+        started=m.started,
+    )
+    return web.Response(
+        status=upstream.status, body=body, headers=response_headers(upstream.headers)
+    )
+
+
+async def read_all(app: web.Application, upstream: Response, m: Metered) -> bytes:
+    """The whole response body; cut short, the reservation is released (nothing is charged)
+    and the member gets a 502."""
+    try:
+        return await upstream.read()
+    except UpstreamError as exc:
+        await release(app, m)
+        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
+
+
+async def forward_body(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:
+    body = await read_all(request.app, upstream, m)
+    usage, model = response_usage(body)
+    settling, sent = settle_and_log(request.app, m, usage or Usage(), upstream.status, model)
+    if not await sent:
+        await asyncio.shield(settling)
+    return web.Response(status=upstream.status, body=body, headers=out_headers(upstream, m))
+
+
+async def forward_stream(
+    request: web.Request, upstream: Response, m: Metered
+) -> web.StreamResponse:
+    app = request.app
+    metrics = app[METRICS]
+    seen = StreamUsage()
+    resp = web.StreamResponse(status=upstream.status, headers=out_headers(upstream, m))
+    outcome = "complete"
+    settled = False
+    metrics.active_streams.inc()
+    try:
+        await resp.prepare(request)
+        async for chunk in upstream.chunks():
+            await resp.write(chunk)  # forward first: parsing for usage must not delay it
+            seen.feed(chunk)
+        outcome = "upstream_error_event" if seen.errored else outcome
+        settling, sent = settle_and_log(
+            app, m, seen.usage(), upstream.status, seen.model, stream=outcome
+        )
+        settled = True
+        if not await sent:
+            await asyncio.shield(settling)
+        await resp.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # the client went away: stop paying for tokens nobody reads
+        outcome = "client_disconnected"
+        upstream.close()
+    except UpstreamError:
+        outcome = "upstream_broken"
+        metrics.upstream_errors.labels("mid_stream").inc()
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        upstream.close()
+        raise
+    finally:
+        metrics.active_streams.dec()
+        if not settled:
+            settle_and_log(app, m, seen.usage(), upstream.status, seen.model, stream=outcome)
+    return resp
