@@ -59,13 +59,17 @@ class PolicyConfig:
     journal_dir: str = "journal"
 
 
+SESSION_WINDOW_S = 18000  # 5 hours
+WEEKLY_WINDOW_S = 604800  # 7 days
+
+
 @dataclass(frozen=True, slots=True)
 class TierConfig:
     name: str
     session_allowance: int  # nano-USD of API-equivalent cost
     weekly_allowance: int
-    session_window_s: int = 18000
-    weekly_window_s: int = 604800
+    session_window_s: int = SESSION_WINDOW_S
+    weekly_window_s: int = WEEKLY_WINDOW_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,16 @@ class Config:
 
 
 RESERVATION_POLICIES = ("strict", "estimate", "none")
+# the defaults, stated once: the dataclasses above; the loader falls back on these
+_SERVER = ServerConfig()
+_REDIS = RedisConfig()
+_UPSTREAM = UpstreamConfig()
+_POLICY = PolicyConfig()
+_PAYMENTS = PaymentsConfig()
+_LEDGER = LedgerConfig()
+_METRICS = MetricsConfig()
+_NOTIFICATIONS = NotificationsConfig()
+
 FAIL_MODES = ("closed", "open")
 PAYMENT_PROVIDERS = ("auto-approve", "webhook")
 
@@ -228,10 +242,10 @@ def parse_config(
 
     r = _section(source, doc, "server")
     server = ServerConfig(
-        host=r.get("host", str, "127.0.0.1"),
-        port=r.get("port", int, 8080),
-        max_body_bytes=r.positive("max_body_bytes", 32 * 1024 * 1024, integer=True),
-        shutdown_grace_s=float(r.positive("shutdown_grace_s", 30.0)),
+        host=r.get("host", str, _SERVER.host),
+        port=r.get("port", int, _SERVER.port),
+        max_body_bytes=r.positive("max_body_bytes", _SERVER.max_body_bytes, integer=True),
+        shutdown_grace_s=float(r.positive("shutdown_grace_s", _SERVER.shutdown_grace_s)),
     )
     if not 0 <= server.port <= 65535:
         raise r.fail("port", f"must be between 0 and 65535 (got {server.port})")
@@ -239,27 +253,25 @@ def parse_config(
 
     r = _section(source, doc, "redis")
     redis = RedisConfig(
-        url=_override(env, "REDIS_URL", r.get("url", str, "redis://127.0.0.1:6379/0")),
-        cluster=r.get("cluster", bool, False),
-        key_prefix=r.get("key_prefix", str, "eup"),
-        socket_timeout_s=float(r.positive("socket_timeout_s", 5.0)),
-        max_connections=r.positive("max_connections", 256, integer=True),
+        url=_override(env, "REDIS_URL", r.get("url", str, _REDIS.url)),
+        cluster=r.get("cluster", bool, _REDIS.cluster),
+        key_prefix=r.get("key_prefix", str, _REDIS.key_prefix),
+        socket_timeout_s=float(r.positive("socket_timeout_s", _REDIS.socket_timeout_s)),
+        max_connections=r.positive("max_connections", _REDIS.max_connections, integer=True),
     )
     if not redis.key_prefix or any(c in redis.key_prefix for c in "{}: "):
         raise r.fail("key_prefix", "must be a non-empty word without braces, colons or spaces")
     r.done()
 
     r = _section(source, doc, "upstream")
-    api_key_env = r.get("api_key_env", str, "UPSTREAM_API_KEY")
+    api_key_env = r.get("api_key_env", str, _UPSTREAM.api_key_env)
     upstream = UpstreamConfig(
-        url=_override(env, "UPSTREAM_URL", r.get("url", str, "https://api.anthropic.com")).rstrip(
-            "/"
-        ),
+        url=_override(env, "UPSTREAM_URL", r.get("url", str, _UPSTREAM.url)).rstrip("/"),
         api_key_env=api_key_env,
         api_key=env.get("UPSTREAM_API_KEY") or env.get(api_key_env, ""),
-        connect_timeout_s=float(r.positive("connect_timeout_s", 10.0)),
-        read_timeout_s=float(r.positive("read_timeout_s", 600.0)),
-        max_connections=r.positive("max_connections", 4096, integer=True),
+        connect_timeout_s=float(r.positive("connect_timeout_s", _UPSTREAM.connect_timeout_s)),
+        read_timeout_s=float(r.positive("read_timeout_s", _UPSTREAM.read_timeout_s)),
+        max_connections=r.positive("max_connections", _UPSTREAM.max_connections, integer=True),
     )
     parts = urlsplit(upstream.url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
@@ -274,11 +286,11 @@ def parse_config(
 
     r = _section(source, doc, "policy")
     policy = PolicyConfig(
-        reservation=r.choice("reservation", RESERVATION_POLICIES, "estimate"),
-        fail_mode=r.choice("fail_mode", FAIL_MODES, "closed"),
-        reservation_ttl_s=r.positive("reservation_ttl_s", 900, integer=True),
-        op_retention_s=r.positive("op_retention_s", 7 * 86400, integer=True),
-        journal_dir=r.get("journal_dir", str, "journal"),
+        reservation=r.choice("reservation", RESERVATION_POLICIES, _POLICY.reservation),
+        fail_mode=r.choice("fail_mode", FAIL_MODES, _POLICY.fail_mode),
+        reservation_ttl_s=r.positive("reservation_ttl_s", _POLICY.reservation_ttl_s, integer=True),
+        op_retention_s=r.positive("op_retention_s", _POLICY.op_retention_s, integer=True),
+        journal_dir=r.get("journal_dir", str, _POLICY.journal_dir),
     )
     if policy.reservation_ttl_s <= upstream.read_timeout_s:
         raise r.fail(
@@ -303,17 +315,17 @@ def parse_config(
             name=name,
             session_allowance=t.usd("session_allowance", defaults.get("session_allowance")),
             weekly_allowance=t.usd("weekly_allowance", defaults.get("weekly_allowance")),
-            session_window_s=t.positive("session_window_s", 18000, integer=True),
-            weekly_window_s=t.positive("weekly_window_s", 604800, integer=True),
+            session_window_s=t.positive("session_window_s", SESSION_WINDOW_S, integer=True),
+            weekly_window_s=t.positive("weekly_window_s", WEEKLY_WINDOW_S, integer=True),
         )
         t.done()
 
     r = _section(source, doc, "payments")
     payments = PaymentsConfig(
-        provider=r.choice("provider", PAYMENT_PROVIDERS, "auto-approve"),
-        webhook_url=r.get("webhook_url", str, ""),
-        webhook_timeout_s=float(r.positive("webhook_timeout_s", 10.0)),
-        webhook_attempts=r.positive("webhook_attempts", 3, integer=True),
+        provider=r.choice("provider", PAYMENT_PROVIDERS, _PAYMENTS.provider),
+        webhook_url=r.get("webhook_url", str, _PAYMENTS.webhook_url),
+        webhook_timeout_s=float(r.positive("webhook_timeout_s", _PAYMENTS.webhook_timeout_s)),
+        webhook_attempts=r.positive("webhook_attempts", _PAYMENTS.webhook_attempts, integer=True),
     )
     if payments.provider == "webhook" and not payments.webhook_url.startswith(
         ("http://", "https://")
@@ -326,18 +338,20 @@ def parse_config(
         database_url=_override(
             env,
             "DATABASE_URL",
-            r.get("database_url", str, "postgresql://127.0.0.1:5432/extra_usage"),
+            r.get("database_url", str, _LEDGER.database_url),
         ),
-        close_after_s=r.positive("close_after_s", 86400, integer=True),
+        close_after_s=r.positive("close_after_s", _LEDGER.close_after_s, integer=True),
     )
     r.done()
 
     r = _section(source, doc, "metrics")
-    metrics = MetricsConfig(org_labels=r.get("org_labels", bool, False))
+    metrics = MetricsConfig(org_labels=r.get("org_labels", bool, _METRICS.org_labels))
     r.done()
 
     r = _section(source, doc, "notifications")
-    notifications = NotificationsConfig(webhook_url=r.get("webhook_url", str, ""))
+    notifications = NotificationsConfig(
+        webhook_url=r.get("webhook_url", str, _NOTIFICATIONS.webhook_url)
+    )
     if notifications.webhook_url and not notifications.webhook_url.startswith(
         ("http://", "https://")
     ):

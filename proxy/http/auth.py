@@ -10,6 +10,7 @@ from aiohttp import web
 
 from proxy.core.credentials import ADMIN_TOKEN_PREFIX, PROXY_KEY_PREFIX, hash_secret, org_of
 from proxy.core.errors import AuthenticationFailed, PermissionDenied
+from proxy.storage.model import OFF
 from proxy.storage.store import Store, StoreRefusal
 
 
@@ -76,7 +77,7 @@ async def member_of_key(store: Store, request: web.Request) -> dict[str, str]:
     except StoreRefusal as exc:
         raise_for_identity(exc)
         raise
-    if who.get("enabled") == "0":
+    if who["enabled"] == OFF:
         raise PermissionDenied("this member is disabled; ask an owner of your organization")
     return {**who, "org": key.org}
 
@@ -131,6 +132,6 @@ async def admin_actor(store: Store, request: web.Request, operator_token: str) -
         who = await store.whois(org, "t", hash_secret(token))
     except StoreRefusal as exc:
         raise AuthenticationFailed("invalid admin token: unknown or revoked") from exc
-    if who.get("enabled") == "0":
+    if who["enabled"] == OFF:
         raise PermissionDenied("this member is disabled")
     return Actor(f"member:{who['member']}", who["role"], org, who["member"])

@@ -11,6 +11,7 @@ from proxy.http.appkeys import STORE
 from proxy.http.auth import member_of_key, proxy_key, raise_for_identity
 from proxy.http.body import json_object
 from proxy.http.middleware import new_request_id
+from proxy.storage.model import Member, flag
 from proxy.storage.store import Store, StoreRefusal
 
 routes = web.RouteTableDef()
@@ -54,7 +55,7 @@ async def consent(request: web.Request) -> web.Response:
         "members",
         actor=f"member:{member}",
         action="extra_usage.consent" if accept else "extra_usage.withdraw",
-        fields={f"{member}|consent": "1" if accept else "0"},
-        guards=[f"+{member}|tier"],
+        fields={Member.field(member, Member.CONSENT): flag(bool(accept))},
+        guards=[f"+{Member.field(member, Member.TIER)}"],
     )
     return web.json_response({"member_id": member, "accepted": bool(accept)})

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from proxy.config import RESERVATION_POLICIES
 from proxy.core.admission import (
     ALLOW,
     CLAIMS,
@@ -38,7 +39,16 @@ from proxy.core.admission import (
     MODES,
 )
 
-__all__ = ["ALLOW", "CLAIMS", "DENY", "DISABLED_REASONS", "EXTRA_USAGE", "INCLUDED", "MODES"]
+__all__ = [
+    "ALLOW",
+    "CLAIMS",
+    "DENY",
+    "DISABLED_REASONS",
+    "EXTRA_USAGE",
+    "INCLUDED",
+    "MODES",
+    "RESERVATION_POLICIES",
+]
 
 # -- encodings ---------------------------------------------------------------------------
 ON: Final = "1"
@@ -62,7 +72,6 @@ SCOPES: Final = (SCOPE_ALL, SCOPE_SELECTED)
 CONSENT_AUTOMATIC: Final = "automatic"
 CONSENT_REQUIRED: Final = "required"
 CONSENTS: Final = (CONSENT_AUTOMATIC, CONSENT_REQUIRED)
-RESERVATION_POLICIES: Final = ("strict", "estimate", "none")
 
 # -- defaults, stated once (a field that is absent reads as its default) ------------------
 DEFAULT_CONSENT: Final[Mapping[str, str]] = {

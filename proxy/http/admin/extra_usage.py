@@ -12,21 +12,35 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import RESERVATION_POLICIES
 from proxy.core.errors import Conflict, InvalidRequest, NotFound
 from proxy.core.money import format_usd
 from proxy.core.validate import amount, boolean, choice, limit, only, string
 from proxy.http.admin.orgs import actor_for, member_id, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
 from proxy.http.body import json_object
-from proxy.storage.store import DELETE, StoreRefusal
+from proxy.storage.model import (
+    CONSENTS,
+    DEFAULT_CONSENT,
+    DEFAULT_REQUESTS_ON,
+    DEFAULT_SCOPE,
+    DELETE,
+    ENTERPRISE,
+    OFF,
+    ON,
+    RESERVATION_POLICIES,
+    SCOPES,
+    TEAM,
+    Member,
+    Org,
+    consent_of,
+    flag,
+)
+from proxy.storage.store import StoreRefusal
 
 routes = web.RouteTableDef()
 
 TEAM_ONLY = ("member_scope", "auto_reload")
 ENTERPRISE_ONLY = ("requests_enabled",)
-SCOPES = ("all", "selected")
-CONSENT = ("automatic", "required")
 
 
 def _usd(v: str | None) -> str | None:
@@ -34,35 +48,35 @@ def _usd(v: str | None) -> str | None:
 
 
 def extra_usage_view(s: dict[str, str], tiers: list[str]) -> dict[str, Any]:
-    plan = s.get("plan")
+    plan = s.get(Org.PLAN)
     doc: dict[str, Any] = {
         "plan": plan,
-        "enabled": s.get("eu_on") == "1",
-        "member_consent": s.get("consent") or ("automatic" if plan == "team" else "required"),
-        "monthly_limit": _usd(s.get("limit")),
-        "reservation_policy": s.get("policy") or None,
-        "period": s.get("spend_p") or None,
+        "enabled": s.get(Org.EU_ON) == ON,
+        "member_consent": consent_of(s),
+        "monthly_limit": _usd(s.get(Org.LIMIT)),
+        "reservation_policy": s.get(Org.POLICY) or None,
+        "period": s.get(Org.SPEND_PERIOD) or None,
     }
-    if plan == "team":
-        doc["member_scope"] = s.get("scope", "all")
-        doc["balance"] = format_usd(int(s.get("balance") or 0))
+    if plan == TEAM:
+        doc["member_scope"] = s.get(Org.SCOPE, DEFAULT_SCOPE)
+        doc["balance"] = format_usd(int(s.get(Org.BALANCE) or 0))
         doc["auto_reload"] = {
-            "enabled": s.get("ar_on") == "1",
-            "threshold": _usd(s.get("ar_threshold")),
-            "amount": _usd(s.get("ar_amount")),
-            "pending_reload_id": s.get("ar_pending") or None,
+            "enabled": s.get(Org.AUTO_RELOAD_ON) == ON,
+            "threshold": _usd(s.get(Org.AUTO_RELOAD_THRESHOLD)),
+            "amount": _usd(s.get(Org.AUTO_RELOAD_AMOUNT)),
+            "pending_reload_id": s.get(Org.RELOAD_PENDING) or None,
         }
     else:
-        doc["requests_enabled"] = s.get("requests_on", "1") != "0"
-        doc["tier_limits"] = {t: _usd(s.get(f"tlimit:{t}")) for t in tiers}
+        doc["requests_enabled"] = s.get(Org.REQUESTS_ON, DEFAULT_REQUESTS_ON) != OFF
+        doc["tier_limits"] = {t: _usd(s.get(Org.tier_limit(t))) for t in tiers}
     return doc
 
 
 def _plan_fields(doc: dict[str, Any], plan: str) -> None:
-    wrong = TEAM_ONLY if plan == "enterprise" else ENTERPRISE_ONLY
+    wrong = TEAM_ONLY if plan == ENTERPRISE else ENTERPRISE_ONLY
     for name in wrong:
         if name in doc:
-            other = "Team" if plan == "enterprise" else "Enterprise"
+            other = "Team" if plan == ENTERPRISE else "Enterprise"
             raise Conflict(
                 f"{name}: only {other} organizations have this setting; this one is "
                 f"on the {plan} plan"
@@ -76,20 +90,20 @@ def _auto_reload(value: Any, current: dict[str, str]) -> dict[str, str]:
     fields: dict[str, str] = {}
     enabled = boolean(value, "enabled", required=False)
     if enabled is not None:
-        fields["ar_on"] = "1" if enabled else "0"
+        fields[Org.AUTO_RELOAD_ON] = flag(enabled)
     if "threshold" in value:
-        fields["ar_threshold"] = str(amount(value["threshold"], "auto_reload.threshold"))
+        threshold = amount(value["threshold"], "auto_reload.threshold")
+        fields[Org.AUTO_RELOAD_THRESHOLD] = str(threshold)
     if "amount" in value:
-        fields["ar_amount"] = str(amount(value["amount"], "auto_reload.amount", allow_zero=False))
-    if fields.get("ar_on", current.get("ar_on")) == "1" and not (
-        fields.get("ar_amount") or current.get("ar_amount")
-    ):
+        reload = amount(value["amount"], "auto_reload.amount", allow_zero=False)
+        fields[Org.AUTO_RELOAD_AMOUNT] = str(reload)
+
+    def after(name: str) -> str | None:
+        return fields.get(name, current.get(name))
+
+    if after(Org.AUTO_RELOAD_ON) == ON and not after(Org.AUTO_RELOAD_AMOUNT):
         raise InvalidRequest("auto_reload.amount: required to enable auto-reload")
-    if (
-        fields.get("ar_on", current.get("ar_on")) == "1"
-        and "ar_threshold" not in fields
-        and not current.get("ar_threshold")
-    ):
+    if after(Org.AUTO_RELOAD_ON) == ON and not after(Org.AUTO_RELOAD_THRESHOLD):
         raise InvalidRequest("auto_reload.threshold: required to enable auto-reload")
     return fields
 
@@ -121,27 +135,27 @@ async def patch_settings(request: web.Request) -> web.Response:
     )
     store = request.app[STORE]
     current = await org_or_404(store, org)
-    plan = current["plan"]
+    plan = current[Org.PLAN]
     _plan_fields(doc, plan)
     fields: dict[str, str] = {}
     if "enabled" in doc:
-        fields["eu_on"] = "1" if boolean(doc, "enabled") else "0"
+        fields[Org.EU_ON] = flag(bool(boolean(doc, "enabled")))
     if "member_scope" in doc:
-        fields["scope"] = choice(doc, "member_scope", SCOPES) or "all"
+        fields[Org.SCOPE] = choice(doc, "member_scope", SCOPES) or DEFAULT_SCOPE
     if "member_consent" in doc:
-        fields["consent"] = choice(doc, "member_consent", CONSENT) or "automatic"
+        fields[Org.CONSENT] = choice(doc, "member_consent", CONSENTS) or DEFAULT_CONSENT[plan]
     if "monthly_limit" in doc:
         value = limit(doc, "monthly_limit")
-        fields["limit"] = DELETE if value is None else str(value)
+        fields[Org.LIMIT] = DELETE if value is None else str(value)
     if "auto_reload" in doc:
         fields.update(_auto_reload(doc["auto_reload"], current))
     if "requests_enabled" in doc:
-        fields["requests_on"] = "1" if boolean(doc, "requests_enabled") else "0"
+        fields[Org.REQUESTS_ON] = flag(bool(boolean(doc, "requests_enabled")))
     if "reservation_policy" in doc:
         if doc["reservation_policy"] is None:
-            fields["policy"] = DELETE
+            fields[Org.POLICY] = DELETE
         else:
-            fields["policy"] = choice(doc, "reservation_policy", RESERVATION_POLICIES) or ""
+            fields[Org.POLICY] = choice(doc, "reservation_policy", RESERVATION_POLICIES) or ""
     if not fields:
         raise InvalidRequest("nothing to change: send at least one setting")
     try:
@@ -151,7 +165,7 @@ async def patch_settings(request: web.Request) -> web.Response:
             actor=actor.name,
             action="extra_usage.update",
             fields=fields,
-            guards=[f"=plan={plan}"],
+            guards=[f"={Org.PLAN}={plan}"],
         )
     except StoreRefusal as exc:
         raise Conflict("the organization changed plan meanwhile; retry") from exc
@@ -173,7 +187,7 @@ async def put_tier_limit(request: web.Request) -> web.Response:
     value = limit(doc, "monthly_limit")
     store = request.app[STORE]
     s = await org_or_404(store, org)
-    if s["plan"] != "enterprise":
+    if s[Org.PLAN] != ENTERPRISE:
         raise Conflict(
             "seat-tier spend limits: only Enterprise organizations have them; "
             "this one is on the team plan"
@@ -183,8 +197,8 @@ async def put_tier_limit(request: web.Request) -> web.Response:
         "org",
         actor=actor.name,
         action="extra_usage.tier_limit",
-        fields={f"tlimit:{tier}": DELETE if value is None else str(value)},
-        guards=["=plan=enterprise"],
+        fields={Org.tier_limit(tier): DELETE if value is None else str(value)},
+        guards=[f"={Org.PLAN}={ENTERPRISE}"],
     )
     return web.json_response(
         {"tier": tier, "monthly_limit": _usd(str(value) if value is not None else None)}
@@ -199,11 +213,11 @@ async def put_member_setting(request: web.Request) -> web.Response:
     store = request.app[STORE]
     s = await org_or_404(store, org)
     fields: dict[str, str] = {}
-    if s["plan"] == "team":
+    if s[Org.PLAN] == TEAM:
         if "monthly_limit" in doc:
             raise Conflict("monthly_limit: per-member limits are an Enterprise setting")
         only(doc, {"enabled"})
-        fields[f"{member}|eu"] = "1" if boolean(doc, "enabled") else "0"
+        fields[Member.field(member, Member.EU)] = flag(bool(boolean(doc, "enabled")))
     else:
         if "enabled" in doc:
             raise Conflict(
@@ -212,7 +226,7 @@ async def put_member_setting(request: web.Request) -> web.Response:
             )
         only(doc, {"monthly_limit"})
         value = limit(doc, "monthly_limit")
-        fields[f"{member}|limit"] = DELETE if value is None else str(value)
+        fields[Member.field(member, Member.LIMIT)] = DELETE if value is None else str(value)
     try:
         await store.update(
             org,
@@ -220,15 +234,15 @@ async def put_member_setting(request: web.Request) -> web.Response:
             actor=actor.name,
             action="extra_usage.member",
             fields=fields,
-            guards=[f"+{member}|tier"],
+            guards=[f"+{Member.field(member, Member.TIER)}"],
         )
     except StoreRefusal as exc:
         raise NotFound(f"member {member!r} not found") from exc
     out: dict[str, Any] = {"member_id": member}
-    if s["plan"] == "team":
-        out["enabled"] = fields[f"{member}|eu"] == "1"
+    if s[Org.PLAN] == TEAM:
+        out["enabled"] = fields[Member.field(member, Member.EU)] == ON
     else:
-        raw = fields[f"{member}|limit"]
+        raw = fields[Member.field(member, Member.LIMIT)]
         out["monthly_limit"] = None if raw == DELETE else format_usd(int(raw))
     return web.json_response(out)
 

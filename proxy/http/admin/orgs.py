@@ -26,12 +26,23 @@ from proxy.core.validate import boolean, choice, env_name, only, string
 from proxy.http.appkeys import CONFIG, STORE
 from proxy.http.auth import Actor, admin_actor
 from proxy.http.body import json_object
-from proxy.storage.store import DELETE, Store, StoreRefusal
-
-PLANS = ("team", "enterprise")
-ROLES = ("primary_owner", "owner", "admin", "member")
-PRIMARY = "|primary"  # members-hash field naming the one primary owner
-MEMBER_FIELDS = ("tier", "role", "enabled")
+from proxy.storage.model import (
+    DEFAULT_CONSENT,
+    DEFAULT_ENABLED,
+    DEFAULT_REQUESTS_ON,
+    DEFAULT_ROLE,
+    DEFAULT_SCOPE,
+    DELETE,
+    OFF,
+    ON,
+    PLANS,
+    ROLES,
+    TEAM,
+    Member,
+    Org,
+    flag,
+)
+from proxy.storage.store import Store, StoreRefusal
 
 routes = web.RouteTableDef()
 
@@ -73,7 +84,7 @@ def member_id(request: web.Request) -> str:
 
 async def org_or_404(store: Store, org: str) -> dict[str, str]:
     settings = await store.org_settings(org)
-    if not settings.get("plan"):
+    if not settings.get(Org.PLAN):
         raise NotFound(f"organization {org!r} not found")
     return settings
 
@@ -81,10 +92,10 @@ async def org_or_404(store: Store, org: str) -> dict[str, str]:
 def org_view(org: str, s: dict[str, str]) -> dict[str, Any]:
     return {
         "id": org,
-        "name": s.get("name", ""),
-        "plan": s.get("plan"),
-        "enabled": s.get("enabled", "1") != "0",
-        "upstream_credential": s.get("upstream") or None,
+        "name": s.get(Org.NAME, ""),
+        "plan": s.get(Org.PLAN),
+        "enabled": s.get(Org.ENABLED, DEFAULT_ENABLED) != OFF,
+        "upstream_credential": s.get(Org.UPSTREAM) or None,
     }
 
 
@@ -108,7 +119,7 @@ async def me(request: web.Request) -> web.Response:
     }
     if actor.org:
         s = await request.app[STORE].org_settings(actor.org)
-        out.update(org_name=s.get("name"), plan=s.get("plan"))
+        out.update(org_name=s.get(Org.NAME), plan=s.get(Org.PLAN))
     return web.json_response(out)
 
 
@@ -153,14 +164,16 @@ async def create_org(request: web.Request) -> web.Response:
         )
     plan = choice(doc, "plan", PLANS)
     name = string(doc, "name", required=False) or org
-    fields = {"plan": plan or "", "name": name, "enabled": "1"}
+    fields = {Org.PLAN: plan or "", Org.NAME: name, Org.ENABLED: DEFAULT_ENABLED}
     upstream = env_name(doc, "upstream_credential")
     if upstream:
-        fields["upstream"] = upstream
-    if plan == "team":
-        fields.update({"eu_on": "0", "scope": "all", "consent": "automatic", "balance": "0"})
+        fields[Org.UPSTREAM] = upstream
+    # a new org starts with extra usage off and its plan's defaults written out
+    fields.update({Org.EU_ON: OFF, Org.CONSENT: DEFAULT_CONSENT[plan or TEAM]})
+    if plan == TEAM:
+        fields.update({Org.SCOPE: DEFAULT_SCOPE, Org.BALANCE: "0"})
     else:
-        fields.update({"eu_on": "0", "consent": "required", "requests_on": "1"})
+        fields[Org.REQUESTS_ON] = DEFAULT_REQUESTS_ON
     store = request.app[STORE]
     try:
         await store.create_org(org, fields, actor.name)
@@ -186,15 +199,15 @@ async def patch_org(request: web.Request) -> web.Response:
     await org_or_404(store, org)
     fields: dict[str, str] = {}
     if "name" in doc:
-        fields["name"] = string(doc, "name") or ""
+        fields[Org.NAME] = string(doc, "name") or ""
     if "plan" in doc:
-        fields["plan"] = choice(doc, "plan", PLANS) or ""
+        fields[Org.PLAN] = choice(doc, "plan", PLANS) or ""
     if "upstream_credential" in doc:
-        fields["upstream"] = env_name(doc, "upstream_credential") or DELETE
+        fields[Org.UPSTREAM] = env_name(doc, "upstream_credential") or DELETE
     if "enabled" in doc:
-        fields["enabled"] = "1" if boolean(doc, "enabled") else "0"
+        fields[Org.ENABLED] = flag(bool(boolean(doc, "enabled")))
     await store.update(
-        org, "org", actor=actor.name, action="org.update", fields=fields, guards=["+plan"]
+        org, "org", actor=actor.name, action="org.update", fields=fields, guards=[f"+{Org.PLAN}"]
     )
     return web.json_response(org_view(org, await store.org_settings(org)))
 
@@ -203,9 +216,9 @@ def member_view(org: str, member: str, f: dict[str, str]) -> dict[str, Any]:
     return {
         "org_id": org,
         "member_id": member,
-        "role": f.get("role", "member"),
-        "tier": f.get("tier"),
-        "enabled": f.get("enabled", "1") != "0",
+        "role": f.get(Member.ROLE, DEFAULT_ROLE),
+        "tier": f.get(Member.TIER),
+        "enabled": f.get(Member.ENABLED, DEFAULT_ENABLED) != OFF,
     }
 
 
@@ -225,12 +238,13 @@ async def put_member(request: web.Request) -> web.Response:
     await org_or_404(store, org)
     primary_id = await store.primary_owner(org)
     fields = {
-        f"{member}|tier": tier or "",
-        f"{member}|role": role or "member",
-        f"{member}|enabled": "1" if enabled else "0",
+        Member.field(member, Member.TIER): tier or "",
+        Member.field(member, Member.ROLE): role or DEFAULT_ROLE,
+        Member.field(member, Member.ENABLED): flag(bool(enabled)),
     }
     # the guard makes the write fail if the primary owner changed since it was read
-    guards = [f"={PRIMARY}={primary_id}"] if primary_id else [f"-{PRIMARY}"]
+    primary = Member.PRIMARY
+    guards = [f"={primary}={primary_id}"] if primary_id else [f"-{primary}"]
     if primary_id == member:
         if role != "primary_owner":
             raise Conflict(
@@ -245,21 +259,25 @@ async def put_member(request: web.Request) -> web.Response:
             raise PermissionDenied(
                 "only the operator or the primary owner can name the primary owner"
             )
-        fields[PRIMARY] = member
-        if primary_id:
-            fields[f"{primary_id}|role"] = "owner"  # the old primary owner stays an owner
+        fields[primary] = member
+        if primary_id:  # the old primary owner stays an owner
+            fields[Member.field(primary_id, Member.ROLE)] = "owner"
     try:
         result = await store.update(
             org, "members", actor=actor.name, action="member.put", fields=fields, guards=guards
         )
     except StoreRefusal as exc:
         raise Conflict("the member changed meanwhile; retry") from exc
-    created = result["before"].get(f"{member}|tier") is None
+    created = result["before"].get(Member.field(member, Member.TIER)) is None
     return web.json_response(
         member_view(
             org,
             member,
-            {"role": role or "member", "tier": tier or "", "enabled": fields[f"{member}|enabled"]},
+            {
+                Member.ROLE: role or DEFAULT_ROLE,
+                Member.TIER: tier or "",
+                Member.ENABLED: fields[Member.field(member, Member.ENABLED)],
+            },
         ),
         status=201 if created else 200,
     )
@@ -269,8 +287,8 @@ async def put_member(request: web.Request) -> web.Response:
 async def get_member(request: web.Request) -> web.Response:
     org, member = org_id(request), member_id(request)
     await actor_for(request, org)
-    f = await request.app[STORE].member_fields(org, member, MEMBER_FIELDS)
-    if "tier" not in f:
+    f = await request.app[STORE].member_fields(org, member, Member.VIEW)
+    if Member.TIER not in f:
         raise NotFound(f"member {member!r} not found")
     return web.json_response(member_view(org, member, f))
 
@@ -289,8 +307,12 @@ async def delete_member(request: web.Request) -> web.Response:
             "members",
             actor=actor.name,
             action="member.delete",
-            fields={f"{member}|enabled": "0", f"{member}|role": "member", f"{member}|deleted": "1"},
-            guards=[f"+{member}|tier"],
+            fields={
+                Member.field(member, Member.ENABLED): OFF,
+                Member.field(member, Member.ROLE): DEFAULT_ROLE,
+                Member.field(member, Member.DELETED): ON,
+            },
+            guards=[f"+{Member.field(member, Member.TIER)}"],
         )
     except StoreRefusal as exc:
         raise NotFound(f"member {member!r} not found") from exc

@@ -18,6 +18,7 @@ from proxy.http.admin.orgs import actor_for, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
 from proxy.http.auth import member_of_key
 from proxy.http.body import json_object
+from proxy.storage.model import DEFAULT_REQUESTS_ON, ENTERPRISE, OFF, Member, Org
 from proxy.storage.store import Store, StoreRefusal
 
 routes = web.RouteTableDef()
@@ -51,12 +52,12 @@ async def ask(request: web.Request) -> web.Response:
     doc = await json_object(request, allow_empty=True)
     only(doc, {"amount", "message"})
     settings = await org_or_404(store, org)
-    if settings["plan"] != "enterprise":
+    if settings[Org.PLAN] != ENTERPRISE:
         raise Conflict(
             "extra usage requests are an Enterprise feature; on Team an owner "
             "buys credit or raises the monthly limit"
         )
-    if settings.get("requests_on", "1") == "0":
+    if settings.get(Org.REQUESTS_ON, DEFAULT_REQUESTS_ON) == OFF:
         raise PermissionDenied(
             "your organization does not take extra usage requests; ask an owner directly"
         )
@@ -118,7 +119,7 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
     if decision == "approved":
         only(doc, {"monthly_limit"})
         member = record["member"]
-        current = (await store.member_fields(org, member, ("limit",))).get("limit")
+        current = (await store.member_fields(org, member, (Member.LIMIT,))).get(Member.LIMIT)
         if "monthly_limit" in doc and doc["monthly_limit"] is not None:
             new_limit = amount(doc["monthly_limit"], "monthly_limit")
         else:
@@ -130,8 +131,8 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
             "members",
             actor=actor.name,
             action="extra_usage.member",
-            fields={f"{member}|limit": str(new_limit)},
-            guards=[f"+{member}|tier"],
+            fields={Member.field(member, Member.LIMIT): str(new_limit)},
+            guards=[f"+{Member.field(member, Member.TIER)}"],
         )
         record["new_limit"] = str(new_limit)
     else:
