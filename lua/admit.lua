@@ -69,7 +69,7 @@ end
 -- give back the reservations of crashed proxies that are past their TTL (at most 16 a call);
 -- returns the org's reserved total less what it gave back
 local function reclaim(now, org_res)
-  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now, 'LIMIT', 0, 16)
+  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', fmt(now), 'LIMIT', '0', '16')
   for _, id in ipairs(due) do
     local raw = redis.call('HGET', ops_k, id)
     if raw then
@@ -95,39 +95,32 @@ local function reclaim(now, org_res)
   return org_res
 end
 
--- the tier's allowances and windows, found by name (";<tier>,"), not by parsing every tier:
--- (session allowance, weekly allowance, session window, weekly window) as strings
-local function tier_numbers(tier)
+-- the seat allowance: each window opens with the first admitted request when none is open.
+-- The tier's numbers are found by name (";<tier>,"), not by parsing every tier. Every value
+-- is also returned as the string the answer carries: the stored one where it is unchanged
+-- (every number in these hashes is a plain integer), so no formatting per request. Returns
+-- nil when the tier is not configured, else (session allowance, weekly allowance, each
+-- window's used and reset, whether each is open, whether the seat allows, the claim and its
+-- reset).
+local function windows(now, tier, m)
   local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
   if not at then return nil end
-  return string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
-end
-
--- the seat allowance: each window opens with the first admitted request when none is open.
--- Each value is also kept as the string the answer carries: the stored one where it is
--- unchanged (every number in these hashes is a plain integer), so no formatting per request.
-local function windows(now, m, sa_s, wa_s, sl_s, wl_s)
-  local w = {}
-  local s_end, w_end = num(m[4]), num(m[6])
-  w.s_open, w.w_open = now < s_end, now < w_end
-  w.s_used_s = w.s_open and m[5] or '0'
-  w.w_used_s = w.w_open and m[7] or '0'
-  local s_used, w_used = num(w.s_used_s), num(w.w_used_s)
+  local sa_s, wa_s, sl_s, wl_s = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
+  if not sa_s then return nil end
+  local s_open, w_open = now < num(m[4]), now < num(m[6])
+  local s_used_s = s_open and m[5] or '0'
+  local w_used_s = w_open and m[7] or '0'
+  local s_used, w_used = num(s_used_s), num(w_used_s)
   local sa, wa = tonumber(sa_s), tonumber(wa_s)
-  w.s_reset_s = w.s_open and m[4] or fmt(now + tonumber(sl_s))
-  w.w_reset_s = w.w_open and m[6] or fmt(now + tonumber(wl_s))
-  w.seat_ok = s_used < sa and w_used < wa
+  local s_reset_s = s_open and m[4] or fmt(now + tonumber(sl_s))
+  local w_reset_s = w_open and m[6] or fmt(now + tonumber(wl_s))
   -- the window that binds: a used-up one, else the one nearer its allowance
-  if w_used >= wa then
-    w.claim, w.claim_reset = 'seven_day', w.w_reset_s
-  elseif s_used >= sa then
-    w.claim, w.claim_reset = 'five_hour', w.s_reset_s
-  elseif w_used * sa > s_used * wa then
-    w.claim, w.claim_reset = 'seven_day', w.w_reset_s
-  else
-    w.claim, w.claim_reset = 'five_hour', w.s_reset_s
+  local claim, claim_reset = 'five_hour', s_reset_s
+  if w_used >= wa or (s_used < sa and w_used * sa > s_used * wa) then
+    claim, claim_reset = 'seven_day', w_reset_s
   end
-  return w
+  return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
+    s_used < sa and w_used < wa, claim, claim_reset
 end
 
 -- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
@@ -181,118 +174,116 @@ end
 
 -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
 -- the answer kept beside it (encoded once; settlement reads only the small record)
-local function reserve_it(now, advanced, p, w, mode, amount, org_res, m_res, mid_j, tier_j,
-                          answer)
+local function reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount,
+                          org_res, m_res, mid_j, tier_j, answer)
   local ow, mw = {}, {}
   if advanced then put(ow, 'clock', fmt(now)) end
   -- a window opened now ends at its reset, as answered
-  if not w.s_open then put(mw, p .. 's_end', w.s_reset_s, p .. 's_used', '0') end
-  if not w.w_open then put(mw, p .. 'w_end', w.w_reset_s, p .. 'w_used', '0') end
+  if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
+  if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
   if mode == 'extra_usage' and amount > 0 then
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
-  local exp = now + tonumber(ARGV[7])
+  local exp_s = fmt(now + tonumber(ARGV[7]))
   local rec = '{"s":"r","m":"' .. mid_j .. '","t":"' .. tier_j .. '","mode":"' .. mode
-    .. '","a":"' .. fmt(amount) .. '","exp":"' .. fmt(exp) .. '"}'
+    .. '","a":"' .. fmt(amount) .. '","exp":"' .. exp_s .. '"}'
   redis.call('HSET', ops_k, rid, rec, 'a:' .. rid, answer)
-  redis.call('ZADD', due_k, exp, rid)
+  redis.call('ZADD', due_k, exp_s, rid)
 end
 
-local function admit()
-  if reserve then
-    local prior = replayed()
-    if prior then return prior end
-  end
-
-  local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-    'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
-    'clock')
-  local plan = o[1]
-  if not plan then return fail('unknown_org') end
-  if o[12] == '0' then return fail('org_disabled') end
-
-  local mid, kid = identify()
-  if not mid then return kid end
-
-  local now, advanced = clock_at(o[15], ARGV[11])
-  local period, month_end = month_of(now)
-  local org_res = reclaim(now, num(o[7]))
-
-  local p = mid .. '|'
-  local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
-    p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
-    p .. 'limit', p .. 'eu', p .. 'consent')
-  local tier = m[1]
-  if not tier then return fail('unknown_member', mid) end
-  if m[3] == '0' then return fail('member_disabled', mid) end
-  local sa_s, wa_s, sl_s, wl_s = tier_numbers(tier)
-  if not sa_s then return fail('unknown_tier', tier) end
-  local w = windows(now, m, sa_s, wa_s, sl_s, wl_s)
-
-  -- extra usage: the conditions, then every applicable limit and the balance
-  local policy = o[10] or ARGV[6]
-  local m_spend_s = in_period(m[8], m[9], period)
-  local org_spend_s = in_period(o[8], o[9], period)
-  local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
-  local m_res = num(m[10])
-  local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
-  local tier_limit = nil
-  if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
-  local org_limit = opt(o[5])
-  local balance = num(o[6])
-  local consent_mode = o[4] or DEFAULT_CONSENT[plan]
-  local eu_reason = eu_condition(plan, o, m, member_limit)
-
-  local limits = {}
-  if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
-  if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
-  if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
-  if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
-  local remaining, limit_reason, fits = limits_and_balance(policy, limits)
-
-  -- condition 3: consent
-  local consent_ok = consent_mode ~= 'required' or m[13] == '1' or ARGV[8] == '1'
-  local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
-  local eu_disabled = eu_reason
-  if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
-  if eu_disabled == '' then eu_disabled = limit_reason end
-
-  local decision, mode, reason, amount =
-    decide(policy, w.seat_ok, eu_available, eu_reason, eu_disabled, remaining)
-
-  -- the answer, written out as JSON (see jstr): the rest of the decision (for the check API
-  -- and every denial), then what every answer carries (the proxy's lean answer when allowed)
-  local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
-  local rest = '}'
-  if decision ~= 'allow' or ARGV[14] ~= '1' then
-    rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
-      .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or DEFAULT_ROLE)
-      .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
-      .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
-      .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
-      .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
-      .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
-      .. fmt(m_res) .. '","requests_on":"' .. (o[14] or DEFAULT_REQUESTS_ON)
-      .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
-  end
-  local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
-    .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
-    .. '","s_used":"' .. w.s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
-    .. w.s_reset_s .. '","w_used":"' .. w.w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
-    .. w.w_reset_s .. '","claim":"' .. w.claim .. '","claim_reset":"' .. w.claim_reset
-    .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
-    .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
-    .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
-    .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
-    .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
-
-  if decision == 'allow' and reserve then
-    reserve_it(now, advanced, p, w, mode, amount, org_res, m_res, mid_j, tier_j, answer)
-  end
-  return answer
+-- the admission: each step above, in order
+if reserve then
+  local prior = replayed()
+  if prior then return prior end
 end
 
-return admit()
+local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
+  'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
+  'clock')
+local plan = o[1]
+if not plan then return fail('unknown_org') end
+if o[12] == '0' then return fail('org_disabled') end
+
+local mid, kid = identify()
+if not mid then return kid end
+
+local now, advanced = clock_at(o[15], ARGV[11])
+local period, month_end = month_of(now)
+local org_res = reclaim(now, num(o[7]))
+
+local p = mid .. '|'
+local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
+  p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
+  p .. 'limit', p .. 'eu', p .. 'consent')
+local tier = m[1]
+if not tier then return fail('unknown_member', mid) end
+if m[3] == '0' then return fail('member_disabled', mid) end
+local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok, claim,
+  claim_reset = windows(now, tier, m)
+if not sa_s then return fail('unknown_tier', tier) end
+
+-- extra usage: the conditions, then every applicable limit and the balance
+local policy = o[10] or ARGV[6]
+local m_spend_s = in_period(m[8], m[9], period)
+local org_spend_s = in_period(o[8], o[9], period)
+local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
+local m_res = num(m[10])
+local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
+local tier_limit = nil
+if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
+local org_limit = opt(o[5])
+local balance = num(o[6])
+local consent_mode = o[4] or (plan == 'team' and DEFAULT_CONSENT_TEAM or DEFAULT_CONSENT_ENTERPRISE)
+local eu_reason = eu_condition(plan, o, m, member_limit)
+
+local limits = {}
+if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
+if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
+if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
+if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
+local remaining, limit_reason, fits = limits_and_balance(policy, limits)
+
+-- condition 3: consent
+local consent_ok = consent_mode ~= 'required' or m[13] == '1' or ARGV[8] == '1'
+local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
+local eu_disabled = eu_reason
+if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
+if eu_disabled == '' then eu_disabled = limit_reason end
+
+local decision, mode, reason, amount =
+  decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
+
+-- the answer, written out as JSON (see jstr): the rest of the decision (for the check API
+-- and every denial), then what every answer carries (the proxy's lean answer when allowed)
+local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
+local rest = '}'
+if decision ~= 'allow' or ARGV[14] ~= '1' then
+  rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
+    .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or DEFAULT_ROLE)
+    .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
+    .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
+    .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
+    .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
+    .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
+    .. fmt(m_res) .. '","requests_on":"' .. (o[14] or DEFAULT_REQUESTS_ON)
+    .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
+end
+local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
+  .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
+  .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
+  .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
+  .. w_reset_s .. '","claim":"' .. claim .. '","claim_reset":"' .. claim_reset
+  .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
+  .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
+  .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
+  .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
+  .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
+
+if decision == 'allow' and reserve then
+  reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount, org_res,
+    m_res, mid_j, tier_j, answer)
+end
+return answer

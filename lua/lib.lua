@@ -1,4 +1,5 @@
--- Shared prelude, prepended by proxy/store.py to every script before it is registered.
+-- Shared prelude: proxy/storage/scripts.py prepends the definitions a script uses to it
+-- before it is registered.
 -- Money is integer nano-USD. Lua 5.1 numbers are doubles: exact for integers up to 2^53
 -- (about $9M in nano-USD), and every value sent back to Redis or to Python goes through fmt()
 -- so that it is never written in exponent notation.

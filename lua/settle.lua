@@ -38,23 +38,10 @@ local function reservation()
   return rec
 end
 
--- Team: when the balance fell to or below the threshold, ask for one reload (the pending id
--- blocks the next until it is confirmed); returns (reload id, amount) or ('', '')
-local function maybe_reload(o, balance, now)
-  local threshold, ramount = opt(o[5]), num(o[6])
-  if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
-      and balance <= threshold then
-    local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
-    redis.call('HSET', ops_k, 'reload:' .. reload_id,
-      cjson.encode({ amount = reload_amount, state = 'pending', created = fmt(now) }))
-    redis.call('HSET', org_k, 'ar_pending', reload_id)
-    return reload_id, reload_amount
-  end
-  return '', ''
-end
-
 -- extra usage: release what was held, add to the member, tier and org month and, on Team,
--- draw the balance. Returns (overshoot, balance delta, balance, reload id, reload amount).
+-- draw the balance, and ask for one reload when it fell to or below the threshold (the
+-- pending id blocks the next until it is confirmed). Returns (overshoot, balance delta,
+-- balance, reload id, reload amount).
 local function charge_extra(rec, held, o, mm, period, now, p)
   local tier = rec.t
   local overshoot = 0
@@ -69,8 +56,16 @@ local function charge_extra(rec, held, o, mm, period, now, p)
   local balance = num(o[2])
   if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
   balance = redis.call('HINCRBY', org_k, 'balance', fmt(-cost))
-  local reload_id, reload_amount = maybe_reload(o, balance, now)
-  return overshoot, -cost, balance, reload_id, reload_amount
+  local threshold, ramount = opt(o[5]), num(o[6])
+  if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
+      and balance <= threshold then
+    local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
+    redis.call('HSET', ops_k, 'reload:' .. reload_id,
+      cjson.encode({ amount = reload_amount, state = 'pending', created = fmt(now) }))
+    redis.call('HSET', org_k, 'ar_pending', reload_id)
+    return overshoot, -cost, balance, reload_id, reload_amount
+  end
+  return overshoot, -cost, balance, '', ''
 end
 
 -- included usage: the seat windows still open, and the month's included total
@@ -80,51 +75,48 @@ local function charge_included(mm, period, now, p)
   add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
 end
 
-local function settle()
-  local rec, answer = reservation()
-  if not rec then return answer end
+-- the settlement: each step above, in order
+local rec, answer = reservation()
+if not rec then return answer end
 
-  local mid, tier, mode = rec.m, rec.t, rec.mode
-  local p = mid .. '|'
-  local held = (rec.s == 'r') and num(rec.a) or 0
-  local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
-    'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
-  local plan = o[1] or ''
-  local now, advanced = clock_at(o[9], ARGV[5])
-  local period = month_of(now)
-  local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
+local mid, tier, mode = rec.m, rec.t, rec.mode
+local p = mid .. '|'
+local held = (rec.s == 'r') and num(rec.a) or 0
+local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
+  'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
+local plan = o[1] or ''
+local now, advanced = clock_at(o[9], ARGV[5])
+local period = month_of(now)
+local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
 
-  if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
-  local overshoot, balance_delta, balance, reload_id, reload_amount = 0, 0, num(o[2]), '', ''
-  if mode == 'extra_usage' then
-    overshoot, balance_delta, balance, reload_id, reload_amount =
-      charge_extra(rec, held, o, mm, period, now, p)
-  else
-    charge_included(mm, period, now, p)
-  end
-
-  local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
-    'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-    'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
-
-  -- the result and the settled record, written out as JSON (see jstr; the amount and expiry
-  -- come from the record admit.lua wrote: integers)
-  local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
-  local out = '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
-    .. fmt(overshoot) .. '","reserved":"' .. rec.a .. '","balance":"'
-    .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
-    .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
-    .. '","reload_amount":"' .. reload_amount .. '","entry":"' .. entry .. '","expired":"'
-    .. (rec.s == 'x' and '1' or '0') .. '"}'
-  -- the record with the result in it (the admission's answer only serves replays of the
-  -- admission itself: not kept, so that a record kept for the retention period is a few
-  -- hundred bytes)
-  redis.call('HSET', ops_k, rid, '{"s":"settled","m":"' .. mid_j .. '","t":"' .. tier_j
-    .. '","mode":"' .. mode_j .. '","a":"' .. rec.a .. '","exp":"' .. rec.exp
-    .. '","result":' .. out .. '}')
-  redis.call('HDEL', ops_k, 'a:' .. rid)
-  redis.call('ZADD', due_k, now + tonumber(ARGV[6]), rid)
-  return out
+if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
+local overshoot, balance_delta, balance, reload_id, reload_amount = 0, 0, num(o[2]), '', ''
+if mode == 'extra_usage' then
+  overshoot, balance_delta, balance, reload_id, reload_amount =
+    charge_extra(rec, held, o, mm, period, now, p)
+else
+  charge_included(mm, period, now, p)
 end
 
-return settle()
+local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+  'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
+  'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+
+-- the result and the settled record, written out as JSON (see jstr; the amount and expiry
+-- come from the record admit.lua wrote: integers)
+local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
+local out = '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
+  .. fmt(overshoot) .. '","reserved":"' .. rec.a .. '","balance":"'
+  .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
+  .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
+  .. '","reload_amount":"' .. reload_amount .. '","entry":"' .. entry .. '","expired":"'
+  .. (rec.s == 'x' and '1' or '0') .. '"}'
+-- the record with the result in it (the admission's answer only serves replays of the
+-- admission itself: not kept, so that a record kept for the retention period is a few
+-- hundred bytes)
+redis.call('HSET', ops_k, rid, '{"s":"settled","m":"' .. mid_j .. '","t":"' .. tier_j
+  .. '","mode":"' .. mode_j .. '","a":"' .. rec.a .. '","exp":"' .. rec.exp
+  .. '","result":' .. out .. '}')
+redis.call('HDEL', ops_k, 'a:' .. rid)
+redis.call('ZADD', due_k, fmt(now + tonumber(ARGV[6])), rid)
+return out

@@ -3,8 +3,9 @@ its own under a typed ``AppKey``.
 
 aiohttp opens the contexts in order and closes them in reverse, attempting every close even
 when one fails and reporting each error (``CleanupError``), so a resource is closed after
-everything that uses it: the store last, after the upstream client, the ledger, payments,
-the journal's replayer and the settlements still under way.
+everything that uses it: the settlements still under way first (with the journal's
+replayer), then the metrics and access-log flush, payments, the ledger, the upstream
+client, and the store last.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def build_app(
             _upstream_ctx,
             _ledger_ctx,
             _payments_ctx,
-            _meter_ctx,
+            # closed after the meter: the settlements it drains write metrics and log lines
             _flush_ctx,
+            _meter_ctx,
         ]
     )
     _routes(app)

@@ -10,6 +10,7 @@ from a small set (flags, the process's settings) so that the pipeliner packs the
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -196,11 +197,29 @@ WRITE_TARGETS = ("org", "members", "requests")
 
 
 def script_source(name: str) -> str:
-    """What is registered for a script: lib.lua, the data model's defaults, the script."""
+    """What is registered for a script: the parts of lib.lua it uses, the data model's
+    defaults, the script."""
     pkg = resources.files("proxy.lua")
-    return (
-        pkg.joinpath("lib.lua").read_text("utf-8")
-        + "\n"
-        + lua_prelude()
-        + pkg.joinpath(f"{name}.lua").read_text("utf-8")
-    )
+    script = pkg.joinpath(f"{name}.lua").read_text("utf-8")
+    return prelude_for(pkg.joinpath("lib.lua").read_text("utf-8"), script) + lua_prelude() + script
+
+
+# a function of lib.lua (to its "end" at the start of a line), or a one-line constant
+_DEFINITION = re.compile(r"^local function (\w+).*?^end$|^local (\w+) = [^\n]*$", re.M | re.S)
+
+
+def prelude_for(lib: str, script: str) -> str:
+    """lib.lua's definitions that ``script`` uses, directly or through another one, in lib's
+    order (without lib's comments: the file is the documented copy). A script runs its whole
+    text on every call, and each function it defines costs a closure there, so only what is
+    used is defined."""
+    blocks = {m.group(1) or m.group(2): m.group(0) for m in _DEFINITION.finditer(lib)}
+    used: set[str] = set()
+    pending = [script]
+    while pending:
+        text = pending.pop()
+        for name, block in blocks.items():
+            if name not in used and re.search(rf"\b{name}\b", text):
+                used.add(name)
+                pending.append(block)
+    return "".join(block + "\n" for name, block in blocks.items() if name in used)
