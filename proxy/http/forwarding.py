@@ -33,20 +33,73 @@ from proxy.upstream.client import Response, UpstreamError
 
 class Metered:
     """One metered request on its way: who, what, and what admission decided (``adm`` is
-    None when it runs unmetered under fail_open)."""
+    None when it runs unmetered under fail_open); once answered, what it is settled on."""
 
-    __slots__ = ("adm", "key", "model", "org", "rid", "sent_at", "started")
+    __slots__ = (
+        "adm",
+        "app",
+        "extra",
+        "key",
+        "model",
+        "org",
+        "rid",
+        "sent_at",
+        "started",
+        "status",
+        "usage",
+    )
 
     def __init__(
-        self, rid: str, key: ProxyKey, model: str, adm: Admission | None, started: float
+        self,
+        app: web.Application,
+        rid: str,
+        key: ProxyKey,
+        model: str,
+        adm: Admission | None,
+        started: float,
     ) -> None:
-        self.rid, self.key, self.org, self.model, self.adm = rid, key, key.org, model, adm
+        self.app, self.rid, self.key, self.org, self.model, self.adm = (
+            app,
+            rid,
+            key,
+            key.org,
+            model,
+            adm,
+        )
         self.started = started  # perf_counter() on arrival
         self.sent_at = started  # perf_counter() when it went upstream
+        self.status = 0
+        self.usage = Usage()
+        self.extra: dict[str, Any] = {}
 
     @property
     def member(self) -> str | None:
         return self.adm["member"] if self.adm is not None else None
+
+    def settled(self, result: Reply | None) -> None:
+        """Its settlement is done (``result`` None: journaled, or refused): metrics and the
+        request's line."""
+        app, model = self.app, self.model
+        if self.adm is None:
+            cost: str | None = str(app[METER].prices.cost(model, self.usage))
+            mode = "journaled"
+        else:
+            cost = result["cost"] if result else None
+            mode = self.adm["mode"]
+        metrics = app[METRICS]
+        metrics.h_upstream_latency.observe(time.perf_counter() - self.sent_at)
+        metrics.child(metrics.requests, "messages", str(self.status)).inc()
+        app[ACCESS_LOG].request(
+            request_id=self.rid,
+            org=self.org,
+            member=self.member,
+            mode=mode,
+            model=model,
+            cost=cost,
+            status=self.status,
+            started=self.started,
+            **self.extra,
+        )
 
 
 def out_headers(upstream: Response, m: Metered) -> CIMultiDict[str]:
@@ -71,37 +124,24 @@ def settle_and_log(
     **extra: Any,
 ) -> tuple[asyncio.Task[Any], Awaitable[bool]]:
     """Settle (or under fail_open journal the usage durably); the request's line is written
-    once that is done, from its own task. The second value resolves True once the
-    settlement is written to Redis: the member may then see the end of the answer; on False
-    the caller waits for the task."""
-    meter, metrics, access_log = app[METER], app[METRICS], app[ACCESS_LOG]
-    model = model or m.model
-
-    def then(result: Reply | None) -> None:
-        if m.adm is None:
-            cost: str | None = str(meter.prices.cost(model, usage))
-            mode = "journaled"
-        else:
-            cost = result["cost"] if result else None
-            mode = m.adm["mode"]
-        metrics.h_upstream_latency.observe(time.perf_counter() - m.sent_at)
-        metrics.child(metrics.requests, "messages", str(status)).inc()
-        access_log.request(
-            request_id=m.rid,
-            org=m.org,
-            member=m.member,
-            mode=mode,
-            model=model,
-            cost=cost,
-            status=status,
-            started=m.started,
-            **extra,
-        )
-
+    once that is done (``Metered.settled``), from its own task. The second value resolves
+    True once the settlement is written to Redis: the member may then see the end of the
+    answer; on False the caller waits for the task."""
+    meter = app[METER]
+    m.usage, m.status, m.extra = usage, status, extra
+    if model:
+        m.model = model
     if m.adm is None:
-        return meter.journaled(m.org, m.rid, m.key.secret_hash, model, usage, then), NOT_SENT
+        task = meter.journaled(m.org, m.rid, m.key.secret_hash, m.model, usage, m.settled)
+        return task, NOT_SENT
     return meter.settle(
-        m.org, m.rid, model, usage, key_hash=m.key.secret_hash, policy=m.adm["policy"], then=then
+        m.org,
+        m.rid,
+        m.model,
+        usage,
+        key_hash=m.key.secret_hash,
+        policy=m.adm["policy"],
+        then=m.settled,
     )
 
 

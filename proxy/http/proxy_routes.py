@@ -148,7 +148,7 @@ async def _admit(
     else:
         meter.admitted(key.org, adm, key.secret_hash)
         ref = adm["upstream"]
-    return ref, Metered(rid, key, model, adm, started)
+    return ref, Metered(app, rid, key, model, adm, started)
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:

@@ -63,28 +63,27 @@ class AccessLog:
     ) -> None:
         """The line of one proxied request, whatever its outcome (``started``: its
         ``time.perf_counter()`` on arrival)."""
-        self.write(
-            request_id=request_id,
-            org=org,
-            member=member,
-            mode=mode,
-            status=status,
-            cost=cost,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            **extra,
-        )
-
-    def write(self, **fields: Any) -> None:
         if self.fd is None:
             return
-        doc = {
-            "ts": round(time.time(), 3),
-            "level": "info",
-            "logger": "proxy.access",
-            "pid": self.pid,
-            "msg": "request",
-            **fields,
-        }
+        self._add(
+            {
+                "ts": round(time.time(), 3),
+                "level": "info",
+                "logger": "proxy.access",
+                "pid": self.pid,
+                "msg": "request",
+                "request_id": request_id,
+                "org": org,
+                "member": member,
+                "mode": mode,
+                "status": status,
+                "cost": cost,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                **extra,
+            }
+        )
+
+    def _add(self, doc: dict[str, Any]) -> None:
         self.lines.append(orjson.dumps(doc, default=str) + b"\n")
         if not self._scheduled:
             self._scheduled = True

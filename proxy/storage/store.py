@@ -30,7 +30,7 @@ from proxy.core.admission import Admission
 from proxy.core.errors import StoreUnavailable
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, org_keys, orgs_index
-from proxy.storage.model import DELETE, Member, flag
+from proxy.storage.model import DELETE, OFF, ON, Member
 from proxy.storage.pipelining import Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
@@ -173,17 +173,21 @@ class Store:
         if self.metrics is not None:
             m = self.metrics
             m.child(m.redis_latency, spec.name).observe(time.perf_counter() - started)
-        doc = Reply(orjson.loads(raw))
+        doc: Reply = orjson.loads(raw)
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
         return doc
 
     def _run(
-        self, spec: ScriptSpec, keys: tuple[str, ...], **values: str | int
+        self,
+        spec: ScriptSpec,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+        tail: tuple[str | int, ...] = (),
     ) -> Coroutine[Any, Any, Reply]:
-        """Call a script with its arguments by name; await its decoded reply (no coroutine of
-        its own: one frame less on every wake-up of the request path)."""
-        args, tail = spec.bind(**values)
+        """Call a script with its ARGV as its spec built it (``spec.args_of(...)``,
+        ``spec.tail_of(...)``); await its decoded reply (no coroutine of its own: one frame
+        less on every wake-up of the request path)."""
         return self._reply(spec, time.perf_counter(), self._call(spec, keys, args, tail))
 
     async def _cmd(self, coro: Any) -> Any:
@@ -224,22 +228,25 @@ class Store:
         doc = await self._run(
             ADMIT,
             ADMIT.keys_of(self.keys(org)),
-            request_id=request_id,
-            who=who,
-            credential=credential,
-            max_cost=max_cost,
-            est_cost=est_cost,
-            policy=policy.reservation,
-            reservation_ttl_s=policy.reservation_ttl_s,
-            accept=flag(accept_extra),
-            reserve=flag(reserve),
-            tiers=self.tiers_spec,
-            pinned_now=self.pinned_now,
-            retention_s=policy.op_retention_s,
-            force=flag(force),
-            lean=flag(lean),
+            ADMIT.args_of(
+                request_id=request_id,
+                who=who,
+                credential=credential,
+                max_cost=max_cost,
+                est_cost=est_cost,
+            ),
+            ADMIT.tail_of(
+                policy=policy.reservation,
+                reservation_ttl_s=policy.reservation_ttl_s,
+                accept=ON if accept_extra else OFF,
+                reserve=ON if reserve else OFF,
+                tiers=self.tiers_spec,
+                pinned_now=self.pinned_now,
+                retention_s=policy.op_retention_s,
+                force=ON if force else OFF,
+                lean=ON if lean else OFF,
+            ),
         )
-        doc.script = "admit"
         return Admission(doc)
 
     def settle(
@@ -259,16 +266,19 @@ class Store:
         (the connection is down, or no auto-pipelining): only the reply tells.
         """
         started = time.perf_counter()
-        args, tail = SETTLE.bind(
-            request_id=request_id,
-            cost=cost,
-            model=model,
-            usage=orjson.dumps(usage).decode(),
-            pinned_now=self.pinned_now,
-            retention_s=self.policy.op_retention_s,
-            source=source,
+        call = self._call(
+            SETTLE,
+            SETTLE.keys_of(self.keys(org)),
+            SETTLE.args_of(
+                request_id=request_id,
+                cost=cost,
+                model=model,
+                usage=orjson.dumps(usage).decode(),
+            ),
+            SETTLE.tail_of(
+                pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s, source=source
+            ),
         )
-        call = self._call(SETTLE, SETTLE.keys_of(self.keys(org)), args, tail)
         sent: Awaitable[bool] = self.pipeliner.sent() if self.pipeliner is not None else NOT_SENT
         return self._reply(SETTLE, started, call), sent
 
@@ -276,9 +286,8 @@ class Store:
         return self._run(
             RELEASE,
             RELEASE.keys_of(self.keys(org)),
-            request_id=request_id,
-            pinned_now=self.pinned_now,
-            retention_s=self.policy.op_retention_s,
+            RELEASE.args_of(request_id=request_id),
+            RELEASE.tail_of(pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s),
         )
 
     # -- money in ------------------------------------------------------------------------
@@ -297,12 +306,8 @@ class Store:
         return self._run(
             PURCHASE,
             PURCHASE.keys_of(self.keys(org)),
-            kind=kind,
-            op_id=op_id,
-            amount=amount,
-            actor=actor,
-            pinned_now=self.pinned_now,
-            retention_s=self.policy.op_retention_s,
+            PURCHASE.args_of(kind=kind, op_id=op_id, amount=amount, actor=actor),
+            PURCHASE.tail_of(pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s),
         )
 
     # -- administration ------------------------------------------------------------------
@@ -322,7 +327,7 @@ class Store:
         if target not in WRITE_TARGETS:
             raise ValueError(f"write.lua changes only {', '.join(WRITE_TARGETS)} (not {target})")
         k = self.keys(org)
-        args, _ = WRITE.bind(
+        args = WRITE.args_of(
             actor=actor, action=action, pinned_now=self.pinned_now, guards="\n".join(guards)
         )
         pairs: list[str | int] = []
@@ -353,17 +358,20 @@ class Store:
         await self._run(
             CREDENTIAL,
             CREDENTIAL.keys_of(self.keys(org)),
-            op=op,
-            kind=kind,
-            secret_hash=secret_hash,
-            member=member,
-            cred_id=cred_id,
-            actor=actor,
-            pinned_now=self.pinned_now,
+            CREDENTIAL.args_of(
+                op=op,
+                kind=kind,
+                secret_hash=secret_hash,
+                member=member,
+                cred_id=cred_id,
+                actor=actor,
+                pinned_now=self.pinned_now,
+            ),
         )
 
     def whois(self, org: str, kind: str, secret_hash: str) -> Coroutine[Any, Any, Reply]:
-        return self._run(WHOIS, WHOIS.keys_of(self.keys(org)), kind=kind, secret_hash=secret_hash)
+        keys = WHOIS.keys_of(self.keys(org))
+        return self._run(WHOIS, keys, WHOIS.args_of(kind=kind, secret_hash=secret_hash))
 
     # -- plain reads ---------------------------------------------------------------------
 
@@ -371,6 +379,8 @@ class Store:
         return await self.hash_fields(org, "org")
 
     async def member_fields(self, org: str, member: str, names: Sequence[str]) -> dict[str, str]:
+        if not names:
+            return {}
         fields = [Member.field(member, n) for n in names]
         values = await self._cmd(self.client.hmget(self.keys(org).members, fields))
         return {n: _s(v) for n, v in zip(names, values, strict=True) if v is not None}

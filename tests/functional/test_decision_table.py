@@ -1,6 +1,7 @@
-"""admit.lua's rules as a decision table, on a real redis-server: each row a situation (the
-org's and the member's fields as the data model stores them), the decision and the reason
-expected. One rule per row, so that a row that fails names the rule that broke."""
+"""admit.lua's and settle.lua's rules as decision tables, on a real redis-server: each row a
+situation (the org's and the member's fields as the data model stores them) and what is
+expected — the decision and its reason, or where a charge goes. One rule per row, so that a
+row that fails names the rule that broke."""
 
 from __future__ import annotations
 
@@ -317,3 +318,103 @@ async def test_an_expired_reservation_gives_its_room_back(store: Store) -> None:
     again = await store.admit(org, "later", who="m", credential="ann", max_cost=1, est_cost=1)
     assert again["mode"] == "extra_usage"
     assert (await store.member_fields(org, "ann", ["eu_res"]))["eu_res"] == "1"
+
+
+@dataclass(frozen=True)
+class SettleRow:
+    rule: str
+    org: dict[str, str]
+    member: dict[str, str]
+    cost: int
+    counters: dict[str, int]  # member fields (or "org:<field>") after the settlement
+    result: dict[str, str] = field(default_factory=dict)
+    later: int = 0  # seconds between the admission and the settlement
+
+
+SETTLE_ROWS = [
+    SettleRow(
+        "included: both open windows and the month's included usage",
+        {"plan": "team"},
+        {"s_end": str(NOW + 60), "s_used": "7", "w_end": str(NOW + 600), "w_used": "9"},
+        100,
+        {"s_used": 107, "w_used": 109, "inc": 100},
+        {"mode": "included", "balance": "0", "overshoot": "0"},
+    ),
+    SettleRow(
+        "extra usage on Team: member, tier and org month, and the balance",
+        {**TEAM_EU, "balance": str(10 * USD)},
+        SEAT_USED,
+        3 * USD,
+        {"spend": 3 * USD, "eu_res": 0, "org:spend": 3 * USD, "org:balance": 7 * USD},
+        {"mode": "extra_usage", "balance": str(7 * USD), "overshoot": str(3 * USD - USD // 2)},
+    ),
+    SettleRow(
+        "extra usage on Enterprise: no balance",
+        ENT_EU,
+        {**SEAT_USED, "consent": "1"},
+        USD,
+        {"spend": USD, "org:tspend:standard": USD},
+        {"mode": "extra_usage", "balance": "", "overshoot": str(USD // 2)},
+    ),
+    SettleRow(
+        "auto-reload asked for when the balance falls to its threshold",
+        {
+            **TEAM_EU,
+            "balance": str(2 * USD),
+            "ar_on": "1",
+            "ar_threshold": str(USD),
+            "ar_amount": str(5 * USD),
+        },
+        SEAT_USED,
+        USD,
+        {"org:balance": USD},
+        {"reload_amount": str(5 * USD)},
+    ),
+    SettleRow(
+        "a reservation reclaimed meanwhile still settles, all overshoot",
+        ENT_EU,
+        {**SEAT_USED, "consent": "1"},
+        USD,
+        {"spend": USD, "eu_res": 0},
+        {"expired": "1", "overshoot": str(USD)},
+        later=10_000,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", SETTLE_ROWS, ids=lambda r: r.rule)
+async def test_settlement_rule(store: Store, row: SettleRow) -> None:
+    org = await situation(store, row.org, row.member)
+    rid = f"req-{next(_ids)}"
+    await store.admit(org, rid, who="m", credential="ann", max_cost=USD, est_cost=USD // 2)
+    store.pinned_now = NOW + row.later
+    if row.later:  # another admission reclaims what is past its TTL
+        await store.admit(org, "other", who="m", credential="ann", max_cost=1, est_cost=1)
+    usage = {"input_tokens": 1, "output_tokens": 1}
+    reply, _ = store.settle(org, rid, cost=row.cost, model="claude-sonnet-4-5", usage=usage)
+    result = await reply
+    for name, value in row.result.items():
+        assert result[name] == value, name
+    org_fields = await store.org_settings(org)
+    member = await store.member_fields(org, "ann", [n for n in row.counters if ":" not in n])
+    for name, value in row.counters.items():
+        got = org_fields.get(name[4:], "0") if name.startswith("org:") else member.get(name, "0")
+        assert int(got) == value, name
+    assert [e["cost"] for e in await store.ledger(org)] == [str(row.cost)]
+    # replayed: the same result, nothing charged twice
+    again, _ = store.settle(org, rid, cost=row.cost, model="claude-sonnet-4-5", usage=usage)
+    assert (await again)["replay"] == "1"
+    assert len(await store.ledger(org)) == 1
+
+
+async def test_a_released_reservation_cannot_be_settled(store: Store) -> None:
+    org = await situation(store, {"plan": "team"}, {})
+    await store.admit(org, "r", who="m", credential="ann", max_cost=1, est_cost=1)
+    assert (await store.release(org, "r"))["released"] == "0"
+    reply, _ = store.settle(org, "r", cost=5, model="m", usage={})
+    with pytest.raises(StoreRefusal) as err:
+        await reply
+    assert err.value.code == "released"
+    with pytest.raises(StoreRefusal) as err:
+        await (store.settle(org, "never", cost=5, model="m", usage={}))[0]
+    assert err.value.code == "unknown_reservation"

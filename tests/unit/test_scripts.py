@@ -12,7 +12,7 @@ import pytest
 
 from proxy.core.admission import FULL_FIELDS, LEAN_FIELDS
 from proxy.storage.model import Op, vocabulary
-from proxy.storage.scripts import FAILURE_FIELDS, SPECS, ScriptSpec
+from proxy.storage.scripts import ADMIT, FAILURE_FIELDS, SPECS, ScriptSpec
 
 LUA = Path(__file__).parents[2] / "lua"
 # words of Lua and Redis, not of the data model
@@ -121,11 +121,12 @@ def test_the_lean_answer_is_part_of_the_full_one() -> None:
     assert {"s", "m", "t", "mode", "a", "exp"} <= set(Op.FIELDS)
 
 
-def test_bind_names_every_argument() -> None:
+def test_the_spec_builds_argv_by_name() -> None:
     spec = SPECS["release"]
-    args, tail = spec.bind(request_id="r1", pinned_now=0, retention_s=60)
-    assert (args, tail) == (("r1",), (0, 60))
-    with pytest.raises(TypeError, match="missing argument 'retention_s'"):
-        spec.bind(request_id="r1", pinned_now=0, other=1)
-    with pytest.raises(TypeError, match="unknown arguments"):
-        spec.bind(request_id="r1", pinned_now=0, retention_s=60, extra=1)
+    assert spec.args_of(request_id="r1") == ("r1",)
+    assert spec.tail_of(retention_s=60, pinned_now=0) == (0, 60)  # in ARGV order
+    with pytest.raises(TypeError, match="retention_s"):
+        spec.tail_of(pinned_now=0)
+    with pytest.raises(TypeError, match="other"):
+        spec.tail_of(pinned_now=0, retention_s=60, other=1)
+    assert SPECS["admit"].args_of.__code__.co_varnames == tuple(a.name for a in ADMIT.args)
