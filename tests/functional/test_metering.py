@@ -231,3 +231,21 @@ async def test_lua_calendar_months_match_python(proxy: Proxy) -> None:
         ny, nm = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
         assert period.decode() == f"{d.year:04d}-{d.month:02d}", t
         assert int(end) == calendar.timegm((ny, nm, 1, 0, 0, 0)), t
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_metered_request_is_exactly_two_script_calls(proxy: Proxy, stream: bool) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "tess")
+    await proxy.post(key, message())  # warm: the first admission of a key is no different
+    await proxy.settled()
+
+    async def evalsha_calls() -> int:
+        stats = await proxy.store.client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = await evalsha_calls()
+    status, _, _ = await proxy.post(key, message(stream=stream))
+    await proxy.settled()
+    assert status == 200
+    assert await evalsha_calls() - before == 2  # admit, settle: nothing else
