@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False
     key_prefix: str = "eup"
-    socket_timeout_s: float = 5.0
+    # a Redis slower than this counts as unavailable (the whole call, its retries included)
+    timeout_s: float = 2.0
+    # each try: the client tries a call three times at most (two retries), so a third
+    socket_timeout_s: float = 2.0 / 3
     max_connections: int = 256
 
 
@@ -256,9 +259,12 @@ def parse_config(
         url=_override(env, "REDIS_URL", r.get("url", str, _REDIS.url)),
         cluster=r.get("cluster", bool, _REDIS.cluster),
         key_prefix=r.get("key_prefix", str, _REDIS.key_prefix),
-        socket_timeout_s=float(r.positive("socket_timeout_s", _REDIS.socket_timeout_s)),
+        timeout_s=float(r.positive("timeout_s", _REDIS.timeout_s)),
         max_connections=r.positive("max_connections", _REDIS.max_connections, integer=True),
     )
+    # each try gets a third of the budget unless set (the client tries three times at most)
+    per_try = float(r.positive("socket_timeout_s", redis.timeout_s / 3))
+    redis = replace(redis, socket_timeout_s=per_try)
     if not redis.key_prefix or any(c in redis.key_prefix for c in "{}: "):
         raise r.fail("key_prefix", "must be a non-empty word without braces, colons or spaces")
     r.done()

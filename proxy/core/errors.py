@@ -25,6 +25,10 @@ from collections.abc import Mapping
 class ProxyError(Exception):
     status = 500
     error_type = "api_error"
+    # whether a client's retry could succeed: when not, the answer says so
+    # (``x-should-retry: false``), so that the SDKs and Claude Code stop at once and show the
+    # message instead of retrying silently for minutes
+    retryable = False
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class InternalError(ProxyError):
 
 class UpstreamUnavailable(ProxyError):
     status, error_type = 502, "api_error"
+    retryable = True  # the API may answer the next attempt
 
 
 class StoreUnavailable(ProxyError):

@@ -21,6 +21,8 @@ def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
 
 def error_response(err: ProxyError, request_id: str | None) -> web.Response:
     headers = {"content-type": "application/json", **err.headers}
+    if not err.retryable:
+        headers.setdefault("x-should-retry", "false")
     if request_id:
         headers.setdefault("request-id", request_id)
     return web.Response(

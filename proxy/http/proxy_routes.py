@@ -7,6 +7,7 @@ answer and settling it ``proxy.http.forwarding``.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
@@ -25,10 +26,22 @@ from proxy.http.auth import ProxyKey, member_of_key, proxy_key, raise_for_identi
 from proxy.http.body import read_body
 from proxy.http.forwarding import Metered, forward_body, forward_error, forward_stream, release
 from proxy.http.headers import response_headers, upstream_headers
+from proxy.obs.logs import Throttled
 from proxy.storage.store import StoreRefusal
-from proxy.upstream.client import UpstreamError
+from proxy.upstream.client import UpstreamError, UpstreamTimeout
 from proxy.upstream.credentials import upstream_key
 from proxy.upstream.upload import Upload, streamable
+
+failures = Throttled(logging.getLogger(__name__))
+
+
+def upstream_failure(exc: UpstreamError) -> str:
+    """What a member is told when the API could not be reached (the details, which name
+    hosts and addresses, go to the log)."""
+    failures.warning("upstream", "upstream request failed", error=str(exc))
+    if isinstance(exc, UpstreamTimeout):
+        return "the Anthropic API did not answer in time; try again"
+    return "the Anthropic API could not be reached; try again"
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -71,7 +84,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         await release(app, m)
         metrics.upstream_errors.labels("connect").inc()
-        raise UpstreamUnavailable(f"the Anthropic API could not be reached: {exc}") from exc
+        raise UpstreamUnavailable(upstream_failure(exc)) from exc
     metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
     try:
         if upstream.status != 200:
@@ -173,7 +186,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         finally:
             upstream.release()
     except UpstreamError as exc:
-        raise UpstreamUnavailable(f"the Anthropic API could not be reached: {exc}") from exc
+        raise UpstreamUnavailable(upstream_failure(exc)) from exc
     route = "count_tokens" if request.path.endswith("count_tokens") else "models"
     app[METRICS].requests.labels(route, str(upstream.status)).inc()
     return web.Response(

@@ -9,6 +9,7 @@ it arrives in (``statement_period``), so a closed statement never changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,6 +30,8 @@ SELECT $1, $2, $3, $4, $5, $6,
     $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19
 ON CONFLICT (org_id, op_id) DO NOTHING
 """
+
+log = logging.getLogger(__name__)
 
 
 def period_of(ts: float) -> str:
@@ -74,7 +77,8 @@ class LedgerDB:
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"the ledger database is unavailable: {exc}") from exc
+            log.warning("ledger database unavailable", extra={"fields": {"error": repr(exc)}})
+            raise StoreUnavailable("the billing history is unavailable; try again shortly") from exc
         return cls(pool)
 
     async def close(self) -> None:

@@ -38,6 +38,27 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+class Throttled:
+    """A warning at most once per ``every_s`` per key: an outage of Redis or of the API
+    fails every request, and one line with the cause (and how many were suppressed) says
+    as much as a thousand."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self.last.get(key, -self.every_s) < self.every_s:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        self.last[key] = now
+        suppressed = self.suppressed.pop(key, 0)
+        self.logger.warning(message, extra={"fields": {**fields, "suppressed": suppressed}})
+
+
 class AccessLog:
     """The per-request log line, written in batches: the lines of one 50 ms slice go out in
     one write instead of one system call and one LogRecord each (flushed on shutdown too)."""

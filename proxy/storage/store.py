@@ -11,6 +11,7 @@ through redis-py's ``Script``; both load a script again on NOSCRIPT. Redis error
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from proxy.config import PolicyConfig, RedisConfig, TierConfig
 from proxy.core.admission import Admission
 from proxy.core.errors import StoreUnavailable
+from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, org_keys, orgs_index
 from proxy.storage.model import DELETE, OFF, ON, Member
@@ -48,6 +50,16 @@ from proxy.storage.scripts import (
 )
 
 RedisClient = aioredis.Redis | RedisCluster
+
+
+# what a client is told: never the library's text, which names hosts and ports
+def unavailable(exc: RedisError) -> str:
+    """What a client is told: the kind of failure, never the library's text (it names hosts
+    and ports)."""
+    return f"the usage store is unavailable ({type(exc).__name__}); try again shortly"
+
+
+failures = Throttled(logging.getLogger(__name__))
 
 __all__ = ["DELETE", "NOT_SENT", "Store", "StoreRefusal", "make_client", "script_source"]
 
@@ -169,7 +181,8 @@ class Store:
         except RedisError as exc:
             if self.metrics is not None:
                 self.metrics.redis_errors.labels(spec.name).inc()
-            raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
+            failures.warning("redis", "redis call failed", script=spec.name, error=repr(exc))
+            raise StoreUnavailable(unavailable(exc)) from exc
         if self.metrics is not None:
             m = self.metrics
             m.child(m.redis_latency, spec.name).observe(time.perf_counter() - started)
@@ -196,7 +209,8 @@ class Store:
         except RedisError as exc:
             if self.metrics is not None:
                 self.metrics.redis_errors.labels("command").inc()
-            raise StoreUnavailable(f"the usage store (Redis) is unavailable: {exc}") from exc
+            failures.warning("redis", "redis command failed", error=repr(exc))
+            raise StoreUnavailable(unavailable(exc)) from exc
 
     async def load_scripts(self) -> None:
         """Load every script (readiness); EVALSHA would also reload them on NOSCRIPT."""
