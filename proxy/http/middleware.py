@@ -1,16 +1,20 @@
-"""Every request gets an id; every error leaves in the Anthropic envelope carrying it."""
+"""Every request: an id, a path that is one normalized path or a 400, errors in the
+Anthropic envelope carrying the id, and an access line and a count by route and outcome
+(unless its handler writes its own: a metered request's comes after its settlement)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.core.errors import InternalError, ProxyError, StoreUnavailable
-from proxy.http.appkeys import METRICS, REQUEST_ID
+from proxy.core.errors import InternalError, InvalidRequest, ProxyError, StoreUnavailable
+from proxy.http.appkeys import ACCESS_LOG, LOGGED, METRICS, ORG, REQUEST_ID
 from proxy.http.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -34,22 +38,84 @@ _HTTP_ERROR_TYPES = {
 }
 
 
+# a path the proxy routes on is the path it forwards: no percent-encoded slash, backslash or
+# dot, no dot segment, no backslash, no fragment, and the origin form ("/…") only
+_ENCODED = re.compile(r"%(?:2[fFeE]|5[cC]|00)")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse a request target that could be read two ways (a 400, before anything else)."""
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith("/") or path.startswith("//"):
+        raise InvalidRequest("request target: only a path starting with a single / is served")
+    if "#" in raw_path or "\\" in path:
+        raise InvalidRequest("request target: fragments and backslashes are not allowed")
+    if _ENCODED.search(path):
+        raise InvalidRequest("request target: encoded slashes, dots and NULs are not allowed")
+    if _DOT_SEGMENT.search(path):
+        raise InvalidRequest("request target: '.' and '..' segments are not allowed")
+
+
+def route_name(request: web.Request) -> str:
+    """A bounded label for a request's route (never an id from the path)."""
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return "count_tokens" if path.endswith("/count_tokens") else "messages"
+    if path.startswith("/v1/models"):
+        return "models"
+    if path.startswith("/v1/usage/me"):
+        return "member"
+    if path.startswith("/v1/usage/"):
+        return "check"
+    if path.startswith("/admin/v1/"):
+        return "admin"
+    if path in ("/", "/healthz", "/readyz", "/metrics"):
+        return "probe"
+    if path.startswith("/admin") or path == "/openapi.json":
+        return "page"
+    return "other"
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request[REQUEST_ID] = new_request_id()
+    started = time.perf_counter()
     try:
-        return await handler(request)
+        check_path(request.raw_path)
+        response = await handler(request)
     except ProxyError as err:
         if isinstance(err, StoreUnavailable):
             request.app[METRICS].redis_errors.labels("request").inc()
-        return error_response(err, rid)
+        response = error_response(err, rid)
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            kind = _HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error")
-            http_err = ProxyError(exc.reason or "error", error_type=kind)
-            http_err.status = exc.status
-            return error_response(http_err, rid)
-        raise
+        if exc.status < 400:
+            raise
+        kind = _HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error")
+        http_err = ProxyError(exc.reason or "error", error_type=kind)
+        http_err.status = exc.status
+        response = error_response(http_err, rid)
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
-        return error_response(InternalError("internal error in the proxy"), rid)
+        response = error_response(InternalError("internal error in the proxy"), rid)
+    if not request.get(LOGGED):
+        _log(request, rid, response.status, started)
+    return response
+
+
+def _log(request: web.Request, rid: str, status: int, started: float) -> None:
+    app = request.app
+    route = route_name(request)
+    metrics = app[METRICS]
+    metrics.child(metrics.requests, route, str(status)).inc()
+    key = request.get(ORG)
+    app[ACCESS_LOG].request(
+        request_id=rid,
+        org=key,
+        member=None,
+        mode=route,
+        status=status,
+        cost=None,
+        started=started,
+        method=request.method,
+    )

@@ -87,6 +87,9 @@ def path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+# the ids the proxy issues (keys, tokens, reloads, requests) and tier names: letters, digits
+# and a few separators, as a request target carries them unencoded
+OPAQUE_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"}
 ORG = path_param("org", ID)
 MEMBER_P = path_param("member", MEMBER)
 UNAVAILABLE = {
@@ -225,7 +228,7 @@ EU_PATCH = obj(
 def document() -> dict[str, Any]:
     base = "/admin/v1/orgs/{org}"
     eu = base + "/extra-usage"
-    rid = path_param("request_id", {"type": "string"})
+    rid = path_param("request_id", OPAQUE_ID)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -355,7 +358,7 @@ def document() -> dict[str, Any]:
                 "delete": op(
                     "Revoke a proxy key",
                     ANY,
-                    params=[ORG, MEMBER_P, path_param("key_id", {"type": "string"})],
+                    params=[ORG, MEMBER_P, path_param("key_id", OPAQUE_ID)],
                 )
             },
             base + "/members/{member}/admin-tokens": {
@@ -373,7 +376,7 @@ def document() -> dict[str, Any]:
                 "delete": op(
                     "Revoke an admin token",
                     ANY,
-                    params=[ORG, MEMBER_P, path_param("token_id", {"type": "string"})],
+                    params=[ORG, MEMBER_P, path_param("token_id", OPAQUE_ID)],
                 )
             },
             eu: {
@@ -386,7 +389,7 @@ def document() -> dict[str, Any]:
                 "put": op(
                     "Enterprise: a seat tier's monthly limit for each of its members",
                     ANY,
-                    params=[ORG, path_param("tier", {"type": "string"})],
+                    params=[ORG, path_param("tier", OPAQUE_ID)],
                     body=obj(
                         {"monthly_limit": LIMIT_IN}, ["monthly_limit"], additionalProperties=False
                     ),
@@ -436,7 +439,7 @@ def document() -> dict[str, Any]:
                 "post": op(
                     "The payment provider confirms a reload (operator)",
                     ANY,
-                    params=[ORG, path_param("reload_id", {"type": "string"})],
+                    params=[ORG, path_param("reload_id", OPAQUE_ID)],
                 )
             },
             eu + "/requests": {

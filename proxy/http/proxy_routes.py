@@ -21,7 +21,17 @@ from proxy.core.errors import (
     UpstreamUnavailable,
 )
 from proxy.core.request_fields import parse_message_request
-from proxy.http.appkeys import ACCESS_LOG, CONFIG, METER, METRICS, REQUEST_ID, STORE, UPSTREAM
+from proxy.http.appkeys import (
+    ACCESS_LOG,
+    CONFIG,
+    LOGGED,
+    METER,
+    METRICS,
+    ORG,
+    REQUEST_ID,
+    STORE,
+    UPSTREAM,
+)
 from proxy.http.auth import ProxyKey, member_of_key, proxy_key, raise_for_identity
 from proxy.http.body import read_body
 from proxy.http.forwarding import Metered, forward_body, forward_error, forward_stream, release
@@ -50,6 +60,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     started = time.perf_counter()
     key = proxy_key(request)
+    request[ORG] = key.org
     upload = _upload_early(request, key)
     try:
         if upload is None:
@@ -157,6 +168,7 @@ async def _admit(
             cost="0",
             started=started,
         )
+        request[LOGGED] = True
         raise meter.refuse(adm, model, len(body), max_cost)
     else:
         meter.admitted(key.org, adm, key.secret_hash)
@@ -167,6 +179,7 @@ async def _admit(
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """count_tokens and models: forwarded for a valid member, never blocked, not metered."""
     app = request.app
+    request[ORG] = proxy_key(request).org
     try:
         who = await member_of_key(app[STORE], request)
         ref = who["upstream"]
@@ -177,9 +190,12 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     api_key = upstream_key(app[CONFIG].upstream.api_key, ref)
     body = await read_body(request, app[CONFIG].server.max_body_bytes)
     headers = upstream_headers(request.headers, api_key)
+    # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait
+    # for the one its Content-Length announces (aiohttp sends the member no body for HEAD)
+    method = "GET" if request.method == "HEAD" else request.method
     try:
         upstream = await app[UPSTREAM].request(
-            request.method, request.raw_path, headers, None if request.method == "GET" else body
+            method, request.raw_path, headers, None if method == "GET" else body
         )
         try:
             payload = await upstream.read()
@@ -187,8 +203,6 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
             upstream.release()
     except UpstreamError as exc:
         raise UpstreamUnavailable(upstream_failure(exc)) from exc
-    route = "count_tokens" if request.path.endswith("count_tokens") else "models"
-    app[METRICS].requests.labels(route, str(upstream.status)).inc()
     return web.Response(
         status=upstream.status, body=payload, headers=response_headers(upstream.headers)
     )

@@ -74,7 +74,7 @@ class AccessLog:
         self,
         *,
         request_id: str,
-        org: str,
+        org: str | None,
         member: str | None,
         mode: str,
         status: int,
