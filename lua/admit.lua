@@ -58,12 +58,13 @@ local function replayed()
   return fail('duplicate_id', rec.s or '')
 end
 
--- who asks: (member id, key id), or nil and the refusal
+-- who asks: (member id, key id, the member's generation the key was issued in; nil for a
+-- member id, which the check API names itself), or nil and the refusal
 local function identify()
-  if ARGV[2] ~= 'k' then return ARGV[3], '' end
+  if ARGV[2] ~= 'k' then return ARGV[3], '', nil end
   local v = redis.call('HGET', cred_k, 'k:' .. ARGV[3])
   if not v then return nil, fail('unknown_key') end
-  return split2(v)
+  return split3(v)
 end
 
 -- give back the reservations of crashed proxies that are past their TTL (at most 16 a call);
@@ -207,7 +208,7 @@ local plan = o[1]
 if not plan then return fail('unknown_org') end
 if o[12] == '0' then return fail('org_disabled') end
 
-local mid, kid = identify()
+local mid, kid, kgen = identify()
 if not mid then return kid end
 
 local now, advanced = clock_at(o[15], ARGV[11])
@@ -217,9 +218,11 @@ local org_res = reclaim(now, num(o[7]))
 local p = mid .. '|'
 local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
   p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
-  p .. 'limit', p .. 'eu', p .. 'consent')
+  p .. 'limit', p .. 'eu', p .. 'consent', p .. 'gen')
 local tier = m[1]
 if not tier then return fail('unknown_member', mid) end
+-- a key issued before its member was removed is dead, even if the member is added again
+if kgen and kgen ~= (m[14] or '') then return fail('unknown_key') end
 if m[3] == '0' then return fail('member_disabled', mid) end
 local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok, claim,
   claim_reset = windows(now, tier, m)

@@ -10,7 +10,8 @@
 -- ARGV[5] cred_id      the credential id
 -- ARGV[6] actor        who, for the audit log
 -- ARGV[7] pinned_now   epoch seconds (0 = Redis TIME)
--- Layout: "<kind>:<hash>" -> "<member>|<id>" (lookup by secret), "<kind>id:<id>" -> hash.
+-- Layout: "<kind>:<hash>" -> "<member>|<id>|<generation>" (lookup by secret; the member's
+-- generation when it was issued), "<kind>id:<id>" -> hash.
 -- Reply: JSON {ok=1} or {ok=0, err="unknown_member"|"unknown_credential"|"exists"}.
 -- Idempotent: adding the same id with the same hash again, or revoking twice, changes nothing
 -- more.
@@ -27,7 +28,10 @@ if op == 'add' then
     if existing == hash then return cjson.encode({ ok = 1, replay = '1' }) end
     return fail('exists', id)
   end
-  redis.call('HSET', cred_k, kind .. ':' .. hash, mid .. '|' .. id, kind .. 'id:' .. id, hash)
+  -- the member's generation goes with it: removing the member moves it on
+  local gen = redis.call('HGET', mem_k, mid .. '|gen') or ''
+  redis.call('HSET', cred_k, kind .. ':' .. hash, mid .. '|' .. id .. '|' .. gen,
+    kind .. 'id:' .. id, hash)
   redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[6],
     'action', kind == 'k' and 'key.issue' or 'admin_token.issue',
     'before', '{}', 'after', cjson.encode({ member = mid, id = id }))
@@ -38,7 +42,7 @@ local h = redis.call('HGET', cred_k, kind .. 'id:' .. id)
 if not h then return fail('unknown_credential', id) end
 local owner = redis.call('HGET', cred_k, kind .. ':' .. h)
 if owner then
-  local omid = split2(owner)
+  local omid = split3(owner)
   if mid ~= '' and omid ~= mid then return fail('unknown_credential', id) end
 end
 redis.call('HDEL', cred_k, kind .. ':' .. h, kind .. 'id:' .. id)

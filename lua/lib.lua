@@ -109,10 +109,14 @@ local function hset_all(key, w)
   if #w > 0 then redis.call('HSET', key, unpack(w)) end
 end
 
-local function split2(v)
-  local at = string.find(v, '|', 1, true)
-  if not at then return nil, nil end
-  return string.sub(v, 1, at - 1), string.sub(v, at + 1)
+-- a credential's value: "<member>|<id>|<generation>" (the member's generation when it was
+-- issued; a value written before generations has none, read as "")
+local function split3(v)
+  local a = string.find(v, '|', 1, true)
+  if not a then return nil, nil, nil end
+  local b = string.find(v, '|', a + 1, true)
+  if not b then return string.sub(v, 1, a - 1), string.sub(v, a + 1), '' end
+  return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
 end
 
 -- A string as it stands between quotes in JSON. Answers and records are written out directly

@@ -7,6 +7,7 @@ of strict, estimate, none``). Secrets come only from the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,19 @@ class UpstreamConfig:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     max_connections: int = 4096
+    # an org's upstream_credential must name a variable starting with this (and never one of
+    # the proxy's own secrets): the operator decides which variables hold orgs' keys
+    credential_prefix: str = "UPSTREAM_API_KEY_"
+
+
+def allowed_credential(upstream: UpstreamConfig, name: str) -> bool:
+    """Whether an org may name ``name`` as its upstream credential."""
+    return (
+        name.startswith(upstream.credential_prefix)
+        and len(name) > len(upstream.credential_prefix)
+        and name not in PROXY_VARIABLES
+        and name != upstream.api_key_env
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,11 @@ class Config:
 
 
 RESERVATION_POLICIES = ("strict", "estimate", "none")
+ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{3,63}$")
+# the proxy's own secrets and endpoints: never an org's upstream credential
+PROXY_VARIABLES = frozenset(
+    {"OPERATOR_TOKEN", "SERVICE_TOKEN", "DATABASE_URL", "REDIS_URL", "UPSTREAM_URL"}
+)
 # the defaults, stated once: the dataclasses above; the loader falls back on these
 _SERVER = ServerConfig()
 _REDIS = RedisConfig()
@@ -278,7 +297,14 @@ def parse_config(
         connect_timeout_s=float(r.positive("connect_timeout_s", _UPSTREAM.connect_timeout_s)),
         read_timeout_s=float(r.positive("read_timeout_s", _UPSTREAM.read_timeout_s)),
         max_connections=r.positive("max_connections", _UPSTREAM.max_connections, integer=True),
+        credential_prefix=r.get("credential_prefix", str, _UPSTREAM.credential_prefix),
     )
+    if not ENV_PREFIX.match(upstream.credential_prefix):
+        raise r.fail(
+            "credential_prefix",
+            "must be the start of a variable name: letters, digits and _, at least 4 "
+            f"(got {upstream.credential_prefix!r})",
+        )
     parts = urlsplit(upstream.url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise r.fail(

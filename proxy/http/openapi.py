@@ -30,7 +30,8 @@ LIMIT_IN = {
     "description": "an amount, or null for unlimited",
 }
 TEXT = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "[^ \t\r\n]"}
-ENV = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}
+# an org's upstream credential: a variable under the default upstream.credential_prefix
+ENV = {"type": "string", "pattern": "^UPSTREAM_API_KEY_[A-Za-z0-9_]{1,100}$"}
 TIER = {"enum": ["standard", "premium"]}
 COUNT = {"type": "integer", "minimum": 0, "maximum": 1_000_000_000_000}
 ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}

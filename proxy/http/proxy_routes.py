@@ -69,7 +69,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             body = await upload.read(request)
         ref, m = await _admit(request, key, body, started)
         try:
-            api_key = upstream_key(cfg.upstream.api_key, ref)
+            api_key = upstream_key(cfg.upstream, ref)
         except ProxyError:
             await release(app, m)
             raise
@@ -118,7 +118,7 @@ def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
     if ref is None or key.secret_hash not in meter.known_keys:
         return None
     try:
-        api_key = upstream_key(app[CONFIG].upstream.api_key, ref)
+        api_key = upstream_key(app[CONFIG].upstream, ref)
     except ProxyError:
         return None
     headers = upstream_headers(request.headers, api_key)
@@ -187,7 +187,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         app[METER].let_through()
         # fail_open: nothing to meter here, so the key's shape is all that can be checked
         ref = app[METER].upstream_refs.get(proxy_key(request).org, "")
-    api_key = upstream_key(app[CONFIG].upstream.api_key, ref)
+    api_key = upstream_key(app[CONFIG].upstream, ref)
     body = await read_body(request, app[CONFIG].server.max_body_bytes)
     headers = upstream_headers(request.headers, api_key)
     # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait

@@ -11,7 +11,7 @@ Layout per organization (every key carries ``{org}`` as its hash tag: ``proxy.st
 
 - ``org``      hash   the org's settings and counters (``Org``); per tier ``tlimit:<tier>`` …
 - ``members``  hash   ``<member>|<field>`` (``Member``), and ``|primary``
-- ``creds``    hash   ``k:<sha256>`` / ``t:<sha256>`` -> ``<member>|<id>``; ``kid:<id>`` /
+- ``creds``    hash   ``k:<sha256>`` / ``t:<sha256>`` -> ``<member>|<id>|<gen>``; ``kid:<id>`` /
                       ``tid:<id>`` -> the hash (``Cred``)
 - ``ops``      hash   operation id -> JSON record (``Op``); ``a:<id>`` the kept answer
 - ``due``      zset   operation id by the time its record expires
@@ -128,6 +128,9 @@ class Member:
     ROLE: Final = "role"
     ENABLED: Final = "enabled"
     DELETED: Final = "deleted"
+    # moves on when the member is removed: a credential carries the generation it was issued
+    # in, so removing a member revokes every credential of theirs at once, for good
+    GENERATION: Final = "gen"
     SESSION_END: Final = "s_end"  # the 5-hour window: when it closes, what it used
     SESSION_USED: Final = "s_used"
     WEEK_END: Final = "w_end"  # the 7-day window

@@ -33,11 +33,11 @@ async def test_org_lifecycle_and_validation(proxy: Proxy) -> None:
     status, body = await proxy.admin(
         "PATCH",
         "/admin/v1/orgs/acme-prov",
-        json={"name": "Acme Inc", "upstream_credential": "ACME_KEY"},
+        json={"name": "Acme Inc", "upstream_credential": "UPSTREAM_API_KEY_ACME"},
     )
     assert status == 200
     assert body["name"] == "Acme Inc"
-    assert body["upstream_credential"] == "ACME_KEY"
+    assert body["upstream_credential"] == "UPSTREAM_API_KEY_ACME"
     status, body = await proxy.admin("GET", "/admin/v1/orgs/nope")
     assert status == 404
     status, body = await proxy.admin("GET", "/admin/v1/orgs/acme-prov", token="wrong")
@@ -130,12 +130,12 @@ async def test_members_keys_and_roles(proxy: Proxy) -> None:
         "DELETE", f"/admin/v1/orgs/{org}/members/pat/admin-tokens/{ptok['token_id']}"
     )
     assert status == 404
-    # deleting a member disables them
+    # deleting a member revokes their keys (401: the key is unknown now, not merely disabled)
     key = await proxy.member(org, "quin")
     status, _ = await proxy.admin("DELETE", f"/admin/v1/orgs/{org}/members/quin")
     assert status == 200
     status, _, _ = await proxy.post(key, {"model": "m", "max_tokens": 1, "messages": []})
-    assert status == 403
+    assert status == 401
     status, _ = await proxy.admin("DELETE", f"/admin/v1/orgs/{org}/members/nobody")
     assert status == 404
     status, _ = await proxy.admin("POST", f"/admin/v1/orgs/{org}/members/nobody/keys")
@@ -150,21 +150,22 @@ async def test_org_upstream_credential_replaces_the_default(
     org = await proxy.org("team")
     key = await proxy.member(org, "uma")
     await proxy.admin(
-        "PATCH", f"/admin/v1/orgs/{org}", json={"upstream_credential": "EUP_TEST_ORG_KEY"}
+        "PATCH", f"/admin/v1/orgs/{org}", json={"upstream_credential": "UPSTREAM_API_KEY_T1"}
     )
     status, _, body = await proxy.post(
         key, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
     )
     assert status == 500
-    assert b"EUP_TEST_ORG_KEY" in body
+    assert b"UPSTREAM_API_KEY_T1" not in body  # a member never sees the variable's name
+    assert b"not configured on the proxy" in body
     assert await proxy.store.ledger(org) == []
-    os.environ["EUP_TEST_ORG_KEY"] = "sk-ant-org-own"
+    os.environ["UPSTREAM_API_KEY_T1"] = "sk-ant-org-own"
     try:
         status, _, _ = await proxy.post(
             key, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
         )
     finally:
-        del os.environ["EUP_TEST_ORG_KEY"]
+        del os.environ["UPSTREAM_API_KEY_T1"]
     assert status == 200
     assert proxy.mock.requests[-1]["headers"]["x-api-key"] == "sk-ant-org-own"
 

@@ -81,12 +81,12 @@ async def test_an_invalid_large_body_is_cut_off_before_the_api_has_it(proxy: Pro
 async def test_a_changed_upstream_credential_sends_the_body_again_with_the_new_one(
     proxy: Proxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EUP_TEST_OTHER_UPSTREAM", "sk-ant-other")
+    monkeypatch.setenv("UPSTREAM_API_KEY_OTHER", "sk-ant-other")
     org = await proxy.org("team")
     key = await proxy.member(org, "erin")
     assert (await proxy.post(key, big()))[0] == 200
     status, doc = await proxy.admin(
-        "PATCH", f"/admin/v1/orgs/{org}", json={"upstream_credential": "EUP_TEST_OTHER_UPSTREAM"}
+        "PATCH", f"/admin/v1/orgs/{org}", json={"upstream_credential": "UPSTREAM_API_KEY_OTHER"}
     )
     assert status == 200, doc
     before = len(proxy.mock.requests)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.config import allowed_credential
 from proxy.core.credentials import (
     ADMIN_TOKEN_PREFIX,
     PROXY_KEY_PREFIX,
@@ -87,6 +88,18 @@ async def org_or_404(store: Store, org: str) -> dict[str, str]:
     if not settings.get(Org.PLAN):
         raise NotFound(f"organization {org!r} not found")
     return settings
+
+
+def credential_name(request: web.Request, doc: dict[str, Any]) -> str | None:
+    """The variable an org names as its upstream credential: one the operator allowed."""
+    name = env_name(doc, "upstream_credential")
+    upstream = request.app[CONFIG].upstream
+    if name and not allowed_credential(upstream, name):
+        raise InvalidRequest(
+            f"upstream_credential: must name a variable starting with "
+            f"{upstream.credential_prefix} (the proxy's own secrets are never allowed)"
+        )
+    return name
 
 
 def org_view(org: str, s: dict[str, str]) -> dict[str, Any]:
@@ -165,7 +178,7 @@ async def create_org(request: web.Request) -> web.Response:
     plan = choice(doc, "plan", PLANS)
     name = string(doc, "name", required=False) or org
     fields = {Org.PLAN: plan or "", Org.NAME: name, Org.ENABLED: DEFAULT_ENABLED}
-    upstream = env_name(doc, "upstream_credential")
+    upstream = credential_name(request, doc)
     if upstream:
         fields[Org.UPSTREAM] = upstream
     # a new org starts with extra usage off and its plan's defaults written out
@@ -203,7 +216,7 @@ async def patch_org(request: web.Request) -> web.Response:
     if "plan" in doc:
         fields[Org.PLAN] = choice(doc, "plan", PLANS) or ""
     if "upstream_credential" in doc:
-        fields[Org.UPSTREAM] = env_name(doc, "upstream_credential") or DELETE
+        fields[Org.UPSTREAM] = credential_name(request, doc) or DELETE
     if "enabled" in doc:
         fields[Org.ENABLED] = flag(bool(boolean(doc, "enabled")))
     await store.update(
@@ -295,12 +308,19 @@ async def get_member(request: web.Request) -> web.Response:
 
 @routes.delete("/admin/v1/orgs/{org}/members/{member}")
 async def delete_member(request: web.Request) -> web.Response:
-    """Disable the member and forget their role; their usage history stays in the ledger."""
+    """Disable the member, forget their role and revoke every credential of theirs: their
+    generation moves on, and a credential of an older generation is dead in every process at
+    once (admission and whois compare them), also if the member id is added again. Their
+    usage history stays in the ledger."""
     org, member = org_id(request), member_id(request)
     actor = await actor_for(request, org, change=True)
     store = request.app[STORE]
     if await store.primary_owner(org) == member:
         raise Conflict("this member is the primary owner; make another member primary_owner first")
+    gen = (await store.member_fields(org, member, (Member.GENERATION,))).get(Member.GENERATION)
+    gen_field = Member.field(member, Member.GENERATION)
+    # the guard: no other removal moved the generation meanwhile
+    guard = f"={gen_field}={gen}" if gen is not None else f"-{gen_field}"
     try:
         await store.update(
             org,
@@ -311,10 +331,13 @@ async def delete_member(request: web.Request) -> web.Response:
                 Member.field(member, Member.ENABLED): OFF,
                 Member.field(member, Member.ROLE): DEFAULT_ROLE,
                 Member.field(member, Member.DELETED): ON,
+                gen_field: str(int(gen or 0) + 1),
             },
-            guards=[f"+{Member.field(member, Member.TIER)}"],
+            guards=[f"+{Member.field(member, Member.TIER)}", guard],
         )
     except StoreRefusal as exc:
+        if exc.code == "conflict" or exc.code == "exists":
+            raise Conflict("the member changed meanwhile; retry") from exc
         raise NotFound(f"member {member!r} not found") from exc
     return web.json_response({"org_id": org, "member_id": member, "deleted": True})
 
