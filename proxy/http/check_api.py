@@ -163,14 +163,10 @@ async def check(request: web.Request) -> web.Response:
             raise NotFound(f"organization {org!r} not found") from exc
         if exc.code == "unknown_member":
             raise NotFound(f"member {member!r} not found") from exc
-        if exc.code == "member_disabled":
+        if exc.code in ("member_disabled", "org_disabled"):
+            # every "this member may not" is the same answer: a denial, with its reason
             return web.json_response(
-                {
-                    "decision": "deny",
-                    "reason": "member_disabled",
-                    "mode": None,
-                    "reservation_id": None,
-                }
+                {"decision": "deny", "reason": exc.code, "mode": None, "reservation_id": None}
             )
         if exc.code == "duplicate_id":
             raise Conflict(

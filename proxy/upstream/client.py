@@ -318,6 +318,9 @@ class Connection(asyncio.Protocol):
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_exception(exc)
+            # an upload cut before its response was asked for leaves no one awaiting this:
+            # marked retrieved, so that asyncio logs no "exception was never retrieved"
+            head.exception()
         if self.current is not None:
             self.current._fail(exc)
 

@@ -259,6 +259,11 @@ async def put_member(request: web.Request) -> web.Response:
     primary = Member.PRIMARY
     guards = [f"={primary}={primary_id}"] if primary_id else [f"-{primary}"]
     if primary_id == member:
+        if not enabled:
+            raise Conflict(
+                "enabled: the primary owner cannot be disabled; make another member "
+                "primary_owner first"
+            )
         if role != "primary_owner":
             raise Conflict(
                 "role: this member is the primary owner; make another member primary_owner first"
