@@ -39,6 +39,9 @@ def request_fields(body: bytes) -> dict[str, object]:
         lazy = parser.parse(body)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except RuntimeError as exc:  # simdjson's DEPTH_ERROR (and its other document errors)
+        reason = "nested too deep" if "DEPTH" in str(exc) else "not a document simdjson reads"
+        raise InvalidRequest(f"request body is not valid JSON: {reason}") from exc
     try:
         if not isinstance(lazy, simdjson.Object):
             raise InvalidRequest("request body must be a JSON object")

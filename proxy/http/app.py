@@ -186,7 +186,11 @@ def build_app(
     not closed here); ``access_log_fd=None`` turns the per-request lines off (the demo prints
     its own)."""
     app = web.Application(
-        client_max_size=config.server.max_body_bytes, middlewares=[errors_middleware]
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[errors_middleware],
+        # bodies are decoded by proxy.http.body, within the limit (aiohttp's decoding is not
+        # bounded, and would leave the Content-Encoding on a decoded body)
+        handler_args={"auto_decompress": False},
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)

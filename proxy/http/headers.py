@@ -33,6 +33,7 @@ DROP_REQUEST = HOP_BY_HOP | {
     "accept-encoding",  # the API answers unencoded: the proxy reads the usage in it
     "expect",  # the body is sent at once; an interim 100 would only cost a round trip
     "x-extra-usage",
+    "content-encoding",  # the body goes upstream decoded (proxy.http.body)
 }
 # never copied back: the framing, recomputed for the member (a gzip or deflate body arrives
 # decoded, without its Content-Encoding: proxy.upstream.client)
