@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from proxy.config import Config, parse_config
 from proxy.http.app import build_app
 from proxy.http.appkeys import METER, STORE
+from proxy.http.server import ProxyRunner
 from proxy.storage.store import Store
 from proxy.tools.mock_upstream import MockUpstream, build_mock_app
 from tests.servers import RedisServer
@@ -139,18 +140,28 @@ async def upstream(aiohttp_server: Any) -> tuple[TestServer, MockUpstream]:
 ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 
+class ProxyTestServer(TestServer):
+    """A test server on the runner ``serve`` uses (its answer to unparseable requests)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def proxy_factory(
-    aiohttp_server: Any, redis_server: RedisServer, upstream: tuple[TestServer, MockUpstream]
+    redis_server: RedisServer, upstream: tuple[TestServer, MockUpstream]
 ) -> AsyncIterator[ProxyFactory]:
     """Start proxies (sharing one Redis and one mock upstream) with config overrides."""
     up_server, mock = upstream
     sessions: list[aiohttp.ClientSession] = []
+    servers: list[TestServer] = []
 
     async def make(backend: str = "redis-server", **sections: dict[str, Any]) -> Proxy:
         config = make_config(redis_server.url, str(up_server.make_url("")).rstrip("/"), **sections)
         client = fakeredis.FakeAsyncRedis() if backend == "in-process" else None
-        server = await aiohttp_server(build_app(config, redis_client=client))
+        server = ProxyTestServer(build_app(config, redis_client=client))
+        await server.start_server()
+        servers.append(server)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         sessions.append(session)
         return Proxy(server, mock, up_server, session, config)
@@ -158,6 +169,8 @@ async def proxy_factory(
     yield make
     for session in sessions:
         await session.close()
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

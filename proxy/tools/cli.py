@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.http.app import build_app
+from proxy.http.server import ProxyRunner
 from proxy.obs.logs import setup_logging
 from proxy.storage.store import Store
 
@@ -30,7 +31,7 @@ def _install_uvloop() -> None:
 
 async def _serve(config: Config, *, reuse_port: bool) -> None:
     app = build_app(config)
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s
     )
     await runner.setup()

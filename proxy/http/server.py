@@ -1,0 +1,81 @@
+"""The HTTP server around the app: aiohttp's, with its answer to a request it cannot parse
+made safe.
+
+aiohttp logs a malformed request line or header at error level with the offending bytes and
+echoes them in its 400 (``Invalid header value char: b'x-api-key: sk-eup-…\\x00'``): a
+credential with a NUL, DEL, bare CR or over 8,190 bytes would land in the log and in the
+body. ``GuardedRequestHandler`` answers such a request with a 400 in the Anthropic envelope
+that names only the kind of error, and logs one warning line without the bytes.
+``ProxyRunner`` is the ``AppRunner`` that serves with it (``serve`` and the tests use it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+log = logging.getLogger("proxy.http.server")
+
+
+class GuardedRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        kind = type(exc).__name__ if exc is not None else "error"
+        log.warning(
+            "malformed request",
+            extra={"fields": {"remote": request.remote, "status": status, "kind": kind}},
+        )
+        if request.writer.output_size > 0:  # a response has started: nothing more to send
+            raise ConnectionError("response already started")
+        text = (
+            "the request could not be parsed (a header or the request line is malformed "
+            "or too long)"
+            if status == 400
+            else "internal error in the proxy"
+        )
+        body = orjson.dumps(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error" if status < 500 else "api_error",
+                    "message": text,
+                },
+            }
+        )
+        resp = web.Response(
+            status=status,
+            body=body,
+            content_type="application/json",
+            headers={"x-should-retry": "false"},
+        )
+        resp.force_close()
+        return resp
+
+
+class _GuardedServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        # aiohttp's Server makes a RequestHandler with the same arguments
+        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections are handled by ``GuardedRequestHandler``."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # the same object, answering parse errors safely
+        return server
+
+
+def runner(app: web.Application, **kwargs: Any) -> ProxyRunner:
+    return ProxyRunner(app, **kwargs)

@@ -1,0 +1,330 @@
+"""Hostile input, as a table of attacks against a real proxy (real aiohttp server, real
+redis-server, the mock API): each attack asserts the status and the message, that nothing
+changed (usage, balance, ledger, audit), that the worker still serves, and that no secret —
+proxy key, admin token, operator, service or upstream token — is in anything the proxy
+logged while it ran."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import OPERATOR, SERVICE, UPSTREAM_KEY, Proxy, message
+
+
+@dataclass
+class Target:
+    proxy: Proxy
+    org: str
+    key: str  # a member's proxy key
+    owner_token: str  # the primary owner's admin token
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.key, self.owner_token, OPERATOR, SERVICE, UPSTREAM_KEY]
+
+
+async def raw(proxy: Proxy, data: bytes) -> tuple[int, bytes]:
+    """Send bytes as they are; (status, body) of the answer."""
+    assert proxy.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def request(target: str, *headers: bytes, method: bytes = b"GET", body: bytes = b"") -> bytes:
+    lines = [method + b" " + target.encode() + b" HTTP/1.1", b"Host: proxy", *headers]
+    if body:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def snapshot(t: Target) -> dict[str, Any]:
+    store = t.proxy.store
+    k = store.keys(t.org)
+    return {
+        "org": await store.org_settings(t.org),
+        "members": await store.members(t.org),
+        "ledger": len(await store.ledger(t.org)),
+        "audit": await store.client.xlen(k.audit),
+        "ops": await store.client.hlen(k.ops),
+    }
+
+
+@pytest.fixture
+async def target(proxy: Proxy) -> Target:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "mal")
+    status, _ = await proxy.admin(
+        "PUT",
+        f"/admin/v1/orgs/{org}/members/olga",
+        json={"role": "primary_owner", "tier": "standard"},
+    )
+    assert status == 201
+    status, tok = await proxy.admin("POST", f"/admin/v1/orgs/{org}/members/olga/admin-tokens")
+    assert status == 201
+    return Target(proxy, org, key, tok["token"])
+
+
+Attack = Callable[[Target], Awaitable[tuple[int, bytes]]]
+
+
+async def header_with_nul(t: Target) -> tuple[int, bytes]:
+    return await raw(t.proxy, request("/v1/models", b"x-api-key: " + t.key.encode() + b"\x00x"))
+
+
+async def header_with_del(t: Target) -> tuple[int, bytes]:
+    token = b"authorization: Bearer " + t.owner_token.encode() + b"\x7f"
+    return await raw(t.proxy, request(f"/admin/v1/orgs/{t.org}", token))
+
+
+async def header_with_bare_cr(t: Target) -> tuple[int, bytes]:
+    op = b"authorization: Bearer " + OPERATOR.encode() + b"\rx"
+    return await raw(t.proxy, request("/admin/v1/orgs", op))
+
+
+async def header_too_long(t: Target) -> tuple[int, bytes]:
+    return await raw(t.proxy, request("/v1/models", b"x-api-key: " + t.key.encode() * 200))
+
+
+async def encoded_slashes(t: Target) -> tuple[int, bytes]:
+    target = "/v1/models/..%2F..%2Fmessages%2Fbatches"
+    return await raw(t.proxy, request(target, b"x-api-key: " + t.key.encode()))
+
+
+async def dot_segments(t: Target) -> tuple[int, bytes]:
+    target = "/v1/models/../messages/batches"
+    return await raw(t.proxy, request(target, b"x-api-key: " + t.key.encode()))
+
+
+async def fragment(t: Target) -> tuple[int, bytes]:
+    body = orjson.dumps({"model": "claude-sonnet-4-5", "messages": []})
+    target = "/v1/messages/count_tokens#/../../batches"
+    key = b"x-api-key: " + t.key.encode()
+    return await raw(t.proxy, request(target, key, method=b"POST", body=body))
+
+
+async def absolute_form(t: Target) -> tuple[int, bytes]:
+    target = "http://api.anthropic.com/v1/messages/batches"
+    return await raw(t.proxy, request(target, b"x-api-key: " + t.key.encode()))
+
+
+async def unknown_key(t: Target) -> tuple[int, bytes]:
+    forged = t.key[:-8] + "00000000"
+    status, headers, body = await t.proxy.post(forged, message())
+    assert headers["x-should-retry"] == "false"
+    return status, body
+
+
+async def deep_json(t: Target) -> tuple[int, bytes]:
+    nested = b"[" * 60_000 + b"]" * 60_000
+    body = b'{"model":"claude-sonnet-4-5","max_tokens":5,"messages":' + nested + b"}"
+    headers = {"x-api-key": t.key, "content-type": "application/json"}
+    async with t.proxy.session.post(t.proxy.url + "/v1/messages", data=body, headers=headers) as r:
+        return r.status, await r.read()
+
+
+async def gzip_bomb(t: Target) -> tuple[int, bytes]:
+    bomb = gzip.compress(b'{"model":"x","messages":"' + b"0" * (64 * 1024 * 1024))
+    headers = {"x-api-key": t.key, "content-encoding": "gzip"}
+    async with t.proxy.session.post(t.proxy.url + "/v1/messages", data=bomb, headers=headers) as r:
+        return r.status, await r.read()
+
+
+async def unknown_encoding(t: Target) -> tuple[int, bytes]:
+    headers = {"x-api-key": t.key, "content-encoding": "br"}
+    async with t.proxy.session.post(
+        t.proxy.url + "/v1/messages", data=b"\x00\x01", headers=headers
+    ) as r:
+        return r.status, await r.read()
+
+
+async def operator_token_as_upstream_credential(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "PATCH", f"/admin/v1/orgs/{t.org}", json={"upstream_credential": "OPERATOR_TOKEN"}
+    )
+    return status, orjson.dumps(body)
+
+
+async def primary_owner_disables_themselves(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "PUT",
+        f"/admin/v1/orgs/{t.org}/members/olga",
+        token=t.owner_token,
+        json={"role": "primary_owner", "tier": "standard", "enabled": False},
+    )
+    return status, orjson.dumps(body)
+
+
+async def another_orgs_admin(t: Target) -> tuple[int, bytes]:
+    other = await t.proxy.org("team")
+    status, body = await t.proxy.admin("GET", f"/admin/v1/orgs/{other}", token=t.owner_token)
+    return status, orjson.dumps(body)
+
+
+ATTACKS: list[tuple[Attack, int, str]] = [
+    (header_with_nul, 400, "could not be parsed"),
+    (header_with_del, 400, "could not be parsed"),
+    (header_with_bare_cr, 400, "could not be parsed"),
+    (header_too_long, 400, "could not be parsed"),
+    (encoded_slashes, 400, "encoded slashes"),
+    (dot_segments, 400, "'..' segments"),
+    (fragment, 400, "fragments"),
+    (absolute_form, 400, "single /"),
+    (unknown_key, 401, "unknown or revoked key"),
+    (deep_json, 400, "nested too deep"),
+    (gzip_bomb, 413, "decoded request body is over the limit"),
+    (unknown_encoding, 400, "Content-Encoding 'br' is not supported"),
+    (operator_token_as_upstream_credential, 400, "must name a variable starting with"),
+    (primary_owner_disables_themselves, 409, "primary owner cannot be disabled"),
+    (another_orgs_admin, 404, "not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("attack", "status", "words"), ATTACKS, ids=lambda a: getattr(a, "__name__", "")
+)
+async def test_an_attack_is_refused_and_changes_nothing(
+    target: Target,
+    attack: Attack,
+    status: int,
+    words: str,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    before = await snapshot(target)
+    calls = len(target.proxy.mock.requests)
+    started = time.monotonic()
+    got, body = await attack(target)
+    assert (got, words in body.decode(errors="replace")) == (status, True), body[:300]
+    assert time.monotonic() - started < 5  # answered, not stalled
+    await target.proxy.settled()
+    assert await snapshot(target) == before  # no usage, balance, ledger or audit moved
+    assert len(target.proxy.mock.requests) == calls  # nothing reached the API
+    # the worker still serves
+    ok, _, _ = await target.proxy.post(target.key, message())
+    assert ok == 200
+    await target.proxy.settled()
+    logged = capfd.readouterr()
+    text = logged.out + logged.err + caplog.text
+    for secret in target.secrets:
+        assert secret not in text
+        assert secret not in body.decode(errors="replace")
+
+
+async def test_a_removed_member_added_again_has_no_old_credential(target: Target) -> None:
+    p, org = target.proxy, target.org
+    assert (await p.admin("DELETE", f"/admin/v1/orgs/{org}/members/mal"))[0] == 200
+    status, _ = await p.admin(
+        "PUT", f"/admin/v1/orgs/{org}/members/mal", json={"role": "owner", "tier": "standard"}
+    )
+    assert status == 200
+    status, headers, body = await p.post(target.key, message())
+    assert (status, headers["x-should-retry"]) == (401, "false"), body
+    # and an admin token of a removed member too
+    status, tok = await p.admin("POST", f"/admin/v1/orgs/{org}/members/mal/admin-tokens")
+    assert status == 201
+    assert (await p.admin("GET", f"/admin/v1/orgs/{org}", token=tok["token"]))[0] == 200
+    assert (await p.admin("DELETE", f"/admin/v1/orgs/{org}/members/mal"))[0] == 200
+    await p.admin(
+        "PUT", f"/admin/v1/orgs/{org}/members/mal", json={"role": "owner", "tier": "standard"}
+    )
+    assert (await p.admin("GET", f"/admin/v1/orgs/{org}", token=tok["token"]))[0] == 401
+    # a new key for the member added again works
+    status, new = await p.admin("POST", f"/admin/v1/orgs/{org}/members/mal/keys")
+    assert (await p.post(new["key"], message()))[0] == 200
+
+
+async def test_head_on_a_forwarded_route_answers_at_once(target: Target) -> None:
+    started = time.monotonic()
+    async with target.proxy.session.head(
+        target.proxy.url + "/v1/models", headers={"x-api-key": target.key}
+    ) as r:
+        assert r.status == 200
+        assert await r.read() == b""
+    assert time.monotonic() - started < 2
+
+
+async def test_a_compressed_body_goes_upstream_decoded(target: Target) -> None:
+    body = orjson.dumps(message())
+    headers = {"x-api-key": target.key, "content-encoding": "gzip"}
+    async with target.proxy.session.post(
+        target.proxy.url + "/v1/messages", data=gzip.compress(body), headers=headers
+    ) as r:
+        assert r.status == 200, await r.read()
+    seen = target.proxy.mock.requests[-1]
+    assert seen["body"] == orjson.loads(body)
+    assert "content-encoding" not in {h.lower() for h in seen["headers"]}
+
+
+async def test_headers_named_by_connection_are_not_forwarded(target: Target) -> None:
+    status, _, _ = await target.proxy.post(
+        target.key, message(), headers={"connection": "keep-alive, x-hop", "x-hop": "secret"}
+    )
+    assert status == 200
+    assert "x-hop" not in {h.lower() for h in target.proxy.mock.requests[-1]["headers"]}
+
+
+async def test_the_check_api_answers_every_may_not_alike(target: Target) -> None:
+    p = target.proxy
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    body = {
+        "org_id": target.org,
+        "member_id": "mal",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": "hostile-1",
+    }
+    await p.admin("PATCH", f"/admin/v1/orgs/{target.org}", json={"enabled": False})
+    async with p.session.post(p.url + "/v1/usage/check", json=body, headers=auth) as r:
+        assert r.status == 200
+        doc = await r.json()
+    assert (doc["decision"], doc["reason"]) == ("deny", "org_disabled")
+
+
+async def test_pages_forbid_framing_and_foreign_scripts(proxy: Proxy) -> None:
+    async with proxy.session.get(proxy.url + "/admin") as r:
+        assert r.status == 200
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "no-referrer"
+    async with proxy.session.get(proxy.url + "/admin/static/admin.js") as r:
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_every_refusal_writes_its_access_line_and_counts(
+    target: Target, capfd: pytest.CaptureFixture[str]
+) -> None:
+    p = target.proxy
+    capfd.readouterr()
+    await p.post(target.key[:-8] + "00000000", message())  # 401
+    async with p.session.post(
+        p.url + "/v1/messages", data=b"{", headers={"x-api-key": target.key}
+    ) as r:
+        assert r.status == 400
+    await p.settled()
+    await asyncio.sleep(0.1)  # the access log writes its lines every 50 ms
+    lines = [orjson.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    statuses = [x["status"] for x in lines if x.get("msg") == "request"]
+    assert 401 in statuses and 400 in statuses
+    async with p.session.get(p.url + "/metrics") as r:
+        text = await r.text()
+    assert 'eup_requests_total{outcome="401",route="messages"}' in text
+    assert 'eup_requests_total{outcome="400",route="messages"}' in text
