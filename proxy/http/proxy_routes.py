@@ -61,7 +61,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     key = proxy_key(request)
     request[ORG] = key.org
-    upload = _upload_early(request, key)
+    checked = False
+    if not meter.fresh(key.secret_hash):
+        # a key this process has not admitted lately: checked before its body is read, so
+        # that no unknown or revoked key makes a worker hold a body
+        await _authenticate(request)
+        checked = True
+    upload = await _upload_early(request, key, checked)
     try:
         if upload is None:
             body = await read_body(request, cfg.server.max_body_bytes)
@@ -107,8 +113,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
         upstream.release()
 
 
-def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
-    """A large body of a key admitted here before starts upstream as it arrives."""
+async def _authenticate(request: web.Request) -> None:
+    """The key's member, checked in Redis (401/403 when unknown, revoked or disabled)."""
+    try:
+        await member_of_key(request.app[STORE], request)
+    except StoreUnavailable:
+        request.app[METER].let_through()  # fail_open: the admission decides, as before
+
+
+async def _upload_early(request: web.Request, key: ProxyKey, checked: bool) -> Upload | None:
+    """A large body of a key admitted here before starts upstream as it arrives — once the
+    key is checked in Redis just now (``checked``, or here): no upstream request is opened
+    for a revoked key."""
     app = request.app
     length = streamable(request, app[CONFIG].server.max_body_bytes)
     if length is None:  # the common case: a small body
@@ -117,6 +133,8 @@ def _upload_early(request: web.Request, key: ProxyKey) -> Upload | None:
     ref = meter.upstream_refs.get(key.org)
     if ref is None or key.secret_hash not in meter.known_keys:
         return None
+    if not checked:
+        await _authenticate(request)
     try:
         api_key = upstream_key(app[CONFIG].upstream, ref)
     except ProxyError:

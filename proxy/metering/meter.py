@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -37,6 +38,7 @@ TOKEN_KINDS = (
     "cache_write_1h_tokens",
     "cache_read_input_tokens",
 )
+KEY_FRESH_S = 30.0  # how long a key checked in Redis counts as known to this process
 FAIL_CLOSED_MESSAGE = (
     "the usage store (Redis) is unavailable and this proxy fails closed: requests are "
     "refused until it is back"
@@ -58,8 +60,10 @@ class Meter:
         self.journal = journal
         # the last upstream credential reference seen per org: a hint for fail_open only
         self.upstream_refs: dict[str, str] = {}
-        # hashes of keys admitted here: their large bodies may start upstream as they arrive
-        self.known_keys: set[str] = set()
+        # key hash -> when this process last admitted it (monotonic s): a request of a key
+        # admitted within KEY_FRESH_S has its body read at once; any other key is checked
+        # first (whois), so that no body of an unknown key is read
+        self.known_keys: dict[str, float] = {}
         # settlements sent and not yet answered (each finishes in its own task)
         self.inflight: set[asyncio.Task[Any]] = set()
 
@@ -113,10 +117,19 @@ class Meter:
         """Remember what an allowed admission tells about the org and the key."""
         self.record_decision(a)
         self.upstream_refs[org] = a["upstream"]
-        if key_hash not in self.known_keys:
-            if len(self.known_keys) >= MAX_KNOWN_KEYS:
-                self.known_keys.clear()
-            self.known_keys.add(key_hash)
+        self.known(key_hash)
+
+    def known(self, key_hash: str) -> None:
+        """The key was checked in Redis just now (admitted, or whois)."""
+        keys = self.known_keys
+        if len(keys) >= MAX_KNOWN_KEYS and key_hash not in keys:
+            keys.clear()
+        keys[key_hash] = time.monotonic()
+
+    def fresh(self, key_hash: str) -> bool:
+        """Whether the key was checked in Redis within the last ``KEY_FRESH_S``."""
+        seen = self.known_keys.get(key_hash)
+        return seen is not None and time.monotonic() - seen < KEY_FRESH_S
 
     def fit(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Fit:
         """For a strict refusal: the largest max_tokens that the room left would hold."""

@@ -1,10 +1,10 @@
-"""A large request body sent upstream while it is still arriving, all but its last chunk.
+"""A large request body sent upstream while it is still arriving, all but its last byte.
 
 Store-and-forward makes a long context (Claude Code sends several MiB) cross the wire twice
 in sequence: client to proxy, then proxy to the API. Here the upstream request starts as soon
 as the body does, and every chunk but the last is forwarded as it arrives. A server acts on a
 request only once its whole body (``Content-Length`` bytes) is in, so the API holds an
-incomplete request while the proxy validates and admits it: allowed, the last chunk goes out;
+incomplete request while the proxy validates and admits it: allowed, the last byte goes out;
 refused or invalid, the upload is cut off (the connection closed) and the API never had a
 request it could run or bill. An upload that broke before its last chunk was handed to the
 connection is sent again whole; once the last chunk may have gone, a failure is reported like
@@ -42,7 +42,7 @@ def streamable(request: web.Request, limit: int) -> int | None:
 
 
 class Upload:
-    """One request body on its way upstream, its last chunk held back until ``release``."""
+    """One request body on its way upstream, its last byte held back until ``release``."""
 
     def __init__(
         self, client: Upstream, target: str, headers: list[tuple[str, str]], length: int, ref: str
@@ -71,9 +71,13 @@ class Upload:
                     conn.sent()
                     return await conn.response()
                 assert isinstance(item, bytes)
-                if held is not None:
-                    conn.write(held)
-                held = item
+                if item:
+                    # all but the body's last byte goes as it arrives: the API acts on a
+                    # request only once it has every byte of it
+                    if held is not None:
+                        conn.write(held)
+                    conn.write(item[:-1])
+                    held = item[-1:]
         except BaseException as exc:
             if not self.complete:  # cut off: the API never had the whole request
                 conn.abort(exc if isinstance(exc, UpstreamError) else UploadCut("cancelled"))
@@ -92,7 +96,7 @@ class Upload:
         return b"".join(chunks)
 
     async def release(self) -> Response | None:
-        """Send the last chunk; the upstream response, or None when the upload failed before
+        """Send the last byte; the upstream response, or None when the upload failed before
         the API had the whole request (it may then be sent again, whole)."""
         self.decided = True
         self.queue.put_nowait(_GO)
