@@ -30,6 +30,9 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+    header_timeout_s: float = 30.0  # a request's line and headers must arrive within this
+    body_timeout_s: float = 120.0  # and its body within this
+    keepalive_timeout_s: float = 75.0  # an idle kept-alive connection is closed after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,9 @@ class UpstreamConfig:
     # an org's upstream_credential must name a variable starting with this (and never one of
     # the proxy's own secrets): the operator decides which variables hold orgs' keys
     credential_prefix: str = "UPSTREAM_API_KEY_"
+    # requests of one org in flight upstream at once (0: half of max_connections), so that
+    # no org can hold the connections every other org needs
+    max_connections_per_org: int = 0
 
 
 def allowed_credential(upstream: UpstreamConfig, name: str) -> bool:
@@ -268,6 +274,9 @@ def parse_config(
         port=r.get("port", int, _SERVER.port),
         max_body_bytes=r.positive("max_body_bytes", _SERVER.max_body_bytes, integer=True),
         shutdown_grace_s=float(r.positive("shutdown_grace_s", _SERVER.shutdown_grace_s)),
+        header_timeout_s=float(r.positive("header_timeout_s", _SERVER.header_timeout_s)),
+        body_timeout_s=float(r.positive("body_timeout_s", _SERVER.body_timeout_s)),
+        keepalive_timeout_s=float(r.positive("keepalive_timeout_s", _SERVER.keepalive_timeout_s)),
     )
     if not 0 <= server.port <= 65535:
         raise r.fail("port", f"must be between 0 and 65535 (got {server.port})")
@@ -298,7 +307,14 @@ def parse_config(
         read_timeout_s=float(r.positive("read_timeout_s", _UPSTREAM.read_timeout_s)),
         max_connections=r.positive("max_connections", _UPSTREAM.max_connections, integer=True),
         credential_prefix=r.get("credential_prefix", str, _UPSTREAM.credential_prefix),
+        max_connections_per_org=r.get(
+            "max_connections_per_org", int, _UPSTREAM.max_connections_per_org
+        ),
     )
+    if upstream.max_connections_per_org < 0:
+        raise r.fail("max_connections_per_org", "must be 0 (half of max_connections) or more")
+    if not upstream.max_connections_per_org:
+        upstream = replace(upstream, max_connections_per_org=max(1, upstream.max_connections // 2))
     if not ENV_PREFIX.match(upstream.credential_prefix):
         raise r.fail(
             "credential_prefix",

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config, parse_config
 from proxy.http.app import build_app
-from proxy.http.appkeys import METER, STORE
+from proxy.http.appkeys import CONFIG, METER, STORE
 from proxy.http.server import ProxyRunner
 from proxy.storage.store import Store
 from proxy.tools.mock_upstream import MockUpstream, build_mock_app
@@ -144,7 +144,8 @@ class ProxyTestServer(TestServer):
     """A test server on the runner ``serve`` uses (its answer to unparseable requests)."""
 
     async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
-        return ProxyRunner(self.app, **kwargs)
+        config = self.app[CONFIG]
+        return ProxyRunner(self.app, header_timeout_s=config.server.header_timeout_s, **kwargs)
 
 
 @pytest.fixture

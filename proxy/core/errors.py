@@ -6,8 +6,10 @@
     ├── PermissionDenied     403    permission_error
     ├── NotFound             404    not_found_error
     ├── Conflict             409    invalid_request_error
+    ├── RequestTimeout       408    timeout_error (the body did not arrive in time)
     ├── RequestTooLarge      413    request_too_large
     ├── Refused              429    rate_limit_error | billing_error (a decision, with headers)
+    ├── TooBusy              429    rate_limit_error (the org's requests in flight, retryable)
     ├── InternalError        500    api_error
     ├── UpstreamUnavailable  502    api_error (the upstream could not be reached)
     └── StoreUnavailable     503    api_error (Redis unavailable under fail_closed)
@@ -62,6 +64,17 @@ class NotFound(ProxyError):
 
 class Conflict(ProxyError):
     status, error_type = 409, "invalid_request_error"
+
+
+class RequestTimeout(ProxyError):
+    status, error_type = 408, "timeout_error"
+
+
+class TooBusy(ProxyError):
+    """429: too many of the org's requests in flight at once (a moment later may work)."""
+
+    status, error_type = 429, "rate_limit_error"
+    retryable = True
 
 
 class RequestTooLarge(ProxyError):

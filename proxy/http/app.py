@@ -30,6 +30,7 @@ from proxy.http.appkeys import (
     METER,
     METRICS,
     PAYMENTS,
+    SLOTS,
     STORE,
     UPSTREAM,
 )
@@ -44,6 +45,7 @@ from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Metrics
 from proxy.storage.store import RedisClient, Store, make_client
 from proxy.upstream.client import Upstream
+from proxy.upstream.slots import OrgSlots
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         read_timeout_s=up.read_timeout_s,
         max_connections=up.max_connections,
     )
+    app[SLOTS] = OrgSlots(up.max_connections_per_org)
     yield
     await upstream.close()
 
@@ -190,7 +193,10 @@ def build_app(
         middlewares=[errors_middleware],
         # bodies are decoded by proxy.http.body, within the limit (aiohttp's decoding is not
         # bounded, and would leave the Content-Encoding on a decoded body)
-        handler_args={"auto_decompress": False},
+        handler_args={
+            "auto_decompress": False,
+            "keepalive_timeout": config.server.keepalive_timeout_s,
+        },
     )
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)

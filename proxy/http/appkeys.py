@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from proxy.metering.payments import Payments
     from proxy.storage.store import Store
     from proxy.upstream.client import Upstream
+    from proxy.upstream.slots import OrgSlots
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 STORE: web.AppKey[Store] = web.AppKey("store")
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")  # the Anthropic API
+SLOTS: web.AppKey[OrgSlots] = web.AppKey("slots")  # each org's requests in flight upstream
 PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
 LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
 METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request

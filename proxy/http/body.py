@@ -10,12 +10,13 @@ upstream decoded (its ``Content-Encoding`` is not forwarded).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
 from aiohttp import web
 
-from proxy.core.errors import InvalidRequest, RequestTooLarge
+from proxy.core.errors import InvalidRequest, RequestTimeout, RequestTooLarge
 from proxy.core.validate import parse_object
 
 # zlib's window bits: 16 + 15 reads gzip, 15 the zlib format ("deflate" in HTTP)
@@ -23,16 +24,20 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 _PIECE = 256 * 1024  # inflated at a time
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request's body, decoded, at most ``limit`` bytes (413 beyond, compressed or not)."""
+async def read_body(request: web.Request, limit: int, timeout_s: float = 120.0) -> bytes:
+    """The request's body, decoded, at most ``limit`` bytes (413 beyond, compressed or not),
+    arrived within ``timeout_s`` (408 after)."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(
             f"request body is {request.content_length} bytes; the limit is {limit} bytes"
         )
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise RequestTooLarge(f"request body is over the limit of {limit} bytes") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if not encoding or encoding == "identity":
         return raw

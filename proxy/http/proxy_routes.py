@@ -7,6 +7,7 @@ answer and settling it ``proxy.http.forwarding``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -17,6 +18,7 @@ from proxy.core.errors import (
     InvalidRequest,
     NotFound,
     ProxyError,
+    RequestTimeout,
     StoreUnavailable,
     UpstreamUnavailable,
 )
@@ -29,6 +31,7 @@ from proxy.http.appkeys import (
     METRICS,
     ORG,
     REQUEST_ID,
+    SLOTS,
     STORE,
     UPSTREAM,
 )
@@ -55,7 +58,13 @@ def upstream_failure(exc: UpstreamError) -> str:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    """POST /v1/messages: admit (round trip 1), forward, settle (round trip 2)."""
+    """POST /v1/messages: admit (round trip 1), forward, settle (round trip 2), within one of
+    the org's upstream slots."""
+    with request.app[SLOTS].slot(proxy_key(request).org):
+        return await _messages(request)
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     started = time.perf_counter()
@@ -70,9 +79,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
     upload = await _upload_early(request, key, checked)
     try:
         if upload is None:
-            body = await read_body(request, cfg.server.max_body_bytes)
+            body = await read_body(request, cfg.server.max_body_bytes, cfg.server.body_timeout_s)
         else:
-            body = await upload.read(request)
+            try:
+                async with asyncio.timeout(cfg.server.body_timeout_s):
+                    body = await upload.read(request)
+            except TimeoutError as exc:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {cfg.server.body_timeout_s:g} s"
+                ) from exc
         ref, m = await _admit(request, key, body, started)
         try:
             api_key = upstream_key(cfg.upstream, ref)
@@ -195,7 +210,13 @@ async def _admit(
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
-    """count_tokens and models: forwarded for a valid member, never blocked, not metered."""
+    """count_tokens and models: forwarded for a valid member, never blocked (but by the org's
+    upstream slots), not metered."""
+    with request.app[SLOTS].slot(proxy_key(request).org):
+        return await _passthrough(request)
+
+
+async def _passthrough(request: web.Request) -> web.StreamResponse:
     app = request.app
     request[ORG] = proxy_key(request).org
     try:
@@ -206,7 +227,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         # fail_open: nothing to meter here, so the key's shape is all that can be checked
         ref = app[METER].upstream_refs.get(proxy_key(request).org, "")
     api_key = upstream_key(app[CONFIG].upstream, ref)
-    body = await read_body(request, app[CONFIG].server.max_body_bytes)
+    server = app[CONFIG].server
+    body = await read_body(request, server.max_body_bytes, server.body_timeout_s)
     headers = upstream_headers(request.headers, api_key)
     # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait
     # for the one its Content-Length announces (aiohttp sends the member no body for HEAD)

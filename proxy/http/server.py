@@ -6,11 +6,15 @@ echoes them in its 400 (``Invalid header value char: b'x-api-key: sk-eup-…\\x0
 credential with a NUL, DEL, bare CR or over 8,190 bytes would land in the log and in the
 body. ``GuardedRequestHandler`` answers such a request with a 400 in the Anthropic envelope
 that names only the kind of error, and logs one warning line without the bytes.
-``ProxyRunner`` is the ``AppRunner`` that serves with it (``serve`` and the tests use it).
+It also bounds how long a request's line and headers may take to arrive
+(``server.header_timeout_s``): aiohttp waits for them forever on a new connection (a client
+sending a byte a minute holds a connection and its buffer). ``ProxyRunner`` is the
+``AppRunner`` that serves with it (``serve`` and the tests use it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,6 +27,35 @@ log = logging.getLogger("proxy.http.server")
 
 
 class GuardedRequestHandler(RequestHandler):
+    header_timeout_s = 30.0  # set by the server that makes it
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._current_request is None and not self._messages and self.transport is not None:
+            log.warning("request head too slow: connection closed", extra={"fields": {}})
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None and (self._messages or self._current_request):
+            self._head_timer.cancel()  # a whole request head is in: the handler's turn
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -63,17 +96,29 @@ class GuardedRequestHandler(RequestHandler):
 
 
 class _GuardedServer(web.Server):
+    header_timeout_s = 30.0
+
     def __call__(self) -> RequestHandler:
         # aiohttp's Server makes a RequestHandler with the same arguments
-        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.header_timeout_s = self.header_timeout_s
+        return handler
 
 
 class ProxyRunner(web.AppRunner):
     """An ``AppRunner`` whose connections are handled by ``GuardedRequestHandler``."""
 
+    def __init__(
+        self, app: web.Application, *, header_timeout_s: float = 30.0, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout_s = header_timeout_s
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _GuardedServer  # the same object, answering parse errors safely
+        assert isinstance(server, _GuardedServer)
+        server.header_timeout_s = self.header_timeout_s
         return server
 
 

@@ -32,7 +32,11 @@ def _install_uvloop() -> None:
 async def _serve(config: Config, *, reuse_port: bool) -> None:
     app = build_app(config)
     runner = ProxyRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_grace_s,
+        header_timeout_s=config.server.header_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(

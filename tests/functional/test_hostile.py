@@ -328,3 +328,48 @@ async def test_every_refusal_writes_its_access_line_and_counts(
         text = await r.text()
     assert 'eup_requests_total{outcome="401",route="messages"}' in text
     assert 'eup_requests_total{outcome="400",route="messages"}' in text
+
+
+async def test_one_org_cannot_hold_the_connections_others_need(proxy_factory: Any) -> None:
+    """max_connections 4: each org may have 2 requests in flight; the third of one org is a
+    retryable 429 while another org is still served."""
+    p = await proxy_factory(upstream={"max_connections": 4})
+    greedy, other = await p.org("team"), await p.org("team")
+    gkey, okey = await p.member(greedy, "gus"), await p.member(other, "ola")
+    slow = {"x-mock-delay-ms": "300", "x-mock-events": "3"}
+    held = [asyncio.create_task(p.post(gkey, message(stream=True), headers=slow)) for _ in range(2)]
+    await asyncio.sleep(0.15)  # both are streaming now
+    status, headers, body = await p.post(gkey, message())
+    assert status == 429 and b"requests in flight" in body
+    assert headers["retry-after"] == "1" and "x-should-retry" not in headers
+    assert (await p.post(okey, message()))[0] == 200  # the other org is served meanwhile
+    assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+    assert (await p.post(gkey, message()))[0] == 200  # and the slots come back
+
+
+async def test_a_slow_request_head_is_cut_off(proxy_factory: Any) -> None:
+    p = await proxy_factory(server={"header_timeout_s": 0.3})
+    assert p.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.server.port)
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    await writer.drain()
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+    assert time.monotonic() - started < 2
+    writer.close()
+
+
+async def test_a_body_that_does_not_come_is_a_408(proxy_factory: Any) -> None:
+    p = await proxy_factory(server={"body_timeout_s": 0.3})
+    org = await p.org("team")
+    key = await p.member(org, "sid")
+    assert (await p.post(key, message()))[0] == 200
+    before = len(p.mock.requests)
+    status, body = await raw(
+        p,
+        request(
+            "/v1/messages", b"x-api-key: " + key.encode(), b"Content-Length: 1000", method=b"POST"
+        ),
+    )
+    assert status == 408 and b"did not arrive within" in body
+    assert len(p.mock.requests) == before
