@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import orjson
 import pytest
 
 from tests.conftest import OPERATOR, SERVICE, UPSTREAM_KEY, Proxy, message
+from tests.servers import RedisServer
 
 
 @dataclass
@@ -373,3 +376,31 @@ async def test_a_body_that_does_not_come_is_a_408(proxy_factory: Any) -> None:
     )
     assert status == 408 and b"did not arrive within" in body
     assert len(p.mock.requests) == before
+
+
+@pytest.mark.parametrize("fault", ["hung", "down"])
+async def test_redis_hung_or_down_is_a_fast_final_503(proxy_factory: Any, fault: str) -> None:
+    """fail_closed: a Redis that answers nothing (SIGSTOP) or is gone gives a 503 within
+    redis.timeout_s, with x-should-retry: false (Claude Code then stops at once: see
+    bench/claude_code.py)."""
+    redis = RedisServer().start()
+    try:
+        p = await proxy_factory(redis={"url": redis.url, "timeout_s": 1})
+        org = await p.org("team")
+        key = await p.member(org, "hal")
+        assert (await p.post(key, message()))[0] == 200
+        assert redis.proc is not None
+        if fault == "hung":
+            os.kill(redis.proc.pid, signal.SIGSTOP)
+        else:
+            redis.kill()
+        started = time.monotonic()
+        status, headers, body = await p.post(key, message())
+        elapsed = time.monotonic() - started
+        assert (status, headers["x-should-retry"]) == (503, "false"), body
+        assert b"fails closed" in body and b"127.0.0.1" not in body
+        assert elapsed < 1.6
+    finally:
+        if redis.proc is not None:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        redis.cleanup()
