@@ -145,6 +145,9 @@ class ProxyTestServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
         config = self.app[CONFIG]
+        # as serve runs it: aiohttp's TestServer cancels a handler whose client goes away,
+        # the proxy's server does not (the handler itself decides what a departure means)
+        kwargs.pop("handler_cancellation", None)
         return ProxyRunner(self.app, header_timeout_s=config.server.header_timeout_s, **kwargs)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ from proxy.http.appkeys import (
     SLOTS,
     STORE,
     UPSTREAM,
+    WHEN_GONE,
 )
 from proxy.http.auth import ProxyKey, member_of_key, proxy_key, raise_for_identity
 from proxy.http.body import read_body
@@ -46,6 +48,13 @@ from proxy.upstream.credentials import upstream_key
 from proxy.upstream.upload import Upload, streamable
 
 failures = Throttled(logging.getLogger(__name__))
+
+
+def _canceller() -> Callable[[], object]:
+    """What cancels the current handler's wait (its task's ``cancel``)."""
+    task = asyncio.current_task()
+    assert task is not None
+    return task.cancel
 
 
 def upstream_failure(exc: UpstreamError) -> str:
@@ -101,6 +110,10 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         raise
     metrics.h_overhead.observe(time.perf_counter() - started)
     m.sent_at = time.perf_counter()
+    # until the API answers, a member who goes away cancels the wait: the request is dropped
+    # (not sent, if it still waits for a connection; cut, if it was sent) and its
+    # reservation released — nothing was served
+    request[WHEN_GONE] = _canceller()
     try:
         upstream = None
         if upload is not None:
@@ -117,6 +130,14 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         await release(app, m)
         metrics.upstream_errors.labels("connect").inc()
         raise UpstreamUnavailable(upstream_failure(exc)) from exc
+    except asyncio.CancelledError:
+        if upload is not None:
+            upload.cut()
+        meter.track(release(app, m))  # in a task of its own: this one is being cancelled
+        metrics.upstream_errors.labels("member_gone").inc()
+        raise
+    finally:
+        del request[WHEN_GONE]
     metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
     try:
         if upstream.status != 200:
@@ -233,6 +254,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait
     # for the one its Content-Length announces (aiohttp sends the member no body for HEAD)
     method = "GET" if request.method == "HEAD" else request.method
+    request[WHEN_GONE] = _canceller()  # nothing to wait for once the member is gone
     try:
         upstream = await app[UPSTREAM].request(
             method, request.raw_path, headers, None if method == "GET" else body
@@ -243,6 +265,8 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
             upstream.release()
     except UpstreamError as exc:
         raise UpstreamUnavailable(upstream_failure(exc)) from exc
+    finally:
+        del request[WHEN_GONE]
     return web.Response(
         status=upstream.status, body=payload, headers=response_headers(upstream.headers)
     )

@@ -23,6 +23,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from proxy.http.appkeys import WHEN_GONE
+
 log = logging.getLogger("proxy.http.server")
 
 
@@ -54,7 +56,11 @@ class GuardedRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        request = self._current_request
+        when_gone = request.get(WHEN_GONE) if request is not None else None
         super().connection_lost(exc)
+        if when_gone is not None:
+            when_gone()  # the handler is waiting for the API on behalf of a member now gone
 
     def handle_error(
         self,

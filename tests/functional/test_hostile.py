@@ -404,3 +404,36 @@ async def test_redis_hung_or_down_is_a_fast_final_503(proxy_factory: Any, fault:
         if redis.proc is not None:
             os.kill(redis.proc.pid, signal.SIGCONT)
         redis.cleanup()
+
+
+async def test_a_request_whose_member_left_is_never_sent(proxy_factory: Any) -> None:
+    """One upstream connection, held by another org's slow stream: a request waiting for it
+    whose member goes away is dropped — the API never sees it, its reservation is released,
+    nothing is charged."""
+    p = await proxy_factory(upstream={"max_connections": 1})
+    busy, left = await p.org("team"), await p.org("team")
+    bkey, lkey = await p.member(busy, "bea"), await p.member(left, "leo")
+    assert (await p.post(lkey, message()))[0] == 200  # leo's key is known: no whois later
+    await p.settled()
+    before_ledger = len(await p.store.ledger(left))
+    slow = {"x-mock-delay-ms": "200", "x-mock-events": "4"}
+    holder = asyncio.create_task(p.post(bkey, message(stream=True), headers=slow))
+    await asyncio.sleep(0.1)
+    sent = len(p.mock.requests)
+    body = orjson.dumps(message(text="never sent"))
+    assert p.server.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", p.server.port)
+    writer.write(request("/v1/messages", b"x-api-key: " + lkey.encode(), method=b"POST", body=body))
+    await writer.drain()
+    await asyncio.sleep(0.2)  # admitted, waiting for the one connection
+    writer.close()  # the member goes away
+    assert (await holder)[0] == 200
+    await asyncio.sleep(0.3)
+    await p.settled()
+    texts = [orjson.dumps(r["body"]) for r in p.mock.requests[sent:]]
+    assert not any(b"never sent" in t for t in texts)  # the API never had it
+    assert len(await p.store.ledger(left)) == before_ledger  # nothing charged
+    fields = await p.store.member_fields(left, "leo", ["eu_res"])
+    assert int(fields.get("eu_res", "0")) == 0
+    async with p.session.get(p.url + "/metrics") as r:
+        assert 'eup_upstream_errors_total{kind="member_gone"} 1.0' in await r.text()
