@@ -201,7 +201,6 @@ def build_app(
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
     app[ACCESS_LOG] = AccessLog(access_log_fd)
-    app.on_response_prepare.append(_security_headers)
     # opened in this order, closed in the reverse
     app.cleanup_ctx.extend(
         [
@@ -216,26 +215,6 @@ def build_app(
     )
     _routes(app)
     return app
-
-
-# the pages load their own module and stylesheet only, and nothing may frame them
-PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """No content sniffing and no referrer on the proxy's own answers, and the pages' CSP;
-    what the API answers (/v1/messages, /v1/models) comes back as it came."""
-    if request.path.startswith(("/v1/messages", "/v1/models")):
-        return
-    h = response.headers
-    h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
-    if request.path.startswith("/admin") and not request.path.startswith("/admin/v1/"):
-        h.setdefault("Content-Security-Policy", PAGE_POLICY)
-        h.setdefault("X-Frame-Options", "DENY")
 
 
 def _routes(app: web.Application) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -33,6 +32,3 @@ REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware g
 # settlement); every other request's line is written by the errors middleware
 LOGGED = web.RequestKey("logged", bool)
 ORG = web.RequestKey("org", str)  # the org a request's key names, once it is known
-# what to do if the member goes away now (set by a handler while it waits for the API: cancel
-# that wait, so that nothing is sent, or kept waiting, for a member who is gone)
-WHEN_GONE: web.RequestKey[Callable[[], object]] = web.RequestKey("when_gone")

@@ -32,8 +32,11 @@ async def read_body(request: web.Request, limit: int, timeout_s: float = 120.0) 
             f"request body is {request.content_length} bytes; the limit is {limit} bytes"
         )
     try:
-        async with asyncio.timeout(timeout_s):
+        if request.content.is_eof():  # all here (a small body comes with its headers)
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise RequestTooLarge(f"request body is over the limit of {limit} bytes") from exc
     except TimeoutError as exc:

@@ -40,13 +40,19 @@ DROP_REQUEST = HOP_BY_HOP | {
 DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 
 
+# what Connection usually says: options, not names of headers to drop
+_CONNECTION_OPTIONS = frozenset({"keep-alive", "close", "upgrade", "te", ""})
+
+
 def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> list[tuple[str, str]]:
     """The member's headers as the API gets them, with the org's key. Headers the member's
     ``Connection`` names are hop-by-hop too (RFC 9110 §7.6.1): dropped."""
     drop = DROP_REQUEST
     connection = incoming.get("connection")
     if connection:
-        drop = drop | {t.strip().lower() for t in connection.split(",")}
+        named = {t.strip().lower() for t in connection.split(",")} - _CONNECTION_OPTIONS
+        if named:
+            drop = drop | named
     out = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     out.append(("x-api-key", api_key))
     return out

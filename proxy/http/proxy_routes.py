@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -35,12 +34,12 @@ from proxy.http.appkeys import (
     SLOTS,
     STORE,
     UPSTREAM,
-    WHEN_GONE,
 )
 from proxy.http.auth import ProxyKey, member_of_key, proxy_key, raise_for_identity
 from proxy.http.body import read_body
 from proxy.http.forwarding import Metered, forward_body, forward_error, forward_stream, release
 from proxy.http.headers import response_headers, upstream_headers
+from proxy.http.server import wait_for_api
 from proxy.obs.logs import Throttled
 from proxy.storage.store import StoreRefusal
 from proxy.upstream.client import UpstreamError, UpstreamTimeout
@@ -48,13 +47,6 @@ from proxy.upstream.credentials import upstream_key
 from proxy.upstream.upload import Upload, streamable
 
 failures = Throttled(logging.getLogger(__name__))
-
-
-def _canceller() -> Callable[[], object]:
-    """What cancels the current handler's wait (its task's ``cancel``)."""
-    task = asyncio.current_task()
-    assert task is not None
-    return task.cancel
 
 
 def upstream_failure(exc: UpstreamError) -> str:
@@ -69,16 +61,20 @@ def upstream_failure(exc: UpstreamError) -> str:
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: admit (round trip 1), forward, settle (round trip 2), within one of
     the org's upstream slots."""
-    with request.app[SLOTS].slot(proxy_key(request).org):
-        return await _messages(request)
-
-
-async def _messages(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     started = time.perf_counter()
     key = proxy_key(request)
     request[ORG] = key.org
+    slots = request.app[SLOTS]
+    slots.take(key.org)
+    try:
+        return await _messages(request, key, started)
+    finally:
+        slots.give(key.org)
+
+
+async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.StreamResponse:
+    app = request.app
+    cfg, meter, metrics = app[CONFIG], app[METER], app[METRICS]
     checked = False
     if not meter.fresh(key.secret_hash):
         # a key this process has not admitted lately: checked before its body is read, so
@@ -113,7 +109,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     # until the API answers, a member who goes away cancels the wait: the request is dropped
     # (not sent, if it still waits for a connection; cut, if it was sent) and its
     # reservation released — nothing was served
-    request[WHEN_GONE] = _canceller()
+    wait_for_api(request, True)
     try:
         upstream = None
         if upload is not None:
@@ -137,7 +133,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         metrics.upstream_errors.labels("member_gone").inc()
         raise
     finally:
-        del request[WHEN_GONE]
+        wait_for_api(request, False)
     metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
     try:
         if upstream.status != 200:
@@ -233,8 +229,13 @@ async def _admit(
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """count_tokens and models: forwarded for a valid member, never blocked (but by the org's
     upstream slots), not metered."""
-    with request.app[SLOTS].slot(proxy_key(request).org):
+    org = proxy_key(request).org
+    slots = request.app[SLOTS]
+    slots.take(org)
+    try:
         return await _passthrough(request)
+    finally:
+        slots.give(org)
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
@@ -254,7 +255,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait
     # for the one its Content-Length announces (aiohttp sends the member no body for HEAD)
     method = "GET" if request.method == "HEAD" else request.method
-    request[WHEN_GONE] = _canceller()  # nothing to wait for once the member is gone
+    wait_for_api(request, True)  # nothing to wait for once the member is gone
     try:
         upstream = await app[UPSTREAM].request(
             method, request.raw_path, headers, None if method == "GET" else body
@@ -266,7 +267,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         raise UpstreamUnavailable(upstream_failure(exc)) from exc
     finally:
-        del request[WHEN_GONE]
+        wait_for_api(request, False)
     return web.Response(
         status=upstream.status, body=payload, headers=response_headers(upstream.headers)
     )

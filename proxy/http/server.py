@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,14 +24,16 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from proxy.http.appkeys import WHEN_GONE
-
 log = logging.getLogger("proxy.http.server")
 
 
 class GuardedRequestHandler(RequestHandler):
     header_timeout_s = 30.0  # set by the server that makes it
     _head_timer: asyncio.TimerHandle | None = None
+    # what to do if the member goes away now: set by a handler while it waits for the API
+    # (``wait_for_api``), to cancel that wait, so that nothing is sent, or kept waiting, for
+    # a member who is gone
+    when_gone: Callable[[], object] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -56,10 +59,10 @@ class GuardedRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        request = self._current_request
-        when_gone = request.get(WHEN_GONE) if request is not None else None
+        when_gone = self.when_gone
         super().connection_lost(exc)
         if when_gone is not None:
+            self.when_gone = None
             when_gone()  # the handler is waiting for the API on behalf of a member now gone
 
     def handle_error(
@@ -99,6 +102,15 @@ class GuardedRequestHandler(RequestHandler):
         )
         resp.force_close()
         return resp
+
+
+def wait_for_api(request: web.Request, waiting: bool) -> None:
+    """While ``waiting``, the member going away cancels the current task (its wait for the
+    API); served by a plain aiohttp server (no ``ProxyRunner``), nothing happens."""
+    proto = request.protocol
+    if isinstance(proto, GuardedRequestHandler):
+        task = asyncio.current_task() if waiting else None
+        proto.when_gone = task.cancel if task is not None else None
 
 
 class _GuardedServer(web.Server):

@@ -4,20 +4,19 @@ other org needs (``upstream.max_connections_per_org``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from proxy.core.errors import TooBusy
 
 
 class OrgSlots:
+    """``take(org)`` before, ``give(org)`` after (in a ``finally``): plain calls, not a
+    context manager — this runs on every request."""
+
     def __init__(self, per_org: int) -> None:
         self.per_org = per_org
         self.used: dict[str, int] = {}
 
-    @contextmanager
-    def slot(self, org: str) -> Iterator[None]:
-        """Hold one of the org's slots for the block; a 429 (retryable) when none is free."""
+    def take(self, org: str) -> None:
+        """One of the org's slots; a 429 (retryable) when none is free."""
         used = self.used.get(org, 0)
         if used >= self.per_org:
             raise TooBusy(
@@ -26,11 +25,10 @@ class OrgSlots:
                 headers={"retry-after": "1"},
             )
         self.used[org] = used + 1
-        try:
-            yield
-        finally:
-            left = self.used[org] - 1
-            if left:
-                self.used[org] = left
-            else:
-                del self.used[org]
+
+    def give(self, org: str) -> None:
+        left = self.used[org] - 1
+        if left:
+            self.used[org] = left
+        else:
+            del self.used[org]
