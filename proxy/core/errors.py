@@ -31,6 +31,8 @@ class ProxyError(Exception):
     # (``x-should-retry: false``), so that the SDKs and Claude Code stop at once and show the
     # message instead of retrying silently for minutes
     retryable = False
+    # the handler wrote the request's access line already (a refused admission)
+    logged = False
 
     def __init__(
         self,

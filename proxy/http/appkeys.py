@@ -28,7 +28,3 @@ LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
 METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it
-# set by a handler that writes the request's access line itself (a metered request: after its
-# settlement); every other request's line is written by the errors middleware
-LOGGED = web.RequestKey("logged", bool)
-ORG = web.RequestKey("org", str)  # the org a request's key names, once it is known

@@ -44,6 +44,13 @@ def proxy_key(request: web.Request) -> ProxyKey:
     return key
 
 
+def org_of_request(request: web.Request) -> str | None:
+    """The org a request's proxy key names, if it carries one (for its log line)."""
+    secret = presented_secret(request)
+    key = _parse_proxy_key(secret) if secret else None
+    return key.org if key is not None else None
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_proxy_key(secret: str) -> ProxyKey | None:
     """A key's org and hash, remembered for the keys in use: a member sends the same key with

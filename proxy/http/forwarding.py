@@ -23,9 +23,10 @@ from proxy.core.decision import unified_headers
 from proxy.core.errors import UpstreamUnavailable
 from proxy.core.pricing import Usage
 from proxy.core.usage import StreamUsage, response_usage
-from proxy.http.appkeys import ACCESS_LOG, LOGGED, METER, METRICS
+from proxy.http.appkeys import ACCESS_LOG, METER, METRICS
 from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
+from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
 from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
@@ -150,7 +151,6 @@ async def forward_error(request: web.Request, upstream: Response, m: Metered) ->
     app = request.app
     body = await read_all(app, upstream, m)
     await release(app, m)
-    request[LOGGED] = True
     app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     app[METRICS].requests.labels("messages", str(upstream.status)).inc()
     app[ACCESS_LOG].request(
@@ -162,7 +162,7 @@ async def forward_error(request: web.Request, upstream: Response, m: Metered) ->
         cost="0",
         started=m.started,
     )
-    return web.Response(
+    return LoggedResponse(
         status=upstream.status, body=body, headers=response_headers(upstream.headers)
     )
 
@@ -180,11 +180,11 @@ async def read_all(app: web.Application, upstream: Response, m: Metered) -> byte
 async def forward_body(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:
     body = await read_all(request.app, upstream, m)
     usage, model = response_usage(body)
-    request[LOGGED] = True  # the settlement writes the line
     settling, sent = settle_and_log(request.app, m, usage or Usage(), upstream.status, model)
     if not await sent:
         await asyncio.shield(settling)
-    return web.Response(status=upstream.status, body=body, headers=out_headers(upstream, m))
+    # the settlement writes the line
+    return LoggedResponse(status=upstream.status, body=body, headers=out_headers(upstream, m))
 
 
 async def forward_stream(
@@ -193,11 +193,11 @@ async def forward_stream(
     app = request.app
     metrics = app[METRICS]
     seen = StreamUsage()
-    resp = web.StreamResponse(status=upstream.status, headers=out_headers(upstream, m))
+    # the settlement writes the line, whatever happens below
+    resp = LoggedStreamResponse(status=upstream.status, headers=out_headers(upstream, m))
     outcome = "complete"
     settled = False
     metrics.active_streams.inc()
-    request[LOGGED] = True  # the settlement writes the line, whatever happens below
     try:
         await resp.prepare(request)
         async for chunk in upstream.chunks():

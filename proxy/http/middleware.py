@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.core.errors import InternalError, InvalidRequest, ProxyError, StoreUnavailable
-from proxy.http.appkeys import ACCESS_LOG, LOGGED, METRICS, ORG, REQUEST_ID
+from proxy.http.appkeys import ACCESS_LOG, METRICS, REQUEST_ID
+from proxy.http.auth import org_of_request
 from proxy.http.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,33 @@ def route_name(request: web.Request) -> str:
     return "other"
 
 
+class Logged:
+    """A response whose handler wrote the request's access line itself (a metered request:
+    after its settlement)."""
+
+
+class LoggedResponse(web.Response, Logged):
+    pass
+
+
+class LoggedStreamResponse(web.StreamResponse, Logged):
+    pass
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request[REQUEST_ID] = new_request_id()
     started = time.perf_counter()
+    logged = False
     try:
         check_path(request.raw_path)
         response = await handler(request)
+        logged = isinstance(response, Logged)
     except ProxyError as err:
         if isinstance(err, StoreUnavailable):
             request.app[METRICS].redis_errors.labels("request").inc()
         response = error_response(err, rid)
+        logged = err.logged
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,11 +121,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
         response = error_response(InternalError("internal error in the proxy"), rid)
-    if not request.get(LOGGED):
+    if not logged:
         _log(request, rid, response.status, started)
         if not response.prepared:
             security_headers(request.path, response)
     return response
+
+
+def _log(request: web.Request, rid: str, status: int, started: float) -> None:
+    app = request.app
+    route = route_name(request)
+    metrics = app[METRICS]
+    metrics.child(metrics.requests, route, str(status)).inc()
+    key = org_of_request(request)
+    app[ACCESS_LOG].request(
+        request_id=rid,
+        org=key,
+        member=None,
+        mode=route,
+        status=status,
+        cost=None,
+        started=started,
+        method=request.method,
+    )
 
 
 # the pages load their own module and stylesheet only, and nothing may frame them
@@ -129,21 +164,3 @@ def security_headers(path: str, response: web.StreamResponse) -> None:
     if path.startswith("/admin") and not path.startswith("/admin/v1/"):
         h.setdefault("Content-Security-Policy", PAGE_POLICY)
         h.setdefault("X-Frame-Options", "DENY")
-
-
-def _log(request: web.Request, rid: str, status: int, started: float) -> None:
-    app = request.app
-    route = route_name(request)
-    metrics = app[METRICS]
-    metrics.child(metrics.requests, route, str(status)).inc()
-    key = request.get(ORG)
-    app[ACCESS_LOG].request(
-        request_id=rid,
-        org=key,
-        member=None,
-        mode=route,
-        status=status,
-        cost=None,
-        started=started,
-        method=request.method,
-    )

@@ -26,10 +26,8 @@ from proxy.core.request_fields import parse_message_request
 from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
-    LOGGED,
     METER,
     METRICS,
-    ORG,
     REQUEST_ID,
     SLOTS,
     STORE,
@@ -63,7 +61,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
     the org's upstream slots."""
     started = time.perf_counter()
     key = proxy_key(request)
-    request[ORG] = key.org
     slots = request.app[SLOTS]
     slots.take(key.org)
     try:
@@ -218,8 +215,9 @@ async def _admit(
             cost="0",
             started=started,
         )
-        request[LOGGED] = True
-        raise meter.refuse(adm, model, len(body), max_cost)
+        refused = meter.refuse(adm, model, len(body), max_cost)
+        refused.logged = True
+        raise refused
     else:
         meter.admitted(key.org, adm, key.secret_hash)
         ref = adm["upstream"]
@@ -240,7 +238,6 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
     app = request.app
-    request[ORG] = proxy_key(request).org
     try:
         who = await member_of_key(app[STORE], request)
         ref = who["upstream"]

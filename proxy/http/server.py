@@ -44,16 +44,14 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer = loop.call_later(self.header_timeout_s, self._head_too_slow)
 
     def _head_too_slow(self) -> None:
+        """The first request's head is not in yet: closed. (Armed once per connection, so
+        that nothing runs per request; later requests on a kept-alive connection are bounded
+        by the keep-alive timeout, which a partial head does not reset.)"""
         self._head_timer = None
-        if self._current_request is None and not self._messages and self.transport is not None:
+        idle = self._request_count == 0 and self._current_request is None and not self._messages
+        if idle and self.transport is not None:
             log.warning("request head too slow: connection closed", extra={"fields": {}})
             self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._head_timer is not None and (self._messages or self._current_request):
-            self._head_timer.cancel()  # a whole request head is in: the handler's turn
-            self._head_timer = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from proxy.config import Config
 from proxy.core.admission import Admission
 from proxy.core.decision import Fit, refusal
-from proxy.core.errors import StoreUnavailable
+from proxy.core.errors import Refused, StoreUnavailable
 from proxy.core.pricing import Price, PriceTable, Usage, cost_of
 from proxy.metering.journal import Journal
 from proxy.metering.payments import Payments
@@ -145,7 +145,7 @@ class Meter:
         m = self.metrics
         m.child(m.decisions, a["mode"] or "deny", a["reason"] or "none").inc()
 
-    def refuse(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Exception:
+    def refuse(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Refused:
         fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
         return refusal(a, fit)
 
