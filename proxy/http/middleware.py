@@ -32,6 +32,8 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):010x}"
 
 
+CLIENT_GONE = 499  # the status a request gets in its log line when its client left first
+
 _HTTP_ERROR_TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
@@ -118,6 +120,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         http_err = ProxyError(exc.reason or "error", error_type=kind)
         http_err.status = exc.status
         response = error_response(http_err, rid)
+    except ConnectionResetError:
+        # the client went away (mid-body, typically): nobody to answer, nothing wrong here
+        log.info("client went away", extra={"fields": {"request_id": rid}})
+        response = web.Response(status=CLIENT_GONE)
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
         response = error_response(InternalError("internal error in the proxy"), rid)

@@ -437,3 +437,29 @@ async def test_a_request_whose_member_left_is_never_sent(proxy_factory: Any) -> 
     assert int(fields.get("eu_res", "0")) == 0
     async with p.session.get(p.url + "/metrics") as r:
         assert 'eup_upstream_errors_total{kind="member_gone"} 1.0' in await r.text()
+
+
+async def test_a_client_that_goes_away_leaves_no_error_in_the_log(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Members leave mid-stream, mid-body and before the answer: counted and settled, never
+    a traceback at error level."""
+    caplog.set_level(logging.DEBUG)
+    p = target.proxy
+    assert p.server.port is not None
+    body = orjson.dumps(message(stream=True))
+    slow = b"x-mock-delay-ms: 50\r\nx-mock-events: 20"
+    for cut in (len(body) // 2, len(body)):  # mid-body, then after the whole request
+        _, writer = await asyncio.open_connection("127.0.0.1", p.server.port)
+        head = request("/v1/messages", b"x-api-key: " + target.key.encode(), slow, method=b"POST")
+        writer.write(head[:-4] + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()  # a reset, not a polite close
+    await asyncio.sleep(0.3)
+    await p.settled()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [
+        (r.getMessage(), r.exc_text or (r.exc_info and repr(r.exc_info[1]))) for r in errors
+    ]
+    assert (await p.post(target.key, message()))[0] == 200
