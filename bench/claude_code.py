@@ -44,16 +44,6 @@ def call(url: str, method: str, path: str, body: object | None = None) -> dict[s
         return doc
 
 
-def wait(url: str) -> None:
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
 def claude(claude_bin: str, base_url: str, key: str) -> tuple[float, str, int]:
     """(seconds, what it printed, exit status) of one print-mode prompt."""
     home = Path(tempfile.mkdtemp(prefix="eup-cc-home-"))
@@ -101,8 +91,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     results: list[dict[str, object]] = []
     try:
-        wait(url + "/healthz")
-        wait(f"http://127.0.0.1:{mock_port}/v1/models")
+        wait_http(url + "/healthz")
+        wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
         call(url, "POST", "/admin/v1/orgs", {"id": "acme", "name": "Acme", "plan": "team"})
         call(url, "PUT", "/admin/v1/orgs/acme/members/ann", {"role": "member", "tier": "standard"})
         issued = call(url, "POST", "/admin/v1/orgs/acme/members/ann/keys")
