@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, ROOT, RedisServer, free_port
+from run import BIN, ROOT, RedisServer, free_port, wait_http
 
 OPERATOR = "bench-operator"
 
