@@ -146,10 +146,26 @@ RESOLVED_CACHE = 4096
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """A resolved model: its family, and whether the id was known to the table."""
+    """A resolved model: its family, whether the id was known to the table, and for an id
+    that was not, the model line it named ("opus", "sonnet", …; "" for none the table has)."""
 
     family: Family
     known: bool
+    line: str = ""
+
+
+def model_line(name: str) -> str:
+    """A family's or a model id's line: its word that is not "claude" nor a version
+    ("claude-sonnet-4-5", "claude-3-7-sonnet": "sonnet"); "" when it has none."""
+    for word in name.lower().split("-"):
+        if word.isalpha() and word not in ("claude", "latest"):
+            return word
+    return ""
+
+
+def _version(name: str) -> tuple[int, ...]:
+    """A family's version, from the numbers in its name: (4, 5) for claude-sonnet-4-5."""
+    return tuple(int(w) for w in name.split("-") if w.isdigit() and len(w) < 8)
 
 
 @dataclass(slots=True)
@@ -159,12 +175,19 @@ class PriceTable:
     _index: dict[str, Family] = field(default_factory=dict, repr=False)
     # model ids as clients send them -> resolved (bounded: ids come from requests)
     _resolved: dict[str, Price] = field(default_factory=dict, repr=False)
+    # each model line's newest family: what an id of that line newer than the table costs
+    _newest: dict[str, Family] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for fam in self.families.values():
             self._index[fam.name] = fam
             for alias in fam.aliases:
                 self._index[alias] = fam
+            line = model_line(fam.name)
+            if line:
+                best = self._newest.get(line)
+                if best is None or _version(fam.name) > _version(best.name):
+                    self._newest[line] = fam
         if self.unknown_model not in self.families:
             raise ValueError(f"unknown_model {self.unknown_model!r} is not a family of the table")
 
@@ -178,7 +201,14 @@ class PriceTable:
             base = _CONTEXT_SUFFIX.sub("", model)
             fam = self._index.get(base) or self._index.get(_DATE_SUFFIX.sub("", base))
         if fam is None:
-            price = Price(self.families[self.unknown_model], known=False)
+            # newer than the table: priced as its line's newest family (a Haiku is never
+            # charged at Opus rates); only an id of no line the table has gets the default
+            line = model_line(model)
+            newest = self._newest.get(line)
+            if newest is not None:
+                price = Price(newest, known=False, line=line)
+            else:
+                price = Price(self.families[self.unknown_model], known=False)
         else:
             price = Price(fam, known=True)
         if len(self._resolved) < RESOLVED_CACHE:

@@ -199,8 +199,9 @@ async def _admit(
                 f"this member's seat tier {exc.detail!r} is not configured on the proxy"
             ) from exc
         raise InternalError(f"admission refused: {exc.code}") from exc
-    if not meter.prices.resolve(model).known:
-        metrics.unknown_models.inc()
+    price = meter.prices.resolve(model)
+    if not price.known:
+        metrics.child(metrics.unknown_models, price.line or "none").inc()
     if adm is None:
         ref = meter.upstream_refs.get(key.org, "")
     elif not adm.allowed:

@@ -163,7 +163,9 @@ class Metrics:
         )
         self.unknown_models = Counter(
             "eup_unknown_model_requests_total",
-            "Requests for a model missing from the price table",
+            "Requests for a model id missing from the price table, by the model line it was "
+            "priced as (none: the default family)",
+            ["line"],
             registry=r,
         )
         self.reloads = Counter(

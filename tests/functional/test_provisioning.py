@@ -182,5 +182,5 @@ async def test_probes_and_metrics(proxy: Proxy) -> None:
     async with proxy.session.get(proxy.url + "/metrics") as r:
         text = await r.text()
     assert 'eup_admission_decisions_total{mode="included",reason="none"} 1.0' in text
-    assert "eup_unknown_model_requests_total 1.0" in text
+    assert 'eup_unknown_model_requests_total{line="none"} 1.0' in text
     assert 'eup_tokens_total{kind="output_tokens",model="unknown"} 5.0' in text

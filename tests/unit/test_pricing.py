@@ -180,3 +180,30 @@ def test_usage_from_mapping_validates() -> None:
         usage_from_mapping({"output_tokens": -1})
     with pytest.raises(UsageError, match=r"usage\.input_tokens"):
         usage_from_mapping({"input_tokens": "12"})
+
+
+@pytest.mark.parametrize(
+    ("model", "family", "line"),
+    [
+        ("claude-haiku-6", "claude-haiku-5-5", "haiku"),
+        ("claude-sonnet-5-6", "claude-sonnet-5-5", "sonnet"),
+        ("claude-opus-6", "claude-opus-5-5", "opus"),
+        ("claude-3-9-haiku", "claude-haiku-5-5", "haiku"),  # the old naming
+        ("claude-haiku-6-20270101", "claude-haiku-5-5", "haiku"),
+    ],
+)
+def test_an_id_newer_than_the_table_is_priced_by_its_line(
+    prices: PriceTable, model: str, family: str, line: str
+) -> None:
+    price = prices.resolve(model)
+    assert (price.family.name, price.known, price.line) == (family, False, line)
+    # the same cost as the line's newest family, never the dearest family's
+    assert prices.cost(model, Usage(input_tokens=1000)) == prices.cost(
+        family, Usage(input_tokens=1000)
+    )
+
+
+def test_only_an_id_of_no_known_line_gets_the_default(prices: PriceTable) -> None:
+    for model in ("gpt-5", "claude-nonesuch-9", "mystery"):
+        price = prices.resolve(model)
+        assert (price.family.name, price.line) == ("claude-opus-4-1", "")
