@@ -6,6 +6,8 @@ from aiohttp import web
 
 from proxy.core.admission import Admission
 from proxy.core.decision import status_document
+from proxy.core.errors import ProxyError
+from proxy.core.statusline import status_line
 from proxy.core.validate import boolean, only
 from proxy.http.appkeys import STORE
 from proxy.http.auth import member_of_key, proxy_key, raise_for_identity
@@ -39,6 +41,19 @@ async def usage_me(request: web.Request) -> web.Response:
     key = proxy_key(request)
     a = await member_status(request.app[STORE], key.org, who="k", credential=key.secret_hash)
     return web.json_response({"org_id": key.org, **status_document(a)})
+
+
+@routes.get("/v1/usage/me/statusline")
+async def statusline(request: web.Request) -> web.Response:
+    """One plain-text line for Claude Code's ``statusLine`` command: one read-only script
+    call, cheap enough every few seconds. An error is a line too (its message), so that the
+    status line says why it cannot show the usage."""
+    try:
+        key = proxy_key(request)
+        a = await member_status(request.app[STORE], key.org, who="k", credential=key.secret_hash)
+    except ProxyError as err:
+        return web.Response(text=f"usage: {err.message}\n", status=err.status)
+    return web.Response(text=status_line(a) + "\n", headers={"cache-control": "no-store"})
 
 
 @routes.post("/v1/usage/me/extra-usage")
