@@ -66,6 +66,37 @@ def claude(claude_bin: str, base_url: str, key: str) -> tuple[float, str, int]:
     return elapsed, printed[0] if printed else "", done.returncode
 
 
+def refusals(claude_bin: str, url: str, redis: RedisServer) -> list[dict[str, object]]:
+    """The refusals a member acts on, as Claude Code prints them: consent needed, a strict
+    maximum that does not fit, a member limit reached (Enterprise, requests on)."""
+    import redis as redis_py
+
+    call(url, "POST", "/admin/v1/orgs", {"id": "ent", "name": "Ent", "plan": "enterprise"})
+    settings = {"enabled": True, "reservation_policy": "strict"}
+    call(url, "PATCH", "/admin/v1/orgs/ent/extra-usage", settings)
+    out = []
+    direct = redis_py.Redis.from_url(redis.url)
+    for member, setup in (
+        ("cora", {}),  # consent required (Enterprise's default)
+        ("stu", {"consent": "1", "limit": "500000000"}),  # $0.50 left: a strict maximum
+        ("mel", {"consent": "1", "limit": "0"}),
+    ):
+        call(
+            url,
+            "PUT",
+            f"/admin/v1/orgs/ent/members/{member}",
+            {"role": "member", "tier": "standard"},
+        )
+        key = str(call(url, "POST", f"/admin/v1/orgs/ent/members/{member}/keys")["key"])
+        # the seat used up, so that extra usage decides
+        fields = {"s_end": "9999999999", "s_used": str(10**15), **setup}
+        direct.hset("eup:{ent}:members", mapping={f"{member}|{f}": v for f, v in fields.items()})
+        s, printed, code = claude(claude_bin, url, key)
+        out.append({"scenario": f"refused: {member}", "s": s, "printed": printed, "exit": code})
+    direct.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--claude", default="claude")
@@ -109,6 +140,7 @@ def main() -> None:
             s, printed, code = claude(args.claude, url, k)
             results.append({"scenario": name, "s": s, "printed": printed, "exit": code})
         fresh = str(call(url, "POST", "/admin/v1/orgs/acme/members/ann/keys")["key"])
+        results += refusals(args.claude, url, redis)
         assert redis.proc is not None
         os.kill(redis.proc.pid, signal.SIGSTOP)
         s, printed, code = claude(args.claude, url, fresh)

@@ -135,11 +135,20 @@ def refusal(a: Admission, fit: Fit | None = None) -> Refused:
                 f"${format_usd(max(left, 0))} left of the {name}"
             )
             if fit.max_tokens > 0:
-                head += f"; a max_tokens of at most {fit.max_tokens} would fit"
+                head += (
+                    f"; a max_tokens of at most {fit.max_tokens} would fit (Claude Code: "
+                    f"CLAUDE_CODE_MAX_OUTPUT_TOKENS={fit.max_tokens})"
+                )
             if retry_after is not None:
                 head += f" (the limit resets {date_time(a.nano('eu_reset'))})"
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
+        if (
+            reason in ("member_spend_limit", "seat_tier_spend_limit")
+            and a["plan"] == "enterprise"
+            and a["requests_on"] == "1"
+        ):
+            head += "; you can ask your admins for more: POST /v1/usage/me/extra-usage-requests"
         return Refused(
             f"{head} ({seat}; extra usage is billed at API prices)",
             headers=headers,
@@ -151,7 +160,8 @@ def refusal(a: Admission, fit: Fit | None = None) -> Refused:
         msg = (
             f"{seat}. You can continue on extra usage, billed at API prices: accept once "
             "with POST /v1/usage/me/extra-usage, or per request with the header "
-            "x-extra-usage: accept"
+            "x-extra-usage: accept (Claude Code: ANTHROPIC_CUSTOM_HEADERS='x-extra-usage: "
+            "accept')"
         )
     elif reason == "org_level_disabled":
         msg = f"{seat}. Extra usage is off for your organization; an owner can turn it on"
