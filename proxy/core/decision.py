@@ -14,6 +14,7 @@ from proxy.core.errors import Refused
 from proxy.core.money import format_usd
 
 WARNING_AT = 0.75
+SECOND_WARNING_AT = 0.95
 
 LIMIT_NAMES = {
     "member_spend_limit": "monthly member spend limit",
@@ -94,6 +95,14 @@ def unified_headers(a: Admission) -> dict[str, str]:
         ),
         "anthropic-ratelimit-unified-overage-reset": eu_reset,
     }
+    # per window, as the API sends them: its status, and the warning threshold it passed
+    for label, util in (("5h", s_util), ("7d", w_util)):
+        h[f"anthropic-ratelimit-unified-{label}-status"] = (
+            "rejected" if util >= 1 else "allowed_warning" if util >= WARNING_AT else "allowed"
+        )
+        if util >= WARNING_AT:
+            passed = "0.95" if util >= SECOND_WARNING_AT else "0.75"
+            h[f"anthropic-ratelimit-unified-{label}-surpassed-threshold"] = passed
     if not eu_ok and raw["eu_reason"]:
         h["anthropic-ratelimit-unified-overage-disabled-reason"] = raw["eu_reason"]
     return h

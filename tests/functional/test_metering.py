@@ -249,3 +249,25 @@ async def test_a_metered_request_is_exactly_two_script_calls(proxy: Proxy, strea
     await proxy.settled()
     assert status == 200
     assert await evalsha_calls() - before == 2  # admit, settle: nothing else
+
+
+async def test_each_window_says_its_status_and_the_threshold_it_passed(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "gil")
+    status, headers, _ = await proxy.post(key, message())
+    assert (status, headers["anthropic-ratelimit-unified-5h-status"]) == (200, "allowed")
+    assert "anthropic-ratelimit-unified-5h-surpassed-threshold" not in headers
+    # $3.10 of a $4 session: 77.5 %; then $3.85: 96 %
+    for output, util_status, passed in (
+        ("206667", "allowed_warning", "0.75"),
+        ("50000", "allowed_warning", "0.95"),
+    ):
+        await proxy.post(
+            key,
+            message(max_tokens=300_000),
+            headers={"x-mock-output-tokens": output, "x-mock-input-tokens": "0"},
+        )
+        status, headers, _ = await proxy.post(key, message())
+        assert headers["anthropic-ratelimit-unified-5h-status"] == util_status
+        assert headers["anthropic-ratelimit-unified-5h-surpassed-threshold"] == passed
+        assert headers["anthropic-ratelimit-unified-7d-status"] == "allowed"  # $4 of $40
