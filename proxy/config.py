@@ -30,6 +30,9 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+    # how members reach the proxy ("https://claude-proxy.example.com"): refusals name the usage
+    # page under it; "" = the host the request came to
+    public_url: str = ""
     header_timeout_s: float = 30.0  # a request's line and headers must arrive within this
     body_timeout_s: float = 120.0  # and its body within this
     keepalive_timeout_s: float = 75.0  # an idle kept-alive connection is closed after this
@@ -138,6 +141,7 @@ class Config:
 
 
 RESERVATION_POLICIES = ("strict", "estimate", "none")
+PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$")
 ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{3,63}$")
 # the proxy's own secrets and endpoints: never an org's upstream credential
 PROXY_VARIABLES = frozenset(
@@ -274,10 +278,15 @@ def parse_config(
         port=r.get("port", int, _SERVER.port),
         max_body_bytes=r.positive("max_body_bytes", _SERVER.max_body_bytes, integer=True),
         shutdown_grace_s=float(r.positive("shutdown_grace_s", _SERVER.shutdown_grace_s)),
+        public_url=r.get("public_url", str, _SERVER.public_url).rstrip("/"),
         header_timeout_s=float(r.positive("header_timeout_s", _SERVER.header_timeout_s)),
         body_timeout_s=float(r.positive("body_timeout_s", _SERVER.body_timeout_s)),
         keepalive_timeout_s=float(r.positive("keepalive_timeout_s", _SERVER.keepalive_timeout_s)),
     )
+    if server.public_url and not re.match(
+        r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$", server.public_url
+    ):
+        raise r.fail("public_url", f"must be an http(s) URL or empty (got {server.public_url!r})")
     if not 0 <= server.port <= 65535:
         raise r.fail("port", f"must be between 0 and 65535 (got {server.port})")
     r.done()

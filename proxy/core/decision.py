@@ -116,8 +116,10 @@ class Fit:
     max_tokens: int
 
 
-def refusal(a: Admission, fit: Fit | None = None) -> Refused:
-    """The 429 for a denied admission, in words a member can act on."""
+def refusal(a: Admission, fit: Fit | None = None, page: str = "") -> Refused:
+    """The 429 for a denied admission, in words a member can act on; ``page``: the absolute
+    URL of the member's usage page, named at the end when given."""
+    see = f" · your usage: {page}" if page else ""
     now = a.nano("now")
     reason = a["reason"]
     headers = {"x-should-retry": "false", **unified_headers(a)}
@@ -159,7 +161,7 @@ def refusal(a: Admission, fit: Fit | None = None) -> Refused:
         ):
             head += "; you can ask your admins for more: POST /v1/usage/me/extra-usage-requests"
         return Refused(
-            f"{head} ({seat}; extra usage is billed at API prices)",
+            f"{head} ({seat}; extra usage is billed at API prices){see}",
             headers=headers,
             error_type="billing_error",
         )
@@ -184,7 +186,7 @@ def refusal(a: Admission, fit: Fit | None = None) -> Refused:
             msg = f"{seat}. Extra usage is not enabled for you; an owner can enable it"
     else:
         msg = seat
-    return Refused(msg, headers=headers, error_type="rate_limit_error")
+    return Refused(msg + see, headers=headers, error_type="rate_limit_error")
 
 
 def window(used: int, allowance: int, resets_at: int) -> dict[str, object]:
@@ -196,8 +198,33 @@ def window(used: int, allowance: int, resets_at: int) -> dict[str, object]:
     }
 
 
+def _binding_view(a: Admission) -> dict[str, str] | None:
+    bound = binding(a)
+    if bound is None:
+        return None
+    name, spent, limit = bound
+    return {"name": name, "spent": format_usd(spent), "limit": format_usd(limit)}
+
+
 def _usd(v: int | None) -> str | None:
     return None if v is None else format_usd(v)
+
+
+def binding(a: Admission) -> tuple[str, int, int] | None:
+    """(name, spent, limit) of the spend limit with the least room left; None: unlimited."""
+    found: list[tuple[int, str, int, int]] = []
+    spend, org_spend = a.nano("spend"), a.nano("org_spend")
+    for name, spent, limit in (
+        ("member limit", spend, a.opt_nano("member_limit")),
+        (f"{a['tier']} tier limit", spend, a.opt_nano("tier_limit")),
+        ("organization limit", org_spend, a.opt_nano("org_limit")),
+    ):
+        if limit is not None:
+            found.append((limit - spent, name, spent, limit))
+    if not found:
+        return None
+    _, name, spent, limit = min(found)
+    return name, spent, limit
 
 
 def status_document(a: Admission) -> dict[str, object]:
@@ -234,6 +261,7 @@ def status_document(a: Admission) -> dict[str, object]:
                 "seat_tier": _usd(a.opt_nano("tier_limit")),
                 "organization": _usd(a.opt_nano("org_limit")),
             },
+            "binding": _binding_view(a),
         },
     }
     if a["plan"] == "team":

@@ -5,7 +5,7 @@ available and what to do. Pure: from admit.lua's full answer (a status read)."""
 from __future__ import annotations
 
 from proxy.core.admission import Admission
-from proxy.core.decision import clock_time, date_time, utilization
+from proxy.core.decision import binding, clock_time, date_time, utilization
 from proxy.core.money import format_usd
 
 CONSENT_HINT = "ANTHROPIC_CUSTOM_HEADERS='x-extra-usage: accept'"
@@ -18,23 +18,6 @@ def _pct(used: int, allowance: int) -> str:
 def _window(label: str, used: int, allowance: int, reset: str) -> str:
     text = f"{label} {_pct(used, allowance)}"
     return f"{text} (reached · resets {reset})" if used >= allowance else text
-
-
-def binding(a: Admission) -> tuple[str, int, int] | None:
-    """(name, spent, limit) of the spend limit with the least room left; None: unlimited."""
-    found: list[tuple[int, str, int, int]] = []
-    spend, org_spend = a.nano("spend"), a.nano("org_spend")
-    for name, spent, limit in (
-        ("member limit", spend, a.opt_nano("member_limit")),
-        (f"{a['tier']} tier limit", spend, a.opt_nano("tier_limit")),
-        ("organization limit", org_spend, a.opt_nano("org_limit")),
-    ):
-        if limit is not None:
-            found.append((limit - spent, name, spent, limit))
-    if not found:
-        return None
-    _, name, spent, limit = min(found)
-    return name, spent, limit
 
 
 def _usd(nano: int) -> str:

@@ -73,6 +73,11 @@ async def admin_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "admin.html", headers={"cache-control": "no-store"})
 
 
+async def usage_page(request: web.Request) -> web.FileResponse:
+    """GET /usage: a member's own usage (signs in with their proxy key; plain HTML, no build)."""
+    return web.FileResponse(STATIC / "usage.html", headers={"cache-control": "no-store"})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document())
 
@@ -227,6 +232,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/admin", admin_page)
+    app.router.add_get("/usage", usage_page)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_static("/admin/static", STATIC)
     app.add_routes(member_routes.routes)

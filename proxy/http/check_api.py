@@ -177,7 +177,9 @@ async def check(request: web.Request) -> web.Response:
     meter.record_decision(a)
     message = None
     if not a.allowed:
-        message = meter.refuse(a, model, input_tokens, max_cost).args[0]
+        base = request.app[CONFIG].server.public_url  # the member's page, when it is known
+        page = base + "/usage" if base else ""
+        message = meter.refuse(a, model, input_tokens, max_cost, page).message
     rsv = reservation_id(org, request_id, model) if reserve else None
     return web.json_response(decision_document(a, rsv, message))
 

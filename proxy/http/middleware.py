@@ -81,6 +81,8 @@ def route_name(request: web.Request) -> str:
         return "admin"
     if path in ("/", "/healthz", "/readyz", "/metrics"):
         return "probe"
+    if path == "/usage":
+        return "page"
     if path.startswith("/admin") or path == "/openapi.json":
         return "page"
     return "other"
@@ -167,6 +169,6 @@ def security_headers(path: str, response: web.StreamResponse) -> None:
     h = response.headers
     h.setdefault("X-Content-Type-Options", "nosniff")
     h.setdefault("Referrer-Policy", "no-referrer")
-    if path.startswith("/admin") and not path.startswith("/admin/v1/"):
+    if path == "/usage" or (path.startswith("/admin") and not path.startswith("/admin/v1/")):
         h.setdefault("Content-Security-Policy", PAGE_POLICY)
         h.setdefault("X-Frame-Options", "DENY")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -45,6 +46,21 @@ from proxy.upstream.credentials import upstream_key
 from proxy.upstream.upload import Upload, streamable
 
 failures = Throttled(logging.getLogger(__name__))
+
+
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$")
+
+
+def usage_page(request: web.Request) -> str:
+    """The absolute URL of the member's usage page: under server.public_url, else the host
+    this request came to (when it is a plain host name)."""
+    base = request.app[CONFIG].server.public_url
+    if not base:
+        host = request.host
+        if not _HOST.match(host):
+            return ""
+        base = f"{request.scheme}://{host}"
+    return base + "/usage"
 
 
 def upstream_failure(exc: UpstreamError) -> str:
@@ -216,7 +232,7 @@ async def _admit(
             cost="0",
             started=started,
         )
-        refused = meter.refuse(adm, model, len(body), max_cost)
+        refused = meter.refuse(adm, model, len(body), max_cost, usage_page(request))
         refused.logged = True
         raise refused
     else:

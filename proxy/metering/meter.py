@@ -145,9 +145,11 @@ class Meter:
         m = self.metrics
         m.child(m.decisions, a["mode"] or "deny", a["reason"] or "none").inc()
 
-    def refuse(self, a: Admission, model: str, prompt_tokens: int, max_cost: int) -> Refused:
+    def refuse(
+        self, a: Admission, model: str, prompt_tokens: int, max_cost: int, page: str = ""
+    ) -> Refused:
         fit = self.fit(a, model, prompt_tokens, max_cost) if a["fits"] == "0" else None
-        return refusal(a, fit)
+        return refusal(a, fit, page)
 
     # -- settlement ----------------------------------------------------------------------
 

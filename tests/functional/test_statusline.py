@@ -9,6 +9,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -108,3 +109,21 @@ async def test_an_unknown_key_gets_a_line_that_says_so(proxy: Proxy) -> None:
     key = await proxy.member(org, "una")
     line = await run_statusline(proxy, key[:-8] + "00000000")
     assert line == "usage: invalid x-api-key: unknown or revoked key"
+
+
+async def test_a_refusal_names_the_members_usage_page(proxy_factory: Any) -> None:
+    for public_url in ("", "https://claude-proxy.example.com"):
+        p = await proxy_factory(server={"public_url": public_url})
+        org = await p.org("team")
+        key = await p.member(org, "rae")
+        await p.post(
+            key,
+            {"model": "claude-sonnet-4-5", "max_tokens": 300_000, "messages": []},
+            headers={"x-mock-output-tokens": "300000", "x-mock-input-tokens": "0"},
+        )
+        status, _, body = await p.post(
+            key, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+        )
+        message = orjson.loads(body)["error"]["message"]
+        assert status == 429
+        assert message.endswith(f" · your usage: {public_url or p.url}/usage"), message

@@ -91,6 +91,15 @@ async def ask(request: web.Request) -> web.Response:
     return web.json_response(view(record), status=201)
 
 
+@routes.get("/v1/usage/me/extra-usage-requests")
+async def my_requests(request: web.Request) -> web.Response:
+    """A member's own extra usage requests, newest first (the usage page shows their state)."""
+    store = request.app[STORE]
+    who = await member_of_key(store, request)
+    mine = [view(r) for r in await _all(store, who["org"]) if r["member"] == who["member"]]
+    return web.json_response({"member_id": who["member"], "requests": mine[::-1]})
+
+
 @routes.get("/admin/v1/orgs/{org}/extra-usage/requests")
 async def list_requests(request: web.Request) -> web.Response:
     org = org_id(request)
