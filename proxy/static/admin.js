@@ -1,12 +1,9 @@
 // "Admin settings > Usage": plain ES module, no build step. Talks to the admin API with the
 // admin token the owner pasted (kept in sessionStorage, never in a URL).
-const TOKEN = "eup-admin-token";
-const $ = (id) => document.getElementById(id);
-const state = { me: null, settings: null, usage: null, requests: [] };
+import { $, ApiError, apiClient, banners } from "./common.js";
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
+const TOKEN = "eup-admin-token";
+const state = { me: null, settings: null, usage: null, requests: [] };
 
 function plainWords(err) {
   if (err.status === 401) return "Your admin token was not accepted. Sign in again with a valid token.";
@@ -16,29 +13,8 @@ function plainWords(err) {
   return err.message;
 }
 
-async function api(method, path, body) {
-  const resp = await fetch(path, {
-    method,
-    headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN)}`,
-               "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const doc = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new ApiError(resp.status, doc?.error?.message || resp.statusText);
-  return doc;
-}
-
-function showError(err) {
-  const box = $("error");
-  box.textContent = err ? plainWords(err) : "";
-  box.hidden = !err;
-}
-
-function notice(text) {
-  const box = $("notice");
-  box.textContent = text;
-  box.hidden = !text;
-}
+const api = apiClient(() => ({ authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` }));
+const { showError, notice } = banners(plainWords);
 
 const money = (v) => (v === null || v === undefined ? "Unlimited" : `$${v}`);
 const org = () => state.me.org_id;

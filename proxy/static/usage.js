@@ -1,11 +1,8 @@
 // "Your usage": a member's own windows and extra usage. Plain ES module, no build step. The
 // proxy key the member pasted is kept in sessionStorage (this tab only), never in a URL.
-const KEY = "eup-proxy-key";
-const $ = (id) => document.getElementById(id);
+import { $, ApiError, apiClient, banners } from "./common.js";
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
+const KEY = "eup-proxy-key";
 
 function plainWords(err) {
   if (err.status === 401) return "This key was not accepted: it may be mistyped or revoked. Sign in again with your current key.";
@@ -14,19 +11,8 @@ function plainWords(err) {
   return err.message;
 }
 
-async function api(method, path, body) {
-  const resp = await fetch(path, {
-    method,
-    headers: { "x-api-key": sessionStorage.getItem(KEY), "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const doc = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new ApiError(resp.status, doc?.error?.message || resp.statusText);
-  return doc;
-}
-
-function showError(err) { $("error").textContent = err ? plainWords(err) : ""; $("error").hidden = !err; }
-function notice(text) { $("notice").textContent = text; $("notice").hidden = !text; }
+const api = apiClient(() => ({ "x-api-key": sessionStorage.getItem(KEY) }));
+const { showError, notice } = banners(plainWords);
 
 const money = (s) => "$" + Number(s).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const when = (iso) => new Date(iso).toLocaleString("en-GB", { timeZone: "UTC", dateStyle: "medium", timeStyle: "short" }) + " UTC";
