@@ -45,6 +45,8 @@ local function replayed()
   local prior = redis.call('HGET', ops_k, rid)
   if not prior then return nil end
   local rec = cjson.decode(prior)
+  -- the check API names the member: a request id is its member's, never another's
+  if ARGV[2] == 'm' and rec.m and rec.m ~= ARGV[3] then return fail('request_id_taken') end
   if rec.s == 'r' or rec.s == 'x' then
     -- the decision as answered, kept beside the record until it is settled or released
     local answered = redis.call('HGET', ops_k, 'a:' .. rid)

@@ -105,9 +105,15 @@ class UsageError(ValueError):
     """A usage object that is not a set of non-negative integer token counts."""
 
 
+# the most tokens (or searches) of one kind one request may report: far above any real request,
+# and low enough that a cost at the dearest rate stays an exact integer in Lua's doubles
+# (5 kinds x 10^8 tokens x $150/MTok = $75,000, under 2^53 nano-USD ~ $9M)
+MAX_COUNT = 100_000_000
+
+
 def _count(container: Mapping[str, object], key: str, where: str) -> int:
     value = container.get(key, 0)
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value <= MAX_COUNT:
         return value
     if value is None:
         return 0
@@ -115,6 +121,8 @@ def _count(container: Mapping[str, object], key: str, where: str) -> int:
         value = int(value)  # JSON has one number type: 12.0 is the integer 12
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(f"{where}{key} must be a non-negative integer")
+    if value > MAX_COUNT:
+        raise UsageError(f"{where}{key} must be at most {MAX_COUNT:,} (got {value:,})")
     return value
 
 

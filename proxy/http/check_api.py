@@ -168,6 +168,11 @@ async def check(request: web.Request) -> web.Response:
             return web.json_response(
                 {"decision": "deny", "reason": exc.code, "mode": None, "reservation_id": None}
             )
+        if exc.code == "request_id_taken":
+            raise Conflict(
+                "request_id: already used for another member's request; request ids belong "
+                "to one member: use a new one"
+            ) from exc
         if exc.code == "duplicate_id":
             raise Conflict(
                 "request_id: already used by a reservation that was settled or "

@@ -241,6 +241,7 @@ REFUSALS: Final = (
     "unknown_tier",
     "unknown_credential",
     "duplicate_id",  # admit: the request id was settled or released
+    "request_id_taken",  # admit: the check API's request id is another member's
     "unknown_reservation",
     "released",  # settle: the reservation was released
     "settled",  # release: the reservation was settled

@@ -463,3 +463,49 @@ async def test_a_client_that_goes_away_leaves_no_error_in_the_log(
         (r.getMessage(), r.exc_text or (r.exc_info and repr(r.exc_info[1]))) for r in errors
     ]
     assert (await p.post(target.key, message()))[0] == 200
+
+
+async def test_a_settlement_that_would_break_exact_money_is_refused(target: Target) -> None:
+    p = target.proxy
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    check = {
+        "org_id": target.org,
+        "member_id": "mal",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": "huge-1",
+    }
+    async with p.session.post(p.url + "/v1/usage/check", json=check, headers=auth) as r:
+        rsv = (await r.json())["reservation_id"]
+    before = await snapshot(target)
+    usage = {"input_tokens": 9007199254740993, "output_tokens": 1}
+    async with p.session.post(
+        p.url + "/v1/usage/settle", json={"reservation_id": rsv, "usage": usage}, headers=auth
+    ) as r:
+        assert r.status == 400
+        assert "usage.input_tokens must be at most" in (await r.json())["error"]["message"]
+    assert await snapshot(target) == before  # nothing charged, the reservation still held
+
+
+async def test_a_request_id_belongs_to_its_member(target: Target) -> None:
+    p = target.proxy
+    await p.member(target.org, "nia")
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    check = {
+        "org_id": target.org,
+        "member_id": "mal",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": "shared-1",
+    }
+    async with p.session.post(p.url + "/v1/usage/check", json=check, headers=auth) as r:
+        assert r.status == 200
+    before = await snapshot(target)
+    async with p.session.post(
+        p.url + "/v1/usage/check", json={**check, "member_id": "nia"}, headers=auth
+    ) as r:
+        assert r.status == 409
+        assert "another member's request" in (await r.json())["error"]["message"]
+    assert await snapshot(target) == before  # charges no one, reserves nothing

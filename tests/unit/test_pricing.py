@@ -207,3 +207,17 @@ def test_only_an_id_of_no_known_line_gets_the_default(prices: PriceTable) -> Non
     for model in ("gpt-5", "claude-nonesuch-9", "mystery"):
         price = prices.resolve(model)
         assert (price.family.name, price.line) == ("claude-opus-4-1", "")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": 9007199254740993},
+        {"output_tokens": 100_000_001},
+        {"cache_creation": {"ephemeral_5m_input_tokens": 10**12}},
+        {"server_tool_use": {"web_search_requests": 10**9}},
+    ],
+)
+def test_a_count_that_could_break_exact_money_is_refused(usage: dict[str, object]) -> None:
+    with pytest.raises(UsageError, match="must be at most 100,000,000"):
+        usage_from_mapping(usage)
