@@ -108,7 +108,3 @@ class Admission:
     @property
     def allowed(self) -> bool:
         return self["d"] == "allow"
-
-    @property
-    def replayed(self) -> bool:
-        return self.raw.get("replay") == "1"

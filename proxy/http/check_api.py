@@ -28,6 +28,7 @@ from proxy.http.appkeys import CONFIG, METER, STORE
 from proxy.http.auth import bearer, is_token
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
+from proxy.storage.model import Op
 from proxy.storage.store import StoreRefusal
 
 routes = web.RouteTableDef()
@@ -60,7 +61,7 @@ def parse_reservation(doc: dict[str, Any]) -> tuple[str, str, str]:
             raise ValueError
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
         raise NotFound("reservation_id: not a reservation this service issued") from exc
-    return org, f"chk:{request_id}", model
+    return org, Op.CHECK_PREFIX + request_id, model
 
 
 def _int(doc: dict[str, Any], name: str, *, low: int, high: int) -> int:
@@ -150,7 +151,7 @@ async def check(request: web.Request) -> web.Response:
     try:
         a = await request.app[STORE].admit(
             org,
-            f"chk:{request_id}",
+            Op.CHECK_PREFIX + request_id,
             who="m",
             credential=member,
             max_cost=max_cost,

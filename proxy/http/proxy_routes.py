@@ -244,16 +244,16 @@ async def _admit(
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """count_tokens and models: forwarded for a valid member, never blocked (but by the org's
     upstream slots), not metered."""
-    org = proxy_key(request).org
+    key = proxy_key(request)
     slots = request.app[SLOTS]
-    slots.take(org)
+    slots.take(key.org)
     try:
-        return await _passthrough(request)
+        return await _passthrough(request, key)
     finally:
-        slots.give(org)
+        slots.give(key.org)
 
 
-async def _passthrough(request: web.Request) -> web.StreamResponse:
+async def _passthrough(request: web.Request, key: ProxyKey) -> web.StreamResponse:
     app = request.app
     try:
         who = await member_of_key(app[STORE], request)
@@ -261,7 +261,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     except StoreUnavailable:
         app[METER].let_through()
         # fail_open: nothing to meter here, so the key's shape is all that can be checked
-        ref = app[METER].upstream_refs.get(proxy_key(request).org, "")
+        ref = app[METER].upstream_refs.get(key.org, "")
     api_key = upstream_key(app[CONFIG].upstream, ref)
     server = app[CONFIG].server
     body = await read_body(request, server.max_body_bytes, server.body_timeout_s)

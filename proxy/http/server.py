@@ -136,7 +136,3 @@ class ProxyRunner(web.AppRunner):
         assert isinstance(server, _GuardedServer)
         server.header_timeout_s = self.header_timeout_s
         return server
-
-
-def runner(app: web.Application, **kwargs: Any) -> ProxyRunner:
-    return ProxyRunner(app, **kwargs)

@@ -32,7 +32,7 @@ from proxy.core.errors import StoreUnavailable
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, org_keys, orgs_index
-from proxy.storage.model import DELETE, OFF, ON, Member
+from proxy.storage.model import DELETE, OFF, ON, Member, Op
 from proxy.storage.pipelining import Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
@@ -309,10 +309,10 @@ class Store:
     def purchase(
         self, org: str, idempotency_key: str, amount: int, actor: str
     ) -> Coroutine[Any, Any, Reply]:
-        return self._credit(org, "purchase", f"purchase:{idempotency_key}", amount, actor)
+        return self._credit(org, "purchase", Op.PURCHASE + idempotency_key, amount, actor)
 
     def confirm_reload(self, org: str, reload_id: str, actor: str) -> Coroutine[Any, Any, Reply]:
-        return self._credit(org, "reload", f"reload:{reload_id}", 0, actor)
+        return self._credit(org, "reload", Op.RELOAD + reload_id, 0, actor)
 
     def _credit(
         self, org: str, kind: str, op_id: str, amount: int, actor: str
@@ -397,7 +397,7 @@ class Store:
             return {}
         fields = [Member.field(member, n) for n in names]
         values = await self._cmd(self.client.hmget(self.keys(org).members, fields))
-        return {n: _s(v) for n, v in zip(names, values, strict=True) if v is not None}
+        return {n: as_str(v) for n, v in zip(names, values, strict=True) if v is not None}
 
     async def members(self, org: str) -> dict[str, dict[str, str]]:
         """Every member's fields, by member id (the org's whole members hash, one read)."""
@@ -410,15 +410,17 @@ class Store:
 
     async def hash_fields(self, org: str, target: str) -> dict[str, str]:
         raw = await self._cmd(self.client.hgetall(getattr(self.keys(org), target)))
-        return {_s(f): _s(v) for f, v in raw.items()}
+        return {as_str(f): as_str(v) for f, v in raw.items()}
 
     async def primary_owner(self, org: str) -> str | None:
         v = await self._cmd(self.client.hget(self.keys(org).members, Member.PRIMARY))
-        return None if v is None else _s(v)
+        return None if v is None else as_str(v)
 
     async def org_ids(self) -> list[str]:
         """Every org id (the orgs index set: never a scan of the keyspace)."""
-        return sorted(_s(o) for o in await self._cmd(self.client.smembers(orgs_index(self.prefix))))
+        return sorted(
+            as_str(o) for o in await self._cmd(self.client.smembers(orgs_index(self.prefix)))
+        )
 
     async def ledger(self, org: str, count: int | None = 10_000) -> list[dict[str, str]]:
         """The org's ledger stream as it is (entries the sink has not moved yet), oldest
@@ -429,14 +431,14 @@ class Store:
         start = "-"
         while True:
             rows = await self._cmd(self.client.xrange(stream, min=start, count=page))
-            out += _entries(rows)
+            out += stream_entries(rows)
             if count is not None or len(rows) < page:
                 return out
             start = "(" + out[-1]["id"]
 
     async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
         rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))
-        return _entries(rows)
+        return stream_entries(rows)
 
 
 class _NotSent:
@@ -450,10 +452,14 @@ class _NotSent:
 NOT_SENT = _NotSent()
 
 
-def _s(v: bytes | str) -> str:
+def as_str(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _entries(rows: Sequence[Any]) -> list[dict[str, str]]:
+def stream_entries(rows: Sequence[Any]) -> list[dict[str, str]]:
     """Stream entries as dicts with their id (an entry deleted meanwhile has no fields)."""
-    return [{"id": _s(i), **{_s(f): _s(v) for f, v in d.items()}} for i, d in rows if d is not None]
+    return [
+        {"id": as_str(i), **{as_str(f): as_str(v) for f, v in d.items()}}
+        for i, d in rows
+        if d is not None
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from proxy.storage.store import Store, _entries, _s
+from proxy.storage.store import Store, as_str, stream_entries
 
 GROUP = "ledger-sink"
 
@@ -59,14 +59,14 @@ class LedgerStream:
                 self.key(org), GROUP, self.consumer, idle_ms, start_id=start, count=count
             )
         )
-        return _s(reply[0]), _entries(reply[1])
+        return as_str(reply[0]), stream_entries(reply[1])
 
     async def read(self, org: str, cursor: str, count: int) -> list[dict[str, str]]:
         """``cursor`` "0": this consumer's pending entries; ">": new ones."""
         read: Any = await self.store._cmd(
             self.client.xreadgroup(GROUP, self.consumer, {self.key(org): cursor}, count=count)
         )
-        return _entries(read[0][1]) if read else []
+        return stream_entries(read[0][1]) if read else []
 
     async def done(self, stream: str, ids: list[str]) -> None:
         """Acknowledge, then trim: only for entries already durable elsewhere."""
@@ -75,6 +75,6 @@ class LedgerStream:
 
     async def state(self, org: str) -> GroupState:
         for info in await self.store._cmd(self.client.xinfo_groups(self.key(org))):
-            if _s(info["name"]) == GROUP:
+            if as_str(info["name"]) == GROUP:
                 return GroupState(int(info.get("lag") or 0), int(info.get("pending") or 0))
         return GroupState()

@@ -84,6 +84,19 @@ async def target(proxy: Proxy) -> Target:
 
 
 Attack = Callable[[Target], Awaitable[tuple[int, bytes]]]
+SERVICE_AUTH = {"authorization": f"Bearer {SERVICE}"}
+
+
+def check_request(t: Target, request_id: str, member: str = "mal") -> dict[str, Any]:
+    """A check API admission of a small request."""
+    return {
+        "org_id": t.org,
+        "member_id": member,
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": request_id,
+    }
 
 
 async def header_with_nul(t: Target) -> tuple[int, bytes]:
@@ -285,15 +298,8 @@ async def test_headers_named_by_connection_are_not_forwarded(target: Target) -> 
 
 async def test_the_check_api_answers_every_may_not_alike(target: Target) -> None:
     p = target.proxy
-    auth = {"authorization": f"Bearer {SERVICE}"}
-    body = {
-        "org_id": target.org,
-        "member_id": "mal",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 10,
-        "max_tokens": 10,
-        "request_id": "hostile-1",
-    }
+    auth = SERVICE_AUTH
+    body = check_request(target, "hostile-1")
     await p.admin("PATCH", f"/admin/v1/orgs/{target.org}", json={"enabled": False})
     async with p.session.post(p.url + "/v1/usage/check", json=body, headers=auth) as r:
         assert r.status == 200
@@ -467,15 +473,8 @@ async def test_a_client_that_goes_away_leaves_no_error_in_the_log(
 
 async def test_a_settlement_that_would_break_exact_money_is_refused(target: Target) -> None:
     p = target.proxy
-    auth = {"authorization": f"Bearer {SERVICE}"}
-    check = {
-        "org_id": target.org,
-        "member_id": "mal",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 10,
-        "max_tokens": 10,
-        "request_id": "huge-1",
-    }
+    auth = SERVICE_AUTH
+    check = check_request(target, "huge-1")
     async with p.session.post(p.url + "/v1/usage/check", json=check, headers=auth) as r:
         rsv = (await r.json())["reservation_id"]
     before = await snapshot(target)
@@ -491,15 +490,8 @@ async def test_a_settlement_that_would_break_exact_money_is_refused(target: Targ
 async def test_a_request_id_belongs_to_its_member(target: Target) -> None:
     p = target.proxy
     await p.member(target.org, "nia")
-    auth = {"authorization": f"Bearer {SERVICE}"}
-    check = {
-        "org_id": target.org,
-        "member_id": "mal",
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 10,
-        "max_tokens": 10,
-        "request_id": "shared-1",
-    }
+    auth = SERVICE_AUTH
+    check = check_request(target, "shared-1")
     async with p.session.post(p.url + "/v1/usage/check", json=check, headers=auth) as r:
         assert r.status == 200
     before = await snapshot(target)
