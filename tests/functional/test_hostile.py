@@ -394,6 +394,7 @@ async def test_redis_hung_or_down_is_a_fast_final_503(proxy_factory: Any, fault:
         p = await proxy_factory(redis={"url": redis.url, "timeout_s": 1})
         org = await p.org("team")
         key = await p.member(org, "hal")
+        unseen = await p.member(org, "hub")  # never admitted here: checked before its body
         assert (await p.post(key, message()))[0] == 200
         assert redis.proc is not None
         if fault == "hung":
@@ -406,6 +407,10 @@ async def test_redis_hung_or_down_is_a_fast_final_503(proxy_factory: Any, fault:
         assert (status, headers["x-should-retry"]) == (503, "false"), body
         assert b"fails closed" in body and b"127.0.0.1" not in body
         assert elapsed < 1.6
+        started = time.monotonic()
+        status, headers, body = await p.post(unseen, message())
+        assert (status, headers["x-should-retry"], b"fails closed" in body) == (503, "false", True)
+        assert time.monotonic() - started < 1.6
     finally:
         if redis.proc is not None:
             os.kill(redis.proc.pid, signal.SIGCONT)
