@@ -12,8 +12,12 @@
 -- ARGV[5] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
 -- ARGV[6] retention_s  seconds the finished record is kept
 -- ARGV[7] source       who charges: proxy | check | journal
+-- ARGV[8] estimated    "1" when the usage is the estimate rule's (the answer was cut before
+--                      its usage came): the ledger entry says so, and the member's monthly
+--                      estimated total counts it
 -- Reply: JSON {ok=1, mode, cost, overshoot, reserved, balance, period, member, tier,
--- reload_id, reload_amount, entry, expired} or {ok=0, err="unknown_reservation"|"released"}.
+-- reload_id, reload_amount, entry, expired, estimated} or
+-- {ok=0, err="unknown_reservation"|"released"}.
 -- Idempotent by request id: a replay returns the stored result and charges nothing.
 -- Included usage goes to the seat windows (the allowance is soft: the whole cost is included);
 -- extra usage goes to the member, tier and org monthly spend and, on Team, the balance. The
@@ -98,9 +102,20 @@ else
   charge_included(mm, period, now, p)
 end
 
-local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
-  'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-  'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+local estimated = ARGV[8] == '1'
+local entry
+if estimated then
+  add_in_period(mem_k, p .. 'est_p', p .. 'est', redis.call('HGET', mem_k, p .. 'est_p'), period,
+    cost_s)
+  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+    'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
+    'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7],
+    'estimated', '1')
+else
+  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+    'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
+    'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+end
 
 -- the result and the settled record, written out as JSON (see jstr; the amount and expiry
 -- come from the record admit.lua wrote: integers)
@@ -110,7 +125,7 @@ local out = '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","oversh
   .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
   .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
   .. '","reload_amount":"' .. reload_amount .. '","entry":"' .. entry .. '","expired":"'
-  .. (rec.s == 'x' and '1' or '0') .. '"}'
+  .. (rec.s == 'x' and '1' or '0') .. '","estimated":"' .. (estimated and '1' or '0') .. '"}'
 -- the record with the result in it (the admission's answer only serves replays of the
 -- admission itself: not kept, so that a record kept for the retention period is a few
 -- hundred bytes)

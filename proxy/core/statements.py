@@ -52,9 +52,11 @@ def statement_document(
     closed: bool,
 ) -> dict[str, Any]:
     out_lines = []
-    included = extra = requests = 0
+    included = extra = requests = estimated = 0
     for r in lines:
         cost = int(r["cost_nano"])
+        est = int(r.get("estimated_nano") or 0)
+        estimated += est
         requests += int(r["requests"])
         if r["mode"] == "extra_usage":
             extra += cost
@@ -69,6 +71,9 @@ def statement_document(
                 "requests": int(r["requests"]),
                 **{c: int(r[c]) for c in TOKEN_COLUMNS},
                 "cost": format_usd(cost),
+                # of which charged on the estimate rule (answers cut before their usage came)
+                "estimated_requests": int(r.get("estimated_requests") or 0),
+                "estimated_cost": format_usd(est),
             }
         )
     doc: dict[str, Any] = {
@@ -82,6 +87,7 @@ def statement_document(
             "requests": requests,
             "included_usage": format_usd(included),
             "extra_usage": format_usd(extra),
+            "estimated": format_usd(estimated),
         },
     }
     if plan == "team":
@@ -109,7 +115,18 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
-        ["period", "member_id", "tier", "model", "mode", "requests", *TOKEN_COLUMNS, "cost_usd"]
+        [
+            "period",
+            "member_id",
+            "tier",
+            "model",
+            "mode",
+            "requests",
+            *TOKEN_COLUMNS,
+            "cost_usd",
+            "estimated_requests",
+            "estimated_cost_usd",
+        ]
     )
     for line in doc["lines"]:
         w.writerow(
@@ -122,6 +139,8 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
                 line["requests"],
                 *(line[c] for c in TOKEN_COLUMNS),
                 line["cost"],
+                line.get("estimated_requests", 0),
+                line.get("estimated_cost", "0.00"),
             ]
         )
     t = doc["totals"]
@@ -135,6 +154,8 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
             t["requests"],
             *([""] * len(TOKEN_COLUMNS)),
             t["included_usage"],
+            "",
+            "",
         ]
     )
     w.writerow(
@@ -147,6 +168,8 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
             "",
             *([""] * len(TOKEN_COLUMNS)),
             t["extra_usage"],
+            "",
+            t.get("estimated", "0.00"),
         ]
     )
     return buf.getvalue()

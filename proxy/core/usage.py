@@ -5,9 +5,18 @@ Pure. The stream's usage comes from ``message_start`` (input and cache fields) a
 when present, replace those of ``message_start``). Text is counted as it streams so that a
 stream cut before any ``message_delta`` can still be settled on an estimate (~4 characters a
 token).
+
+**An answer the API accepted (200) whose usage never arrived** — a stream or a JSON body cut
+short by either side, or ended without its usage — is charged by one rule, ``estimate``:
+what the API reported is kept; input it did not report comes from the request (its body's
+bytes, ~4 a token), output it did not report from the text that came (~4 characters a
+token). Such a charge is marked estimated. Nothing received, nothing charged.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 import orjson
 
@@ -15,6 +24,58 @@ from proxy.core.pricing import Usage, UsageError, usage_from_mapping
 from proxy.core.sse import SSEParser
 
 CHARS_PER_TOKEN = 4
+# the strings of a (possibly cut) JSON answer that carry its output text: the last may be
+# cut anywhere, so its closing quote is optional
+_TEXT_VALUE = re.compile(rb'"(?:text|thinking)"\s*:\s*"((?:[^"\\]|\\.)*)')
+
+
+def tokens_of_chars(chars: int) -> int:
+    """Tokens in ``chars`` characters of text (or bytes of a request), rounded up."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def estimate(
+    reported: Mapping[str, object] | None,
+    *,
+    output_reported: bool,
+    text_chars: int,
+    prompt_bytes: int,
+) -> Usage:
+    """The one rule for an answer whose usage did not (all) arrive: the API's own counts
+    where it reported them (``reported``: the usage fields seen; ``output_reported``: its
+    final output count came), input from the request's size when it reported none, output
+    from the text that came when it did not report its final count."""
+    try:
+        usage = usage_from_mapping(reported or {})
+    except UsageError:
+        usage = Usage()
+    if not reported or "input_tokens" not in reported:
+        usage.input_tokens = tokens_of_chars(prompt_bytes)
+    if not output_reported:
+        usage.output_tokens = max(usage.output_tokens, tokens_of_chars(text_chars))
+    return usage
+
+
+def text_chars_in(body: bytes) -> int:
+    """Characters of output text in a JSON answer, whole or cut (its text and thinking
+    strings as they stand, escapes counted as written)."""
+    return sum(len(m) for m in _TEXT_VALUE.findall(body))
+
+
+def body_usage(body: bytes, prompt_bytes: int) -> tuple[Usage | None, str | None, bool]:
+    """(usage, model, estimated) of a non-streaming 200 answer, whole or cut: the usage it
+    reports, else the estimate (``estimate``); None when nothing at all came."""
+    usage, model = response_usage(body)
+    if usage is not None:
+        return usage, model, False
+    if not body:
+        return None, model, False
+    text = text_chars_in(body)
+    return (
+        estimate(None, output_reported=False, text_chars=text, prompt_bytes=prompt_bytes),
+        model,
+        True,
+    )
 
 
 def response_usage(body: bytes) -> tuple[Usage | None, str | None]:
@@ -39,10 +100,22 @@ def response_usage(body: bytes) -> tuple[Usage | None, str | None]:
 class StreamUsage:
     """Feed it the raw bytes of an SSE response as they arrive; read ``usage()`` at any time."""
 
-    __slots__ = ("_delta_seen", "_start", "_text_chars", "errored", "model", "parser", "stopped")
+    __slots__ = (
+        "_delta_seen",
+        "_start",
+        "_start_seen",
+        "_text_chars",
+        "errored",
+        "model",
+        "parser",
+        "received",
+        "stopped",
+    )
 
     def __init__(self) -> None:
         self.parser = SSEParser()
+        self.received = 0  # bytes of the answer seen
+        self._start_seen = False
         self._start: dict[str, object] = {}
         self._delta_seen = False
         self._text_chars = 0
@@ -51,6 +124,7 @@ class StreamUsage:
         self.stopped = False
 
     def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
         for event, data in self.parser.feed(chunk):
             if event == "content_block_delta":
                 self._count_text(data)
@@ -82,6 +156,7 @@ class StreamUsage:
         usage = msg.get("usage")
         if isinstance(usage, dict):
             self._start = dict(usage)
+            self._start_seen = True
 
     def _on_delta(self, data: bytes) -> None:
         doc = self._load(data)
@@ -103,16 +178,21 @@ class StreamUsage:
             if isinstance(value, str):
                 self._text_chars += len(value)
 
-    def usage(self) -> Usage:
-        """The usage seen so far; output estimated from the text when no message_delta came."""
-        try:
-            usage = usage_from_mapping(self._start)
-        except UsageError:
-            usage = Usage()
-        if not self._delta_seen:
-            estimate = -(-self._text_chars // CHARS_PER_TOKEN)
-            usage.output_tokens = max(usage.output_tokens, estimate)
-        return usage
+    def usage(self, prompt_bytes: int = 0) -> Usage:
+        """The usage seen so far, by the rule of ``estimate`` where the API's did not come:
+        output from the text when no message_delta came, input from the request's
+        ``prompt_bytes`` when no message_start did."""
+        return estimate(
+            self._start if self._start_seen or self._delta_seen else None,
+            output_reported=self._delta_seen,
+            text_chars=self._text_chars,
+            prompt_bytes=prompt_bytes,
+        )
+
+    @property
+    def estimated(self) -> bool:
+        """Whether ``usage()`` is (in part) an estimate: the API's usage did not all come."""
+        return not (self._delta_seen and (self._start_seen or "input_tokens" in self._start))
 
     @property
     def complete(self) -> bool:

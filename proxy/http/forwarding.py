@@ -2,9 +2,16 @@
 
 Responses come back unmodified apart from the unified rate-limit headers (and a gzip or
 deflate body, which ``proxy.upstream.client`` decodes to read the usage, comes back decoded
-without its ``Content-Encoding``). Streams are forwarded chunk by chunk as they arrive. The
-charge is written to Redis before the member sees the end of the answer (the last bytes of a
-body, the terminating chunk of a stream): their next request is admitted after it.
+without its ``Content-Encoding``). Streams are forwarded chunk by chunk as they arrive, each
+metered before the member gets it. The charge is written to Redis before the member sees the
+end of the answer (the last bytes of a body, the terminating chunk of a stream): their next
+request is admitted after it.
+
+Whatever cuts an answer after the API's 200 — the API, or the member going away (which
+cancels the handler: ``proxy.http.server.wait_for_api``, on for the whole exchange) — the
+upstream request is closed at once and the charge is what the API reported, completed by
+the estimate rule of ``proxy.core.usage`` and marked estimated; nothing received, nothing
+charged (the reservation is released).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from proxy.core.admission import Admission
 from proxy.core.decision import unified_headers
 from proxy.core.errors import UpstreamUnavailable
 from proxy.core.pricing import Usage
-from proxy.core.usage import StreamUsage, response_usage
+from proxy.core.usage import StreamUsage, body_usage
 from proxy.http.appkeys import ACCESS_LOG, METER, METRICS
 from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
@@ -43,6 +50,7 @@ class Metered:
         "key",
         "model",
         "org",
+        "prompt_bytes",
         "rid",
         "sent_at",
         "started",
@@ -58,6 +66,7 @@ class Metered:
         model: str,
         adm: Admission | None,
         started: float,
+        prompt_bytes: int = 0,
     ) -> None:
         self.app, self.rid, self.key, self.org, self.model, self.adm = (
             app,
@@ -67,6 +76,7 @@ class Metered:
             model,
             adm,
         )
+        self.prompt_bytes = prompt_bytes  # the request body's size: the estimate's input
         self.started = started  # perf_counter() on arrival
         self.sent_at = started  # perf_counter() when it went upstream
         self.status = 0
@@ -122,18 +132,24 @@ def settle_and_log(
     usage: Usage,
     status: int,
     model: str | None = None,
+    estimated: bool = False,
     **extra: Any,
 ) -> tuple[asyncio.Task[Any], Awaitable[bool]]:
     """Settle (or under fail_open journal the usage durably); the request's line is written
     once that is done (``Metered.settled``), from its own task. The second value resolves
     True once the settlement is written to Redis: the member may then see the end of the
-    answer; on False the caller waits for the task."""
+    answer; on False the caller waits for the task. ``estimated``: the usage is (in part)
+    the estimate rule's, and the charge is marked so."""
     meter = app[METER]
     m.usage, m.status, m.extra = usage, status, extra
+    if estimated:
+        m.extra["estimated"] = True
     if model:
         m.model = model
     if m.adm is None:
-        task = meter.journaled(m.org, m.rid, m.key.secret_hash, m.model, usage, m.settled)
+        task = meter.journaled(
+            m.org, m.rid, m.key.secret_hash, m.model, usage, m.settled, estimated=estimated
+        )
         return task, NOT_SENT
     return meter.settle(
         m.org,
@@ -143,13 +159,50 @@ def settle_and_log(
         key_hash=m.key.secret_hash,
         policy=m.adm["policy"],
         then=m.settled,
+        estimated=estimated,
+    )
+
+
+def settle_cut(
+    app: web.Application,
+    m: Metered,
+    usage: Usage | None,
+    status: int,
+    model: str | None,
+    estimated: bool,
+    **extra: Any,
+) -> None:
+    """Settle an answer that did not end as the API meant it to (cut by the API or by the
+    member): on what came, or, when nothing came (``usage`` None), release — nothing
+    received, nothing charged."""
+    if usage is not None:
+        settle_and_log(app, m, usage, status, model, estimated, **extra)
+        return
+    app[METER].track(release(app, m))  # in a task of its own: the caller may be cancelled
+    app[ACCESS_LOG].request(
+        request_id=m.rid,
+        org=m.org,
+        member=m.member,
+        mode="released",
+        status=status,
+        cost="0",
+        started=m.started,
+        **extra,
     )
 
 
 async def forward_error(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:
     """Upstream error before any byte: release, charge nothing, forward the error unmodified."""
     app = request.app
-    body = await read_all(app, upstream, m)
+    try:
+        body = await upstream.read()
+    except UpstreamError as exc:
+        await release(app, m)
+        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
+    except asyncio.CancelledError:  # the member went away
+        upstream.close()
+        app[METER].track(release(app, m))
+        raise
     await release(app, m)
     app[METRICS].upstream_errors.labels(str(upstream.status)).inc()
     app[METRICS].requests.labels("messages", str(upstream.status)).inc()
@@ -167,20 +220,27 @@ async def forward_error(request: web.Request, upstream: Response, m: Metered) ->
     )
 
 
-async def read_all(app: web.Application, upstream: Response, m: Metered) -> bytes:
-    """The whole response body; cut short, the reservation is released (nothing is charged)
-    and the member gets a 502."""
-    try:
-        return await upstream.read()
-    except UpstreamError as exc:
-        await release(app, m)
-        raise UpstreamUnavailable("the Anthropic API response was cut short") from exc
-
-
 async def forward_body(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:
-    body = await read_all(request.app, upstream, m)
-    usage, model = response_usage(body)
-    settling, sent = settle_and_log(request.app, m, usage or Usage(), upstream.status, model)
+    """A whole JSON answer: read, settled, then sent. Cut short after the API's 200, by the
+    API (the member gets a 502) or by the member going away, it is charged on what came."""
+    app = request.app
+    try:
+        body = await upstream.read()
+    except UpstreamError as exc:
+        app[METRICS].upstream_errors.labels("mid_body").inc()
+        usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        settle_cut(app, m, usage, 502, model, est, stream="upstream_broken")
+        err = UpstreamUnavailable("the Anthropic API response was cut short")
+        err.logged = True  # its line is the settlement's
+        raise err from exc
+    except asyncio.CancelledError:  # the member went away: stop paying for it at once
+        upstream.close()
+        app[METRICS].upstream_errors.labels("member_gone").inc()
+        usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        settle_cut(app, m, usage, 499, model, est, stream="client_disconnected")
+        raise
+    usage, model, est = body_usage(body, m.prompt_bytes)
+    settling, sent = settle_and_log(app, m, usage or Usage(), upstream.status, model, est)
     if not await sent:
         await asyncio.shield(settling)
     # the settlement writes the line
@@ -201,11 +261,17 @@ async def forward_stream(
     try:
         await resp.prepare(request)
         async for chunk in upstream.chunks():
-            await resp.write(chunk)  # forward first: parsing for usage must not delay it
-            seen.feed(chunk)
+            seen.feed(chunk)  # metered before the member has it: a write that fails is paid
+            await resp.write(chunk)
         outcome = "upstream_error_event" if seen.errored else outcome
         settling, sent = settle_and_log(
-            app, m, seen.usage(), upstream.status, seen.model, stream=outcome
+            app,
+            m,
+            seen.usage(m.prompt_bytes),
+            upstream.status,
+            seen.model,
+            seen.estimated,
+            stream=outcome,
         )
         settled = True
         if not await sent:
@@ -221,12 +287,15 @@ async def forward_stream(
         upstream.close()
         if request.transport is not None:
             request.transport.close()
-    except asyncio.CancelledError:
-        outcome = "cancelled"
+    except asyncio.CancelledError:  # the member went away while the API was silent
+        outcome = "client_disconnected"
         upstream.close()
+        if not settled:
+            metrics.upstream_errors.labels("member_gone").inc()
         raise
     finally:
         metrics.active_streams.dec()
         if not settled:
-            settle_and_log(app, m, seen.usage(), upstream.status, seen.model, stream=outcome)
+            usage = seen.usage(m.prompt_bytes) if seen.received else None
+            settle_cut(app, m, usage, upstream.status, seen.model, seen.estimated, stream=outcome)
     return resp

@@ -119,43 +119,44 @@ async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.
         raise
     metrics.h_overhead.observe(time.perf_counter() - started)
     m.sent_at = time.perf_counter()
-    # until the API answers, a member who goes away cancels the wait: the request is dropped
-    # (not sent, if it still waits for a connection; cut, if it was sent) and its
-    # reservation released — nothing was served
+    # from now until the answer is forwarded, a member who goes away cancels the handler:
+    # the request is dropped (not sent, if it still waits for a connection), or cut (sent),
+    # the upstream request closed at once, and what came is charged (nothing: released)
     wait_for_api(request, True)
     try:
-        upstream = None
-        if upload is not None:
-            if upload.ref == ref:
-                upstream = await upload.release()
-                meter.count_upload("sent" if upstream is not None else "resent")
-            else:  # the org's credential changed: send the body again with the new one
+        try:
+            upstream = None
+            if upload is not None:
+                if upload.ref == ref:
+                    upstream = await upload.release()
+                    meter.count_upload("sent" if upstream is not None else "resent")
+                else:  # the org's credential changed: send the body again with the new one
+                    upload.cut()
+                    meter.count_upload("resent")
+            if upstream is None:
+                headers = upstream_headers(request.headers, api_key)
+                upstream = await app[UPSTREAM].request("POST", request.raw_path, headers, body)
+        except UpstreamError as exc:
+            await release(app, m)
+            metrics.upstream_errors.labels("connect").inc()
+            raise UpstreamUnavailable(upstream_failure(exc)) from exc
+        except asyncio.CancelledError:
+            if upload is not None:
                 upload.cut()
-                meter.count_upload("resent")
-        if upstream is None:
-            headers = upstream_headers(request.headers, api_key)
-            upstream = await app[UPSTREAM].request("POST", request.raw_path, headers, body)
-    except UpstreamError as exc:
-        await release(app, m)
-        metrics.upstream_errors.labels("connect").inc()
-        raise UpstreamUnavailable(upstream_failure(exc)) from exc
-    except asyncio.CancelledError:
-        if upload is not None:
-            upload.cut()
-        meter.track(release(app, m))  # in a task of its own: this one is being cancelled
-        metrics.upstream_errors.labels("member_gone").inc()
-        raise
+            meter.track(release(app, m))  # in a task of its own: this one is being cancelled
+            metrics.upstream_errors.labels("member_gone").inc()
+            raise
+        metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
+        try:
+            if upstream.status != 200:
+                return await forward_error(request, upstream, m)
+            if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                return await forward_stream(request, upstream, m)
+            return await forward_body(request, upstream, m)
+        finally:
+            upstream.release()
     finally:
         wait_for_api(request, False)
-    metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
-    try:
-        if upstream.status != 200:
-            return await forward_error(request, upstream, m)
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            return await forward_stream(request, upstream, m)
-        return await forward_body(request, upstream, m)
-    finally:
-        upstream.release()
 
 
 async def _authenticate(request: web.Request) -> None:
@@ -238,7 +239,7 @@ async def _admit(
     else:
         meter.admitted(key.org, adm, key.secret_hash)
         ref = adm["upstream"]
-    return ref, Metered(app, rid, key, model, adm, started)
+    return ref, Metered(app, rid, key, model, adm, started, len(body))
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:

@@ -23,15 +23,17 @@ from proxy.core.errors import StoreUnavailable
 INSERT = """
 INSERT INTO ledger_entries (org_id, op_id, stream_id, kind, ts, period, statement_period,
     member_id, tier, mode, model, cost_nano, balance_delta_nano, input_tokens, output_tokens,
-    cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, source)
+    cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, source,
+    estimated)
 SELECT $1, $2, $3, $4, $5, $6,
     CASE WHEN EXISTS (SELECT 1 FROM statements s WHERE s.org_id = $1 AND s.period = $6)
          THEN $20 ELSE $6 END,
-    $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19
+    $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $21
 ON CONFLICT (org_id, op_id) DO NOTHING
 """
 
 log = logging.getLogger(__name__)
+ESTIMATED = "estimated"  # spend_by_member: the part of a member's cost that is estimated
 
 
 def period_of(ts: float) -> str:
@@ -65,6 +67,7 @@ def _row(org: str, e: Mapping[str, str], now_period: str) -> tuple[Any, ...]:
         tok("web_search_requests"),
         e.get("source") or None,
         now_period,
+        e.get("estimated") == "1",
     )
 
 
@@ -132,7 +135,9 @@ class LedgerDB:
                    sum(cache_write_5m_tokens) AS cache_write_5m_tokens,
                    sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
                    sum(cache_read_tokens) AS cache_read_tokens,
-                   sum(web_search_requests) AS web_search_requests, sum(cost_nano) AS cost_nano
+                   sum(web_search_requests) AS web_search_requests, sum(cost_nano) AS cost_nano,
+                   count(*) FILTER (WHERE estimated) AS estimated_requests,
+                   coalesce(sum(cost_nano) FILTER (WHERE estimated), 0) AS estimated_nano
             FROM ledger_entries WHERE org_id = $1 AND statement_period = $2 AND kind = 'usage'
             GROUP BY member_id, tier, model, mode ORDER BY member_id, model, mode""",
             org,
@@ -217,12 +222,16 @@ class LedgerDB:
         out: dict[str, dict[str, int]] = {}
         for r in await self.pool.fetch(
             """
-                SELECT member_id, mode, sum(cost_nano) AS cost FROM ledger_entries
+                SELECT member_id, mode, sum(cost_nano) AS cost,
+                       coalesce(sum(cost_nano) FILTER (WHERE estimated), 0) AS estimated
+                FROM ledger_entries
                 WHERE org_id = $1 AND period = $2 AND kind = 'usage' GROUP BY member_id, mode""",
             org,
             period,
         ):
-            out.setdefault(r["member_id"], {})[r["mode"]] = int(r["cost"])
+            spend = out.setdefault(r["member_id"], {})
+            spend[r["mode"]] = int(r["cost"])
+            spend[ESTIMATED] = spend.get(ESTIMATED, 0) + int(r["estimated"])
         return out
 
 

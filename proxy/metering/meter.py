@@ -163,39 +163,58 @@ class Meter:
         key_hash: str,
         policy: str,
         then: Settled,
+        estimated: bool = False,
     ) -> tuple[asyncio.Task[Reply | None], Awaitable[bool]]:
         """Settle after the answer: the settlement is queued now (written at once on an idle
         connection, else with this loop turn's batch) and finished in a task of its own,
         which never raises and calls ``then`` with the result. The second value resolves
         True once the settlement is written to Redis, so that the member may see the end of
         the answer: their next request is admitted after it. If Redis is unavailable the
-        usage goes to the journal, replayed when Redis is back; a refusal is counted."""
-        price, reply, sent = self._send(org, request_id, model, usage, "proxy")
-        done = self._finish(reply, org, request_id, key_hash, model, usage, price, policy, then)
+        usage goes to the journal, replayed when Redis is back; a refusal is counted.
+        ``estimated``: the usage is the estimate rule's (``proxy.core.usage``)."""
+        price, reply, sent = self._send(org, request_id, model, usage, "proxy", estimated)
+        done = self._finish(
+            reply, org, request_id, key_hash, model, usage, price, policy, then, estimated
+        )
         return self.track(done), sent
 
     async def charge(
-        self, org: str, request_id: str, model: str, usage: Usage, *, source: str
+        self,
+        org: str,
+        request_id: str,
+        model: str,
+        usage: Usage,
+        *,
+        source: str,
+        estimated: bool = False,
     ) -> Reply:
         """Settle a reservation on its actual usage and account for it; raises StoreRefusal /
         StoreUnavailable (the check API, journal replays)."""
-        price, reply, _ = self._send(org, request_id, model, usage, source)
+        price, reply, _ = self._send(org, request_id, model, usage, source, estimated)
         return await self._account(org, await reply, price, usage, "")
 
     def journaled(
-        self, org: str, request_id: str, key_hash: str, model: str, usage: Usage, then: Settled
+        self,
+        org: str,
+        request_id: str,
+        key_hash: str,
+        model: str,
+        usage: Usage,
+        then: Settled,
+        *,
+        estimated: bool = False,
     ) -> asyncio.Task[None]:
         """fail_open: the usage of a request that ran unmetered, written to the journal (in a
         task of its own: durably, before the process may stop)."""
 
         async def write() -> None:
-            await self.journal_usage(org, request_id, key_hash, model, usage)
+            await self.journal_usage(org, request_id, key_hash, model, usage, estimated)
             then(None)
 
         return self.track(write())
 
     def _send(
-        self, org: str, request_id: str, model: str, usage: Usage, source: str
+        self, org: str, request_id: str, model: str, usage: Usage, source: str, estimated: bool
     ) -> tuple[Price, Coroutine[Any, Any, Reply], Awaitable[bool]]:
         price = self.prices.resolve(model)
         reply, sent = self.store.settle(
@@ -205,6 +224,7 @@ class Meter:
             model=model,
             usage=usage.as_dict(),
             source=source,
+            estimated=estimated,
         )
         return price, reply, sent
 
@@ -219,6 +239,7 @@ class Meter:
         price: Price,
         policy: str,
         then: Settled,
+        estimated: bool,
     ) -> Reply | None:
         result: Reply | None = None
         try:
@@ -231,7 +252,7 @@ class Meter:
             )
         except StoreUnavailable:
             self.metrics.settle_failures.labels("journaled").inc()
-            await self.journal_usage(org, request_id, key_hash, model, usage)
+            await self.journal_usage(org, request_id, key_hash, model, usage, estimated)
         then(result)
         return result
 
@@ -262,17 +283,24 @@ class Meter:
             await asyncio.gather(*list(self.inflight), return_exceptions=True)
 
     async def journal_usage(
-        self, org: str, request_id: str, key_hash: str, model: str, usage: Usage
+        self,
+        org: str,
+        request_id: str,
+        key_hash: str,
+        model: str,
+        usage: Usage,
+        estimated: bool = False,
     ) -> None:
-        await self.journal.append(
-            {
-                "rid": request_id,
-                "org": org,
-                "key": key_hash,
-                "model": model,
-                "usage": usage.as_dict(),
-            }
-        )
+        entry: dict[str, Any] = {
+            "rid": request_id,
+            "org": org,
+            "key": key_hash,
+            "model": model,
+            "usage": usage.as_dict(),
+        }
+        if estimated:
+            entry["est"] = 1
+        await self.journal.append(entry)
 
     def _count(
         self, org: str, family: str, detail: dict[str, int], result: Reply, policy: str
@@ -299,7 +327,12 @@ class Meter:
             org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
         )
         await self.charge(
-            org, rid, entry["model"], Usage.from_dict(entry["usage"]), source="journal"
+            org,
+            rid,
+            entry["model"],
+            Usage.from_dict(entry["usage"]),
+            source="journal",
+            estimated=bool(entry.get("est")),
         )
 
     async def release(self, org: str, request_id: str) -> None:

@@ -139,6 +139,10 @@ class Member:
     SPEND: Final = "spend"
     INCLUDED_PERIOD: Final = "inc_p"  # monthly included usage
     INCLUDED: Final = "inc"
+    # monthly cost charged on the estimate rule (answers cut before their usage came), of
+    # either mode: part of the spend and included usage above, shown apart
+    ESTIMATED_PERIOD: Final = "est_p"
+    ESTIMATED: Final = "est"
     EU_RESERVED: Final = "eu_res"
     LIMIT: Final = "limit"  # Enterprise: the member's monthly limit (absent: unlimited)
     EU: Final = "eu"  # Team, selected scope: extra usage enabled for the member
@@ -207,6 +211,7 @@ class Ledger:
         "balance_delta",
         "usage",
         "source",
+        "estimated",  # "1" on a charge made on the estimate rule; absent otherwise
     )
     USAGE: Final = "usage"
     PURCHASE: Final = "purchase"

@@ -116,7 +116,12 @@ SETTLE = ScriptSpec(
         Arg("model", "the model id as requested"),
         Arg("usage", "JSON: token counts by kind, copied into the ledger entry"),
     ),
-    tail=(PINNED, RETENTION, Arg("source", "who charges: proxy | check | journal")),
+    tail=(
+        PINNED,
+        RETENTION,
+        Arg("source", "who charges: proxy | check | journal"),
+        Arg("estimated", '"1" when the usage is the estimate rule\'s (the answer was cut)'),
+    ),
     reply=(
         "ok",
         "mode",

@@ -272,6 +272,7 @@ class Store:
         model: str,
         usage: Mapping[str, int],
         source: str = "proxy",
+        estimated: bool = False,
     ) -> tuple[Coroutine[Any, Any, Reply], Awaitable[bool]]:
         """Send a settlement; (its reply, resolving True once it is written to Redis).
 
@@ -290,7 +291,10 @@ class Store:
                 usage=orjson.dumps(usage).decode(),
             ),
             SETTLE.tail_of(
-                pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s, source=source
+                pinned_now=self.pinned_now,
+                retention_s=self.policy.op_retention_s,
+                source=source,
+                estimated=ON if estimated else OFF,
             ),
         )
         sent: Awaitable[bool] = self.pipeliner.sent() if self.pipeliner is not None else NOT_SENT

@@ -7,12 +7,18 @@ request with ``x-mock-*`` headers (which the proxy forwards unchanged):
 
 - ``x-mock-output-tokens``: output tokens to report (default: min(max_tokens, 50));
 - ``x-mock-input-tokens``, ``x-mock-cache-write``, ``x-mock-cache-read``, ``x-mock-cache-1h``;
-- ``x-mock-fault``: ``status-529`` (overloaded before any byte), ``error-event`` (an
-  ``event: error`` mid-stream), ``drop`` (connection cut mid-stream), ``no-delta`` (stream
-  ends without message_delta);
-- ``x-mock-events``: number of text deltas (default 10); ``x-mock-delay-ms``: pause per event;
+- ``x-mock-fault``: ``status-529`` (overloaded before any byte), ``status-500``,
+  ``error-event`` (an ``event: error`` mid-stream), ``drop`` (connection cut halfway through
+  a stream or a JSON body), ``no-delta`` (stream ends without message_delta);
+- ``x-mock-events``: number of text deltas (default 10); ``x-mock-delay-ms``: pause per event
+  (a JSON body is then sent in as many pieces); ``x-mock-first-byte-ms``: pause between the
+  status line and the first byte of the body;
 - ``x-mock-timestamps: 1``: each text delta carries ``sent_ns``, when it left the mock;
 - ``x-mock-set-cookie``: a ``Set-Cookie`` value for the (non-streaming) response.
+
+Each request's record says what the mock **served** (``served``: the usage fields it
+reported, and the output tokens of the text it wrote before the answer ended or broke, ~4
+characters a token) — what a conservation check compares the charges with.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class MockUpstream:
             "fault": h.get("x-mock-fault", self.fault),
             "events": int(h.get("x-mock-events", self.events)),
             "delay": float(h.get("x-mock-delay-ms", self.delay_ms)) / 1000.0,
+            "first_byte": float(h.get("x-mock-first-byte-ms", 0)) / 1000.0,
             "web_searches": self.web_searches,
             "timestamps": h.get("x-mock-timestamps") == "1",
         }
@@ -89,6 +96,17 @@ def _error(status: int, kind: str, message: str) -> web.Response:
         },
         status=status,
     )
+
+
+def _served(
+    record: dict[str, Any], s: dict[str, Any], text_chars: int, whole: bool, reported: int = 0
+) -> None:
+    """What the answer served so far: its input side once reported, and its output — the
+    whole count once the answer is complete, else the text written (~4 characters a token)
+    or the count it reported (message_start's 1), whichever is more."""
+    usage = _usage(s, s["output"] if whole else max(reported, -(-text_chars // 4)))
+    usage.pop("service_tier", None)
+    record["served"] = usage
 
 
 def _text(n_events: int, output: int) -> list[str]:
@@ -124,36 +142,74 @@ async def messages(request: web.Request) -> web.StreamResponse:
     s = mock.settings(request, body)
     if s["fault"] == "status-529":
         return _error(529, "overloaded_error", "Overloaded")
+    if s["fault"] == "status-500":
+        return _error(500, "api_error", "Internal server error")
     model = body.get("model", "claude-sonnet-4-5")
     msg_id = f"msg_mock_{secrets.token_hex(8)}"
     chunks = _text(s["events"], s["output"])
+    record["served"] = None
     if not body.get("stream"):
-        return web.json_response(
-            {
-                "id": msg_id,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": "".join(chunks)}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": _usage(s, s["output"]),
-            },
-            headers={
-                "request-id": f"req_mock_{secrets.token_hex(6)}",
-                **(
-                    {"set-cookie": request.headers["x-mock-set-cookie"]}
-                    if "x-mock-set-cookie" in request.headers
-                    else {}
-                ),
-            },
-        )
+        doc = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": "".join(chunks)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": _usage(s, s["output"]),
+        }
+        headers = {"request-id": f"req_mock_{secrets.token_hex(6)}"}
+        if "x-mock-set-cookie" in request.headers:
+            headers["set-cookie"] = request.headers["x-mock-set-cookie"]
+        if not (s["delay"] or s["first_byte"] or s["fault"] == "drop"):
+            _served(record, s, 0, True)
+            record["completed"] = True
+            return web.json_response(doc, headers=headers)
+        try:
+            return await _body_in_pieces(request, orjson.dumps(doc), headers, s, record)
+        except (ConnectionResetError, asyncio.CancelledError):
+            record["disconnected"] = True
+            raise
 
     try:
         return await _stream(request, model, msg_id, chunks, s, record)
     except (ConnectionResetError, asyncio.CancelledError):
         record["disconnected"] = True  # the proxy cancelled the upstream request
         raise
+
+
+async def _body_in_pieces(
+    request: web.Request,
+    body: bytes,
+    headers: dict[str, str],
+    s: dict[str, Any],
+    record: dict[str, Any],
+) -> web.StreamResponse:
+    """A JSON answer sent slowly (``delay`` between pieces) or cut halfway (``drop``)."""
+    resp = web.StreamResponse(headers={**headers, "content-type": "application/json"})
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    if s["first_byte"]:
+        await asyncio.sleep(s["first_byte"])
+    n = max(1, s["events"])
+    size = -(-len(body) // n)
+    text_at = body.find(b'"text":"') + len(b'"text":"')
+    for i in range(n):
+        if s["fault"] == "drop" and i == n // 2:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        piece = body[i * size : (i + 1) * size]
+        await resp.write(piece)
+        sent = min(len(body), (i + 1) * size)
+        _served(record, s, max(0, min(sent, text_at + s["output"] * 4) - text_at), False)
+        if s["delay"] and i < n - 1:
+            await asyncio.sleep(s["delay"])
+    _served(record, s, 0, True)
+    await resp.write_eof()
+    record["completed"] = True
+    return resp
 
 
 async def _stream(
@@ -172,6 +228,8 @@ async def _stream(
         }
     )
     await resp.prepare(request)
+    if s["first_byte"]:
+        await asyncio.sleep(s["first_byte"])
     start_usage = _usage(s, 1)
     await resp.write(
         _sse(
@@ -201,6 +259,8 @@ async def _stream(
             },
         )
     )
+    written = 0
+    _served(record, s, written, False, start_usage["output_tokens"])
     await resp.write(_sse("ping", {"type": "ping"}))
     for i, text in enumerate(chunks):
         if s["delay"]:
@@ -234,7 +294,10 @@ async def _stream(
                 },
             )
         )
+        written += len(text)
+        _served(record, s, written, False, start_usage["output_tokens"])
     await resp.write(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    _served(record, s, 0, True)  # the whole text is out: all its output tokens
     if s["fault"] != "no-delta":
         final = _usage(s, s["output"])
         final.pop("service_tier", None)

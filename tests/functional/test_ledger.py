@@ -122,7 +122,8 @@ async def test_sink_moves_everything_once_and_totals_agree(billing: Proxy, db: L
         assert r.status == 200
         rows = list(csv.reader(io.StringIO(await r.text())))
     assert rows[0][:3] == ["period", "member_id", "tier"]
-    assert rows[-1][-1] == doc["totals"]["extra_usage"]
+    assert rows[-1][-3] == doc["totals"]["extra_usage"]
+    assert rows[-1][-1] == doc["totals"]["estimated"] == "0.00"
 
 
 async def test_a_crash_between_commit_and_ack_redelivers_without_duplicates(

@@ -58,12 +58,30 @@ def test_team_statement_balances_and_csv() -> None:
         2_000_000_000,
         closed=False,
     )
-    assert doc["totals"] == {"requests": 4, "included_usage": "1.00", "extra_usage": "1.50"}
+    assert doc["totals"] == {
+        "requests": 4,
+        "included_usage": "1.00",
+        "extra_usage": "1.50",
+        "estimated": "0.00",
+    }
     assert (doc["opening_balance"], doc["closing_balance"]) == ("2.00", "5.50")
     assert doc["credits"][0]["at"] == "2026-11-02T00:00:00Z"
     text = statement_csv(doc)
     assert text.splitlines()[1].startswith("2026-11,ann,standard,claude-sonnet-4-5,included,2")
-    assert text.splitlines()[-1].endswith(",1.50")
+    assert text.splitlines()[-1].endswith(",1.50,,0.00")
+
+
+def test_estimated_charges_are_shown_apart_on_the_statement_and_its_csv() -> None:
+    cut = {**line("ann", "extra_usage", 3_000_000_000), "estimated_requests": 1}
+    cut["estimated_nano"] = 1_250_000_000
+    doc = statement_document("g", "enterprise", "2026-11", [cut], [], 0, closed=False)
+    assert doc["lines"][0]["estimated_cost"] == "1.25"
+    assert doc["lines"][0]["estimated_requests"] == 1
+    assert doc["totals"]["estimated"] == "1.25"
+    rows = statement_csv(doc).splitlines()
+    assert rows[0].endswith(",cost_usd,estimated_requests,estimated_cost_usd")
+    assert rows[1].endswith(",3.00,1,1.25")
+    assert rows[-1].endswith(",3.00,,1.25")
 
 
 def test_enterprise_statement_is_the_invoice_basis() -> None:

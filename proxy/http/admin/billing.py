@@ -23,6 +23,7 @@ from proxy.core.statements import (
 )
 from proxy.http.admin.orgs import actor_for, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, LEDGER, STORE
+from proxy.ledger.db import ESTIMATED
 from proxy.storage.model import (
     DEFAULT_ENABLED,
     DEFAULT_ROLE,
@@ -103,17 +104,20 @@ async def usage(request: web.Request) -> web.Response:
     if period != now_period:
         history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
     rows = []
-    total_extra = total_included = 0
+    total_extra = total_included = total_estimated = 0
     for m in sorted(m for m, f in members.items() if Member.TIER in f):
         fields = members[m]
         if period == now_period:
             extra = in_period(fields, Member.SPEND_PERIOD, Member.SPEND, period)
             inc = in_period(fields, Member.INCLUDED_PERIOD, Member.INCLUDED, period)
+            est = in_period(fields, Member.ESTIMATED_PERIOD, Member.ESTIMATED, period)
         else:
             extra = history.get(m, {}).get(EXTRA_USAGE, 0)
             inc = history.get(m, {}).get(INCLUDED, 0)
+            est = history.get(m, {}).get(ESTIMATED, 0)
         total_extra += extra
         total_included += inc
+        total_estimated += est
         tier = fields[Member.TIER]
         rows.append(
             {
@@ -123,6 +127,8 @@ async def usage(request: web.Request) -> web.Response:
                 "enabled": fields.get(Member.ENABLED, DEFAULT_ENABLED) != OFF,
                 "extra_usage": format_usd(extra),
                 "included_usage": format_usd(inc),
+                # of both: charged on the estimate rule (answers cut before their usage came)
+                "estimated_usage": format_usd(est),
                 "monthly_limit": _usd(fields.get(Member.LIMIT)),
                 "tier_limit": _usd(settings.get(Org.tier_limit(tier))),
                 "extra_usage_enabled": fields.get(Member.EU) == ON,
@@ -137,6 +143,7 @@ async def usage(request: web.Request) -> web.Response:
             "totals": {
                 "extra_usage": format_usd(total_extra),
                 "included_usage": format_usd(total_included),
+                "estimated_usage": format_usd(total_estimated),
                 "monthly_limit": _usd(settings.get(Org.LIMIT)),
             },
         }

@@ -1,0 +1,162 @@
+"""Answers cut after the API's 200, by the API or by the member: the upstream request is
+closed at once, and the charge is what the mock says it served — the API's reported usage,
+completed by the estimate rule (input from the request, output from the text that came),
+marked estimated in the ledger and the usage view. Nothing received, nothing charged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.core.pricing import usage_from_mapping
+from proxy.core.usage import tokens_of_chars
+from tests.conftest import OPERATOR, Proxy, message
+from tests.functional.helpers import eventually, member_counters
+
+
+def served_cost(proxy: Proxy, record: dict[str, Any]) -> int:
+    served = record["served"]
+    assert served is not None
+    return proxy.config.prices.cost(record["body"]["model"], usage_from_mapping(served))
+
+
+def as_sent(body: dict[str, Any]) -> tuple[bytes, str]:
+    """The request's bytes, and the input tokens the mock reports for them (~4 bytes a
+    token: the estimate rule's own count, so that an estimate of a cut answer is exact)."""
+    raw = orjson.dumps(body)
+    return raw, str(tokens_of_chars(len(raw)))
+
+
+async def ledger_rows(proxy: Proxy, org: str, n: int = 1) -> list[dict[str, str]]:
+    async def there() -> bool:
+        return len(await proxy.store.ledger(org)) >= n
+
+    await eventually(there)
+    await proxy.settled()
+    return await proxy.store.ledger(org)
+
+
+async def test_a_json_answer_cut_by_the_api_is_charged_its_estimate_marked_estimated(
+    proxy: Proxy,
+) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "ann")
+    raw, input_tokens = as_sent(message(max_tokens=1000))
+    headers = {
+        "x-api-key": key,
+        "content-type": "application/json",
+        "x-mock-fault": "drop",
+        "x-mock-output-tokens": "400",
+        "x-mock-input-tokens": input_tokens,
+    }
+    async with proxy.session.post(proxy.url + "/v1/messages", data=raw, headers=headers) as r:
+        assert r.status == 502
+        doc = await r.json()
+    assert doc["error"]["message"] == "the Anthropic API response was cut short"
+    rows = await ledger_rows(proxy, org)
+    record = proxy.mock.requests[-1]
+    assert record["completed"] is False
+    assert len(rows) == 1 and rows[0]["estimated"] == "1"
+    assert int(rows[0]["cost"]) == served_cost(proxy, record) > 0
+    status, usage = await proxy.admin("GET", f"/admin/v1/orgs/{org}/usage", OPERATOR)
+    assert status == 200
+    ann = usage["members"][0]
+    assert ann["estimated_usage"] == ann["included_usage"] == usage["totals"]["estimated_usage"]
+    assert (await member_counters(proxy.store, org, "ann"))["eu_res"] == 0
+
+
+async def test_a_member_gone_while_a_json_answer_arrives_closes_it_and_pays_what_came(
+    proxy: Proxy,
+) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "bo")
+    raw, input_tokens = as_sent(message(max_tokens=2000))
+    headers = {
+        "x-api-key": key,
+        "content-type": "application/json",
+        "x-mock-delay-ms": "150",
+        "x-mock-events": "20",
+        "x-mock-output-tokens": "1000",
+        "x-mock-input-tokens": input_tokens,
+    }
+    async with aiohttp.ClientSession() as client:
+        task = asyncio.ensure_future(
+            client.post(proxy.url + "/v1/messages", data=raw, headers=headers)
+        )
+        await asyncio.sleep(0.5)
+        task.cancel()  # the member goes away (Esc) while the answer is on its way
+    rows = await ledger_rows(proxy, org)
+    record = proxy.mock.requests[-1]
+
+    async def cut() -> bool:
+        return record.get("disconnected") is True
+
+    await eventually(cut)  # the proxy closed the upstream request
+    assert record["completed"] is False
+    assert rows[0]["estimated"] == "1"
+    assert int(rows[0]["cost"]) == served_cost(proxy, record) > 0
+
+
+async def test_a_member_gone_before_the_first_byte_closes_the_request_and_charges_nothing(
+    proxy: Proxy,
+) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "cy")
+    headers = {"x-api-key": key, "x-mock-first-byte-ms": "5000"}
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as client:
+        task = asyncio.ensure_future(
+            client.post(proxy.url + "/v1/messages", json=message(stream=True), headers=headers)
+        )
+        await asyncio.sleep(0.3)
+        gone = loop.time()
+        task.cancel()
+    record = proxy.mock.requests[-1]
+
+    async def cut() -> bool:
+        return record.get("disconnected") is True
+
+    await eventually(cut)
+    assert loop.time() - gone < 2.0  # at once, not after the API's first byte (5 s)
+    await proxy.settled()
+    assert await proxy.store.ledger(org) == []
+    raw = await proxy.store.client.hgetall(proxy.store.keys(org).ops)
+    assert [orjson.loads(v)["s"] for v in raw.values()] == ["released"]
+
+
+async def test_a_stream_whose_member_left_after_message_start_pays_the_input_reported(
+    proxy: Proxy,
+) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "di")
+    headers = {
+        "x-api-key": key,
+        "x-mock-delay-ms": "3000",
+        "x-mock-input-tokens": "5000",
+        "x-mock-output-tokens": "100",
+    }
+    async with aiohttp.ClientSession() as client:
+        resp = await client.post(
+            proxy.url + "/v1/messages", json=message(stream=True), headers=headers
+        )
+        got = b""
+        while b"event: ping" not in got:
+            got += await resp.content.readany()
+        resp.close()
+    rows = await ledger_rows(proxy, org)
+    record = proxy.mock.requests[-1]
+    assert rows[0]["estimated"] == "1"
+    assert int(rows[0]["cost"]) == served_cost(proxy, record) == 5000 * 3000 + 15000
+
+
+async def test_an_upstream_500_charges_nothing_and_is_forwarded(proxy: Proxy) -> None:
+    org = await proxy.org("team")
+    key = await proxy.member(org, "ed")
+    status, _, body = await proxy.post(key, message(), headers={"x-mock-fault": "status-500"})
+    assert status == 500
+    assert orjson.loads(body)["error"]["type"] == "api_error"
+    await proxy.settled()
+    assert await proxy.store.ledger(org) == []
