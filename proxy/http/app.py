@@ -161,9 +161,13 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     journal = Journal(config.policy.journal_dir, app[METRICS])
+    journal.open()  # where this process records its requests in flight
     app[METER] = meter = Meter(config, app[STORE], app[METRICS], app[PAYMENTS], journal)
-    # journals left by this or an earlier process are replayed as soon as Redis answers
-    replayer = asyncio.create_task(journal.run(meter.replay, app[STORE].ping))
+    # journals left by dead processes (usage to charge, requests they had in flight) and
+    # this process's own usage lines are replayed as soon as Redis answers
+    replayer = asyncio.create_task(
+        journal.run(meter.replay, app[STORE].ping, recover=meter.recover)
+    )
     try:
         yield
         await meter.drain()  # settlements still under way

@@ -34,6 +34,7 @@ from proxy.http.appkeys import ACCESS_LOG, METER, METRICS
 from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
 from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
+from proxy.metering.journal import InFlight
 from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
@@ -47,6 +48,7 @@ class Metered:
         "adm",
         "app",
         "extra",
+        "flight",
         "key",
         "model",
         "org",
@@ -82,6 +84,25 @@ class Metered:
         self.status = 0
         self.usage = Usage()
         self.extra: dict[str, Any] = {}
+        self.flight: InFlight | None = None  # its record in the journal, once sent upstream
+
+    def send(self) -> None:
+        """It goes upstream now: recorded in the journal (a killed worker's requests in flight
+        are charged from it)."""
+        self.flight = self.app[METER].journal.begin(
+            self.rid, self.org, self.key.secret_hash, self.model, self.prompt_bytes
+        )
+
+    def body_came(self, usage: Usage | None, estimated: bool) -> None:
+        """A JSON answer's usage (whole, or as estimated from what came): in the journal at
+        the end of this turn."""
+        if self.flight is not None and usage is not None:
+            self.flight.usage, self.flight.est = usage, estimated
+            self.app[METER].journal.touched(self.flight)
+
+    def done(self) -> None:
+        if self.flight is not None:
+            self.app[METER].journal.end(self.rid)
 
     @property
     def member(self) -> str | None:
@@ -90,6 +111,7 @@ class Metered:
     def settled(self, result: Reply | None) -> None:
         """Its settlement is done (``result`` None: journaled, or refused): metrics and the
         request's line."""
+        self.done()
         app, model = self.app, self.model
         if self.adm is None:
             cost: str | None = str(app[METER].prices.cost(model, self.usage))
@@ -124,6 +146,7 @@ async def release(app: web.Application, m: Metered) -> None:
     """Nothing was served: give the reservation back."""
     if m.adm is not None:
         await app[METER].release(m.org, m.rid)
+    m.done()
 
 
 def settle_and_log(
@@ -229,6 +252,7 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
     except UpstreamError as exc:
         app[METRICS].upstream_errors.labels("mid_body").inc()
         usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        m.body_came(usage, est)
         settle_cut(app, m, usage, 502, model, est, stream="upstream_broken")
         err = UpstreamUnavailable("the Anthropic API response was cut short")
         err.logged = True  # its line is the settlement's
@@ -237,9 +261,11 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
         upstream.close()
         app[METRICS].upstream_errors.labels("member_gone").inc()
         usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        m.body_came(usage, est)
         settle_cut(app, m, usage, 499, model, est, stream="client_disconnected")
         raise
     usage, model, est = body_usage(body, m.prompt_bytes)
+    m.body_came(usage, est)
     settling, sent = settle_and_log(app, m, usage or Usage(), upstream.status, model, est)
     if not await sent:
         await asyncio.shield(settling)
@@ -258,10 +284,18 @@ async def forward_stream(
     outcome = "complete"
     settled = False
     metrics.active_streams.inc()
+    flight, journal = m.flight, app[METER].journal
+    if flight is not None:
+        flight.seen = seen
     try:
         await resp.prepare(request)
         async for chunk in upstream.chunks():
-            seen.feed(chunk)  # metered before the member has it: a write that fails is paid
+            # metered before the member has it (a write that fails is paid), and in the
+            # journal with this turn's group commit (a killed worker's member was sent
+            # nothing the journal does not have)
+            seen.feed(chunk)
+            if flight is not None:
+                journal.touched(flight)
             await resp.write(chunk)
         outcome = "upstream_error_event" if seen.errored else outcome
         settling, sent = settle_and_log(

@@ -123,6 +123,7 @@ async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.
     # the request is dropped (not sent, if it still waits for a connection), or cut (sent),
     # the upstream request closed at once, and what came is charged (nothing: released)
     wait_for_api(request, True)
+    m.send()
     try:
         try:
             upstream = None

@@ -5,6 +5,12 @@ Redis counters are derived from it. Reports each difference; ``--repair`` rewrit
 derived counters of the current month (and the balance) from the ledger, as one audited
 write. Seat windows (rolling 5 h / 7 d) are not rebuilt: they are not a function of the
 calendar month.
+
+``--repair`` acts only on a complete view: every entry of the stream read (paged to its
+end), none added while the counters were read (a settlement then would show as a false
+difference), and none trimmed from the stream before the sink had moved it (the stream's
+``entries-added`` is at most what it holds plus what PostgreSQL has). Otherwise it refuses,
+writes nothing, and says why (``Incomplete``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from proxy.core.statements import differences, fold, merge
 from proxy.ledger.db import LedgerDB
 from proxy.storage.model import Member, Org, in_period
 from proxy.storage.store import Store
+
+
+class Incomplete(Exception):
+    """The view of the ledger is not complete enough to repair counters from."""
 
 
 async def redis_counters(store: Store, org: str, period: str) -> dict[str, int]:
@@ -33,22 +43,43 @@ async def redis_counters(store: Store, org: str, period: str) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
-async def ledger_totals(store: Store, db: LedgerDB, org: str, period: str) -> dict[str, int]:
+async def ledger_totals(
+    store: Store, db: LedgerDB, org: str, period: str, *, check: bool = False
+) -> dict[str, int]:
     durable = await db.totals(org, period)
     sunk = await db.op_ids(org)
-    pending = [e for e in await store.ledger(org, count=None) if e["op"] not in sunk]
+    stream = await store.ledger(org, count=None)
+    if check:
+        _, added, _ = await store.ledger_position(org)
+        if added > len(stream) + len(sunk):
+            raise Incomplete(
+                f"{added - len(stream) - len(sunk)} ledger entries left the stream without "
+                "reaching PostgreSQL: the counters cannot be rebuilt from what remains"
+            )
+    pending = [e for e in stream if e["op"] not in sunk]
     return {k: v for k, v in merge(durable, fold(pending, period)).items() if v}
 
 
-async def reconcile(store: Store, db: LedgerDB, org: str, period: str) -> list[dict[str, Any]]:
-    return differences(
-        await redis_counters(store, org, period), await ledger_totals(store, db, org, period)
-    )
+async def reconcile(
+    store: Store, db: LedgerDB, org: str, period: str, *, check: bool = False
+) -> list[dict[str, Any]]:
+    """Every counter where Redis and the ledger disagree. ``check``: raise ``Incomplete``
+    unless the view is complete (see the module's docstring)."""
+    before = await store.ledger_position(org) if check else None
+    counters = await redis_counters(store, org, period)
+    totals = await ledger_totals(store, db, org, period, check=check)
+    if before is not None and (await store.ledger_position(org))[0] != before[0]:
+        raise Incomplete(
+            "charges were written while the counters were read (requests in flight): "
+            "run it again when the org is quiet"
+        )
+    return differences(counters, totals)
 
 
 async def repair(store: Store, db: LedgerDB, org: str, period: str) -> list[dict[str, Any]]:
-    """Rewrite the derived counters of ``period`` from the ledger; returns what changed."""
-    diffs = await reconcile(store, db, org, period)
+    """Rewrite the derived counters of ``period`` from the ledger; returns what changed.
+    Raises ``Incomplete`` (and writes nothing) on an incomplete view."""
+    diffs = await reconcile(store, db, org, period, check=True)
     org_fields: dict[str, str] = {}
     member_fields: dict[str, str] = {}
     for d in diffs:

@@ -11,6 +11,7 @@ member by then; ``charge`` is the same accounting, awaited, for callers that ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -320,17 +321,37 @@ class Meter:
             m.child(m.included).inc(cost / NANO)
 
     async def replay(self, entry: dict[str, Any]) -> None:
-        """Charge one journaled request (fail_open) into Redis: admitted by force, since it
-        already ran, then settled; both idempotent by its request id."""
+        """Charge one journaled request (fail_open, or a settlement Redis did not take):
+        admitted by force, since it already ran, then settled; both idempotent by its
+        request id."""
+        await self._charge_ran(entry, entry["usage"])
+
+    async def recover(self, entry: dict[str, Any]) -> None:
+        """A request a dead worker had in flight: charged on what its journal says came
+        (estimated where the usage did not all come), or released when nothing came."""
+        usage = entry.get("usage")
+        if usage is None:
+            # refused: never reserved (fail_open), or settled or released already
+            with contextlib.suppress(StoreRefusal):
+                await self.store.release(entry["org"], entry["rid"])
+            return
+        await self._charge_ran(entry, usage)
+
+    async def _charge_ran(self, entry: dict[str, Any], usage: dict[str, int]) -> None:
         org, rid = entry["org"], entry["rid"]
-        await self.store.admit(
-            org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
-        )
+        try:
+            await self.store.admit(
+                org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
+            )
+        except StoreRefusal as exc:
+            if exc.code == "duplicate_id":  # settled (its reply was lost) or released: done
+                return
+            raise
         await self.charge(
             org,
             rid,
             entry["model"],
-            Usage.from_dict(entry["usage"]),
+            Usage.from_dict(usage),
             source="journal",
             estimated=bool(entry.get("est")),
         )

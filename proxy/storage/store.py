@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.config import PolicyConfig, RedisConfig, TierConfig
@@ -439,6 +439,17 @@ class Store:
             if count is not None or len(rows) < page:
                 return out
             start = "(" + out[-1]["id"]
+
+    async def ledger_position(self, org: str) -> tuple[str, int, int]:
+        """(last id written, entries ever added, entries held) of the org's ledger stream."""
+        try:
+            info = await self._cmd(self.client.xinfo_stream(self.keys(org).ledger))
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, ResponseError) and "no such key" in str(exc.__cause__):
+                return "0-0", 0, 0
+            raise
+        last = as_str(info.get("last-generated-id") or b"0-0")
+        return last, int(info.get("entries-added", info.get("length", 0))), int(info["length"])
 
     async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
         rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))

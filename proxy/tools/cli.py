@@ -234,7 +234,7 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from proxy.core.statements import current_period, report
     from proxy.ledger.db import LedgerDB
-    from proxy.ledger.reconcile import reconcile, repair
+    from proxy.ledger.reconcile import Incomplete, reconcile, repair
 
     config = _config_or_exit(args.config)
     period = args.period or current_period(time.time())
@@ -244,7 +244,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         store = _store(config)
         try:
             if args.repair:
-                diffs = await repair(store, db, args.org, period)
+                try:
+                    diffs = await repair(store, db, args.org, period)
+                except Incomplete as exc:
+                    sys.stderr.write(f"reconcile: not repaired, nothing written: {exc}\n")
+                    return 3
                 sys.stdout.write(report(args.org, period, diffs).decode() + "\n")
                 diffs = await reconcile(store, db, args.org, period)
             else:

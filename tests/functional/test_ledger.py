@@ -253,6 +253,50 @@ async def test_reconcile_reports_and_repairs(
     assert audit[0]["action"] == "reconcile.repair"
 
 
+async def test_repair_refuses_an_incomplete_view_and_writes_nothing(
+    billing: Proxy, db: LedgerDB, postgres: PostgresServer, redis_server: RedisServer
+) -> None:
+    org = await team_traffic(billing)
+    k = billing.store.keys(org)
+    # 11,000 entries not sunk yet (and the counter they add up to): all read, paged, so
+    # the view agrees
+    await billing.member(org, "zed")
+    await billing.store.client.hset(k.members, mapping={"zed|inc_p": _period(), "zed|inc": 11_000})
+    pipe = billing.store.client.pipeline(transaction=False)
+    for i in range(11_000):
+        pipe.xadd(
+            k.ledger,
+            {
+                "op": f"x{i}",
+                "kind": "usage",
+                "ts": "1",
+                "period": "1999-01",
+                "member": "ann",
+                "tier": "standard",
+                "mode": "included",
+                "cost": "1",
+                "balance_delta": "0",
+                "usage": "{}",
+            },
+        )
+    await pipe.execute()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "DATABASE_URL": postgres.url}
+    out = subprocess.run([str(BIN), "reconcile", org], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # an entry trimmed from the stream before the sink moved it: the view is incomplete
+    await billing.store.client.xtrim(k.ledger, maxlen=10)
+    before = await billing.store.org_settings(org)
+    audit = await billing.store.audit(org)
+    out = subprocess.run(
+        [str(BIN), "reconcile", org, "--repair"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 3
+    assert "not repaired, nothing written" in out.stderr
+    assert "left the stream without reaching PostgreSQL" in out.stderr
+    assert await billing.store.org_settings(org) == before
+    assert await billing.store.audit(org) == audit
+
+
 def _period() -> str:
     import time
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from proxy.http.appkeys import METER
 from proxy.tools.embedded import RedisServer
 from tests.conftest import ProxyFactory, message
 from tests.functional.helpers import eventually, ledger_sum, member_counters
@@ -85,9 +86,14 @@ async def test_fail_open_journals_under_load_and_replays_exactly_once(
         await asyncio.gather(*workers)
         assert set(results) == {200}  # nobody was refused
 
+        journal = proxy.server.app[METER].journal  # type: ignore[union-attr]
+
         async def replayed() -> bool:
-            return not list(tmp_path.iterdir()) and len(await proxy.store.ledger(org)) == len(
-                results
+            # left: this process's own file (its requests in flight), with nothing to replay
+            return (
+                list(tmp_path.iterdir()) == [journal.path]
+                and not journal.to_replay
+                and len(await proxy.store.ledger(org)) == len(results)
             )
 
         await eventually(replayed, within=15)
