@@ -27,6 +27,8 @@
 -- ARGV[14] lean               "1" for the lean answer when allowed: the decision, the member,
 --                             the upstream credential and policy, and what the unified
 --                             rate-limit headers show; a denial always gets the whole answer
+-- ARGV[15] unbounded          "1" when a server tool of the request has no bound (a web search
+--                             without max_uses): strict cannot run it on extra usage
 -- Reply: JSON, written out directly (see jstr in lib.lua): {ok=0, err, detail} for an unknown
 -- key/member/org/tier or a disabled member or org; else the decision {ok=1, d, mode, reason,
 -- ...} (proxy/core/admission.py names every field) with every amount a decimal string.
@@ -260,6 +262,10 @@ if eu_disabled == '' then eu_disabled = limit_reason end
 
 local decision, mode, reason, amount =
   decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
+-- strict bounds every cost: a request whose server tools have no bound cannot run on it
+if mode == 'extra_usage' and policy == 'strict' and ARGV[15] == '1' and ARGV[13] ~= '1' then
+  return fail('unbounded_server_tool')
+end
 
 -- the answer, written out as JSON (see jstr): the rest of the decision (for the check API
 -- and every denial), then what every answer carries (the proxy's lean answer when allowed)

@@ -168,10 +168,12 @@ async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     replayer = asyncio.create_task(
         journal.run(meter.replay, app[STORE].ping, recover=meter.recover)
     )
+    leases = asyncio.create_task(meter.renew())
     try:
         yield
         await meter.drain()  # settlements still under way
     finally:
+        await _cancel(leases)
         await _cancel(replayer)
         journal.close()
 

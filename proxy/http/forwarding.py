@@ -35,6 +35,7 @@ from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
 from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
 from proxy.metering.journal import InFlight
+from proxy.storage.model import EXTRA_USAGE
 from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
@@ -92,6 +93,7 @@ class Metered:
         self.flight = self.app[METER].journal.begin(
             self.rid, self.org, self.key.secret_hash, self.model, self.prompt_bytes
         )
+        self.flight.lease = self.adm is not None and self.adm["mode"] == EXTRA_USAGE
 
     def body_came(self, usage: Usage | None, estimated: bool) -> None:
         """A JSON answer's usage (whole, or as estimated from what came): in the journal at

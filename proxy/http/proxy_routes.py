@@ -23,7 +23,7 @@ from proxy.core.errors import (
     StoreUnavailable,
     UpstreamUnavailable,
 )
-from proxy.core.request_fields import parse_message_request
+from proxy.core.request_fields import parse_message_request, web_search_bound
 from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
@@ -199,7 +199,8 @@ async def _admit(
     meter, metrics = app[METER], app[METRICS]
     rid: str = request[REQUEST_ID]
     model, max_tokens, _stream = parse_message_request(body)
-    max_cost, est_cost = meter.bounds(model, len(body), max_tokens)
+    searches = web_search_bound(body)
+    max_cost, est_cost = meter.bounds(model, len(body), max_tokens, searches or 0)
     accept = request.headers.get("x-extra-usage", "").strip().lower() == "accept"
     try:
         adm = await meter.admit_request(
@@ -209,9 +210,15 @@ async def _admit(
             max_cost=max_cost,
             est_cost=est_cost,
             accept_extra=accept,
+            unbounded=searches is None,
         )
     except StoreRefusal as exc:
         raise_for_identity(exc)
+        if exc.code == "unbounded_server_tool":
+            raise InvalidRequest(
+                "this request would run on extra usage under your organization's strict spend "
+                "policy, which must bound every cost: give its web search tool a max_uses"
+            ) from exc
         if exc.code == "unknown_tier":
             raise InternalError(
                 f"this member's seat tier {exc.detail!r} is not configured on the proxy"

@@ -62,10 +62,12 @@ SUFFIX = ".jsonl"
 class InFlight:
     """A request sent upstream and not settled yet, as the journal knows it."""
 
-    __slots__ = ("est", "key", "model", "org", "pb", "rid", "seen", "usage")
+    __slots__ = ("est", "key", "lease", "model", "org", "pb", "rid", "seen", "since", "usage")
 
     def __init__(self, rid: str, org: str, key: str, model: str, prompt_bytes: int) -> None:
         self.rid, self.org, self.key, self.model, self.pb = rid, org, key, model, prompt_bytes
+        self.lease = False  # it holds a reservation, renewed while it runs (Meter.renew)
+        self.since = asyncio.get_running_loop().time()  # sent, or its lease last renewed
         self.seen: StreamUsage | None = None  # a stream's usage, read at the turn's end
         self.usage: Usage | None = None  # a JSON answer's
         self.est = False

@@ -70,15 +70,19 @@ class Meter:
 
     # -- admission -----------------------------------------------------------------------
 
-    def bounds(self, model: str, prompt_bytes: int, max_tokens: int) -> tuple[int, int]:
+    def bounds(
+        self, model: str, prompt_bytes: int, max_tokens: int, searches: int = 0
+    ) -> tuple[int, int]:
         """(maximum cost, estimated cost) of a request, nano-USD.
 
         Every token is at least one byte, so the body's size bounds the prompt's tokens; the
-        estimate takes ~4 bytes a token.
+        estimate takes ~4 bytes a token. Server tools are inside both: ``searches`` web
+        searches at the model's price.
         """
+        tools = searches * self.prices.resolve(model).family.web_search
         return (
-            self.prices.max_cost(model, prompt_bytes, max_tokens),
-            self.prices.estimate(model, prompt_bytes // 4, max_tokens),
+            self.prices.max_cost(model, prompt_bytes, max_tokens) + tools,
+            self.prices.estimate(model, prompt_bytes // 4, max_tokens) + tools,
         )
 
     async def admit_request(
@@ -90,6 +94,7 @@ class Meter:
         max_cost: int,
         est_cost: int,
         accept_extra: bool,
+        unbounded: bool = False,
     ) -> Admission | None:
         """Admit a proxy request (its lean answer); None when Redis is unavailable and the
         proxy fails open (the request then runs unmetered and its usage is journaled)."""
@@ -103,6 +108,7 @@ class Meter:
                 est_cost=est_cost,
                 accept_extra=accept_extra,
                 lean=True,
+                unbounded=unbounded,
             )
         except StoreUnavailable:
             self.let_through()
@@ -355,6 +361,26 @@ class Meter:
             source="journal",
             estimated=bool(entry.get("est")),
         )
+
+    async def renew(self, every_s: float | None = None) -> None:
+        """Leases: a request that outlives half of ``reservation_ttl_s`` has its reservation
+        renewed, and again each half TTL while it runs, so that no admission reclaims it —
+        one Redis call per half TTL of a long request's life, none for a short one. Looked
+        at every quarter TTL (a background task; nothing per request)."""
+        ttl = self.config.policy.reservation_ttl_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every_s or ttl / 4)
+            now = loop.time()
+            due = [f for f in self.journal.active.values() if f.lease and now - f.since >= ttl / 2]
+            for f in due:
+                f.since = now
+                try:
+                    reply = await self.store.renew(f.org, f.rid)
+                except (StoreUnavailable, StoreRefusal):
+                    self.metrics.renewals.labels("failed").inc()
+                    continue
+                self.metrics.renewals.labels("renewed" if reply["exp"] else "gone").inc()
 
     async def release(self, org: str, request_id: str) -> None:
         try:

@@ -193,7 +193,15 @@ class Metrics:
 
         self.journal_entries = Counter(
             "eup_journal_entries_total",
-            "fail_open journal entries by outcome (written, replayed, dropped_*, torn)",
+            "journal entries by outcome: usage written, replayed, requests of a dead worker "
+            "recovered, dropped_*, torn, write_failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.renewals = Counter(
+            "eup_reservation_renewals_total",
+            "reservations of long requests renewed while they ran, by outcome (renewed, "
+            "gone: settled or reclaimed already, failed)",
             ["outcome"],
             registry=r,
         )

@@ -247,6 +247,7 @@ REFUSALS: Final = (
     "unknown_credential",
     "duplicate_id",  # admit: the request id was settled or released
     "request_id_taken",  # admit: the check API's request id is another member's
+    "unbounded_server_tool",  # admit: strict extra usage, and a web search without max_uses
     "unknown_reservation",
     "released",  # settle: the reservation was released
     "settled",  # release: the reservation was settled

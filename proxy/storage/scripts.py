@@ -104,6 +104,7 @@ ADMIT = ScriptSpec(
         RETENTION,
         Arg("force", '"1" to admit a journaled request that already ran'),
         Arg("lean", '"1" for the lean answer when allowed (LEAN_FIELDS)'),
+        Arg("unbounded", '"1" when a server tool has no bound (web search without max_uses)'),
     ),
     reply=FULL_FIELDS,
 )
@@ -144,6 +145,13 @@ RELEASE = ScriptSpec(
     args=(REQUEST_ID,),
     tail=(PINNED, RETENTION),
     reply=("ok", "released"),
+)
+RENEW = ScriptSpec(
+    "renew",
+    keys=("org", "ops", "due"),
+    args=(REQUEST_ID,),
+    tail=(Arg("reservation_ttl_s", "seconds from now the reservation holds"), PINNED),
+    reply=("ok", "exp"),
 )
 PURCHASE = ScriptSpec(
     "purchase",
@@ -195,7 +203,7 @@ WHOIS = ScriptSpec(
 )
 
 SPECS: dict[str, ScriptSpec] = {
-    s.name: s for s in (ADMIT, SETTLE, RELEASE, PURCHASE, WRITE, CREDENTIAL, WHOIS)
+    s.name: s for s in (ADMIT, SETTLE, RELEASE, RENEW, PURCHASE, WRITE, CREDENTIAL, WHOIS)
 }
 FAILURE_FIELDS = REPLY_STATUS  # {"ok": 0, "err": <a code of model.REFUSALS>, "detail": ...}
 # the hashes write.lua may change

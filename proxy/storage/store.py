@@ -39,6 +39,7 @@ from proxy.storage.scripts import (
     CREDENTIAL,
     PURCHASE,
     RELEASE,
+    RENEW,
     SETTLE,
     SPECS,
     WHOIS,
@@ -235,6 +236,7 @@ class Store:
         reserve: bool = True,
         force: bool = False,
         lean: bool = False,
+        unbounded: bool = False,
     ) -> Admission:
         """Decide and reserve (admit.lua). ``lean``: when allowed, only what the proxy reads
         (``LEAN_FIELDS``); a denial is always answered whole."""
@@ -259,6 +261,7 @@ class Store:
                 retention_s=policy.op_retention_s,
                 force=ON if force else OFF,
                 lean=ON if lean else OFF,
+                unbounded=ON if unbounded else OFF,
             ),
         )
         return Admission(doc)
@@ -306,6 +309,17 @@ class Store:
             RELEASE.keys_of(self.keys(org)),
             RELEASE.args_of(request_id=request_id),
             RELEASE.tail_of(pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s),
+        )
+
+    def renew(self, org: str, request_id: str) -> Coroutine[Any, Any, Reply]:
+        """Renew a running request's reservation for another ``reservation_ttl_s``."""
+        return self._run(
+            RENEW,
+            RENEW.keys_of(self.keys(org)),
+            RENEW.args_of(request_id=request_id),
+            RENEW.tail_of(
+                reservation_ttl_s=self.policy.reservation_ttl_s, pinned_now=self.pinned_now
+            ),
         )
 
     # -- money in ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ same JSON shape and error envelope. Behaviour is set on the ``MockUpstream`` obj
 request with ``x-mock-*`` headers (which the proxy forwards unchanged):
 
 - ``x-mock-output-tokens``: output tokens to report (default: min(max_tokens, 50));
-- ``x-mock-input-tokens``, ``x-mock-cache-write``, ``x-mock-cache-read``, ``x-mock-cache-1h``;
+- ``x-mock-input-tokens``, ``x-mock-cache-write``, ``x-mock-cache-read``, ``x-mock-cache-1h``,
+  ``x-mock-web-searches`` (server-side web searches it reports);
 - ``x-mock-fault``: ``status-529`` (overloaded before any byte), ``status-500``,
   ``error-event`` (an ``event: error`` mid-stream), ``drop`` (connection cut halfway through
   a stream or a JSON body), ``no-delta`` (stream ends without message_delta);
@@ -64,7 +65,7 @@ class MockUpstream:
             "events": int(h.get("x-mock-events", self.events)),
             "delay": float(h.get("x-mock-delay-ms", self.delay_ms)) / 1000.0,
             "first_byte": float(h.get("x-mock-first-byte-ms", 0)) / 1000.0,
-            "web_searches": self.web_searches,
+            "web_searches": int(h.get("x-mock-web-searches", self.web_searches)),
             "timestamps": h.get("x-mock-timestamps") == "1",
         }
 
