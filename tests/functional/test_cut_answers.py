@@ -6,6 +6,7 @@ marked estimated in the ledger and the usage view. Nothing received, nothing cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -28,6 +29,22 @@ def as_sent(body: dict[str, Any]) -> tuple[bytes, str]:
     token: the estimate rule's own count, so that an estimate of a cut answer is exact)."""
     raw = orjson.dumps(body)
     return raw, str(tokens_of_chars(len(raw)))
+
+
+async def leave_after(url: str, seconds: float, headers: dict[str, str], **body: Any) -> None:
+    """A member who sends a request and goes away after ``seconds`` (Esc in Claude Code)."""
+    async with aiohttp.ClientSession() as client:
+
+        async def ask() -> None:
+            async with client.post(url + "/v1/messages", headers=headers, **body) as r:
+                while await r.content.readany():
+                    pass
+
+        task = asyncio.ensure_future(ask())
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def ledger_rows(proxy: Proxy, org: str, n: int = 1) -> list[dict[str, str]]:
@@ -82,12 +99,8 @@ async def test_a_member_gone_while_a_json_answer_arrives_closes_it_and_pays_what
         "x-mock-output-tokens": "1000",
         "x-mock-input-tokens": input_tokens,
     }
-    async with aiohttp.ClientSession() as client:
-        task = asyncio.ensure_future(
-            client.post(proxy.url + "/v1/messages", data=raw, headers=headers)
-        )
-        await asyncio.sleep(0.5)
-        task.cancel()  # the member goes away (Esc) while the answer is on its way
+    # the member goes away (Esc) while the answer is on its way
+    await leave_after(proxy.url, 0.5, headers, data=raw)
     rows = await ledger_rows(proxy, org)
     record = proxy.mock.requests[-1]
 
@@ -107,13 +120,8 @@ async def test_a_member_gone_before_the_first_byte_closes_the_request_and_charge
     key = await proxy.member(org, "cy")
     headers = {"x-api-key": key, "x-mock-first-byte-ms": "5000"}
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession() as client:
-        task = asyncio.ensure_future(
-            client.post(proxy.url + "/v1/messages", json=message(stream=True), headers=headers)
-        )
-        await asyncio.sleep(0.3)
-        gone = loop.time()
-        task.cancel()
+    await leave_after(proxy.url, 0.3, headers, json=message(stream=True))
+    gone = loop.time()
     record = proxy.mock.requests[-1]
 
     async def cut() -> bool:
@@ -138,14 +146,14 @@ async def test_a_stream_whose_member_left_after_message_start_pays_the_input_rep
         "x-mock-input-tokens": "5000",
         "x-mock-output-tokens": "100",
     }
-    async with aiohttp.ClientSession() as client:
-        resp = await client.post(
-            proxy.url + "/v1/messages", json=message(stream=True), headers=headers
-        )
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/v1/messages", json=message(stream=True), headers=headers) as r,
+    ):
         got = b""
         while b"event: ping" not in got:
-            got += await resp.content.readany()
-        resp.close()
+            got += await r.content.readany()
+        r.close()
     rows = await ledger_rows(proxy, org)
     record = proxy.mock.requests[-1]
     assert rows[0]["estimated"] == "1"
