@@ -168,7 +168,11 @@ class Stack:
         out = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout
-        return [int(p) for p in out.split()]
+        return [
+            int(p)
+            for p in out.split()
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()  # not the tracker
+        ]
 
     def kill_proxy(self) -> None:
         """kill -9 of the whole proxy (every process of it)."""

@@ -249,11 +249,19 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
     """A whole JSON answer: read, settled, then sent. Cut short after the API's 200, by the
     API (the member gets a 502) or by the member going away, it is charged on what came."""
     app = request.app
+    parts: list[bytes] = []
+    flight, journal = m.flight, app[METER].journal
+    if flight is not None:
+        flight.body = parts  # what came, for the journal (a worker killed mid-body)
     try:
-        body = await upstream.read()
+        async for chunk in upstream.chunks():
+            parts.append(chunk)
+            if flight is not None:
+                journal.touched(flight)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
     except UpstreamError as exc:
         app[METRICS].upstream_errors.labels("mid_body").inc()
-        usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
         m.body_came(usage, est)
         settle_cut(app, m, usage, 502, model, est, stream="upstream_broken")
         err = UpstreamUnavailable("the Anthropic API response was cut short")
@@ -262,7 +270,7 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
     except asyncio.CancelledError:  # the member went away: stop paying for it at once
         upstream.close()
         app[METRICS].upstream_errors.labels("member_gone").inc()
-        usage, model, est = body_usage(upstream.partial(), m.prompt_bytes)
+        usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
         m.body_came(usage, est)
         settle_cut(app, m, usage, 499, model, est, stream="client_disconnected")
         raise

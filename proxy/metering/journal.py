@@ -47,7 +47,7 @@ import orjson
 
 from proxy.core.errors import StoreUnavailable
 from proxy.core.pricing import Usage
-from proxy.core.usage import StreamUsage
+from proxy.core.usage import StreamUsage, body_usage
 from proxy.obs.metrics import Metrics
 from proxy.storage.store import StoreRefusal
 
@@ -62,14 +62,27 @@ SUFFIX = ".jsonl"
 class InFlight:
     """A request sent upstream and not settled yet, as the journal knows it."""
 
-    __slots__ = ("est", "key", "lease", "model", "org", "pb", "rid", "seen", "since", "usage")
+    __slots__ = (
+        "body",
+        "est",
+        "key",
+        "lease",
+        "model",
+        "org",
+        "pb",
+        "rid",
+        "seen",
+        "since",
+        "usage",
+    )
 
     def __init__(self, rid: str, org: str, key: str, model: str, prompt_bytes: int) -> None:
         self.rid, self.org, self.key, self.model, self.pb = rid, org, key, model, prompt_bytes
         self.lease = False  # it holds a reservation, renewed while it runs (Meter.renew)
         self.since = asyncio.get_running_loop().time()  # sent, or its lease last renewed
         self.seen: StreamUsage | None = None  # a stream's usage, read at the turn's end
-        self.usage: Usage | None = None  # a JSON answer's
+        self.usage: Usage | None = None  # a JSON answer's, once read
+        self.body: list[bytes] | None = None  # a JSON answer's pieces, while they come
         self.est = False
 
     def begun(self) -> bytes:
@@ -95,6 +108,11 @@ class InFlight:
             usage, est, model = self.seen.usage(self.pb), self.seen.estimated, self.seen.model
         elif self.usage is not None:
             usage, est, model = self.usage, self.est, None
+        elif self.body:
+            cut, model, est = body_usage(b"".join(self.body), self.pb)
+            if cut is None:
+                return None
+            usage = cut
         else:
             return None
         line: dict[str, Any] = {"k": "u", "rid": self.rid, "usage": usage.as_dict()}

@@ -49,7 +49,6 @@ class Response:
         "_decoder",
         "_done",
         "_exc",
-        "_got",
         "_released",
         "_size",
         "_waiter",
@@ -62,7 +61,6 @@ class Response:
         self.status = status
         self.headers = headers
         self._chunks: list[bytes] = []
-        self._got: list[bytes] = []  # what ``read`` took so far
         self._size = 0
         self._done = False
         self._exc: Exception | None = None
@@ -131,8 +129,8 @@ class Response:
     # -- read by the proxy ---------------------------------------------------------------
 
     async def read(self) -> bytes:
-        """The whole body (cut short: ``partial`` has what came)."""
-        parts = self._got
+        """The whole body."""
+        parts: list[bytes] = []
         while True:
             if self._chunks:
                 parts.append(self._take())  # taken as it comes: reading never pauses
@@ -141,13 +139,6 @@ class Response:
             if self._exc is not None:
                 raise self._exc
             await self._wait()
-
-    def partial(self) -> bytes:
-        """What came of the body so far, once ``read`` was cut short (by the API, or by a
-        member who left)."""
-        if self._chunks:
-            self._got.append(self._take())
-        return b"".join(self._got)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: everything received since the last chunk, at once."""
