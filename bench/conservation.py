@@ -52,6 +52,7 @@ from proxy.tools.mock_upstream import MockUpstream, build_mock_app  # noqa: E402
 
 BIN = Path(sys.executable).parent / "extra-usage-proxy"
 OPERATOR = "conservation-operator"
+SERVICE = "conservation-service"
 MODEL = "claude-sonnet-4-5"
 NANO = 10**9
 
@@ -133,6 +134,7 @@ class Stack:
             **os.environ,
             "REDIS_URL": self.redis.url,
             "OPERATOR_TOKEN": OPERATOR,
+            "SERVICE_TOKEN": SERVICE,
             "UPSTREAM_URL": f"http://127.0.0.1:{self.mock_port}",
             "UPSTREAM_API_KEY": "sk-conservation",
             "PYTHONWARNINGS": "ignore",
@@ -623,6 +625,58 @@ async def long_streams(stack: Stack) -> Row:
     return row
 
 
+async def check_api_races(stack: Stack) -> Row:
+    """A first-party backend through the check API: 100 reservations under a member limit,
+    each settled five times at once (replays and races), and each request id tried by
+    another member too (a 409 that charges no one)."""
+    org, _ = await stack.org("checkapi", "enterprise", 2, reservation_policy="strict")
+    await stack.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "1.00"}
+    )
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    row = Row("check API: settles replayed and raced, request ids reused by another member")
+    served: dict[int, int] = {}
+
+    async def post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        async with stack.session.post(stack.url + path, json=body, headers=auth) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def one(i: int) -> None:
+        n = 5000 + i
+        ask = {
+            "org_id": org,
+            "member_id": "m0",
+            "model": MODEL,
+            "input_tokens": n,
+            "max_tokens": 1000,
+            "request_id": f"chat-{i}",
+        }
+        _, d = await post("/v1/usage/check", ask)
+        if d.get("decision") != "allow":
+            return
+        taken, _ = await post("/v1/usage/check", {**ask, "member_id": "m1"})
+        assert taken == 409, taken  # the id is m0's: nobody else reserves or is charged on it
+        usage = {"input_tokens": n, "output_tokens": 1000}
+        served[n] = stack.prices.cost(MODEL, usage_from_mapping(usage))
+        settle = {"reservation_id": d["reservation_id"], "usage": usage}
+        await asyncio.gather(*(post("/v1/usage/settle", settle) for _ in range(5)))
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+    row.requests = 100
+    charged: dict[int, list[int]] = {}
+    for e in await stack.ledger(org):
+        charged.setdefault(orjson.loads(e["usage"])["input_tokens"], []).append(int(e["cost"]))
+    for n, s in served.items():
+        c = charged.get(n, [])
+        row.served += s
+        row.charged += sum(c)
+        row.uncharged += not c
+        row.twice += len(c) > 1
+    row.charged += sum(sum(c) for n, c in charged.items() if n not in served)
+    row.over_limit = over(await stack.spends(org), {"m0|spend": NANO, "m1|spend": 0})
+    return row
+
+
 SCENARIOS: dict[str, tuple[Callable[[Stack], Awaitable[Row]], dict[str, Any]]] = {
     "clean": (clean, {}),
     "faults": (upstream_faults, {}),
@@ -635,12 +689,13 @@ SCENARIOS: dict[str, tuple[Callable[[Stack], Awaitable[Row]], dict[str, Any]]] =
         {"workers": 2, "aof": True, "policy": {"fail_mode": "open"}},
     ),
     "strict": (strict_limits, {}),
+    "check_api": (check_api_races, {}),
     "long_streams": (
         long_streams,
         {"policy": {"reservation_ttl_s": 2}, "upstream": {"read_timeout_s": 1}},
     ),
 }
-FAST = ("clean", "faults", "leaving", "kill_proxy", "strict")
+FAST = ("clean", "faults", "leaving", "kill_proxy", "strict", "check_api")
 
 
 async def run_one(name: str) -> Row:
