@@ -103,7 +103,6 @@ class StreamUsage:
     __slots__ = (
         "_delta_seen",
         "_start",
-        "_start_seen",
         "_text_chars",
         "errored",
         "model",
@@ -115,7 +114,6 @@ class StreamUsage:
     def __init__(self) -> None:
         self.parser = SSEParser()
         self.received = 0  # bytes of the answer seen
-        self._start_seen = False
         self._start: dict[str, object] = {}
         self._delta_seen = False
         self._text_chars = 0
@@ -156,7 +154,6 @@ class StreamUsage:
         usage = msg.get("usage")
         if isinstance(usage, dict):
             self._start = dict(usage)
-            self._start_seen = True
 
     def _on_delta(self, data: bytes) -> None:
         doc = self._load(data)
@@ -183,7 +180,7 @@ class StreamUsage:
         output from the text when no message_delta came, input from the request's
         ``prompt_bytes`` when no message_start did."""
         return estimate(
-            self._start if self._start_seen or self._delta_seen else None,
+            self._start,
             output_reported=self._delta_seen,
             text_chars=self._text_chars,
             prompt_bytes=prompt_bytes,
@@ -191,8 +188,9 @@ class StreamUsage:
 
     @property
     def estimated(self) -> bool:
-        """Whether ``usage()`` is (in part) an estimate: the API's usage did not all come."""
-        return not (self._delta_seen and (self._start_seen or "input_tokens" in self._start))
+        """Whether ``usage()`` is (in part) an estimate: the API's final output count or its
+        input count did not come."""
+        return not (self._delta_seen and "input_tokens" in self._start)
 
     @property
     def complete(self) -> bool:

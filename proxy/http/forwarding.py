@@ -260,19 +260,13 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
                 journal.touched(flight)
         body = parts[0] if len(parts) == 1 else b"".join(parts)
     except UpstreamError as exc:
-        app[METRICS].upstream_errors.labels("mid_body").inc()
-        usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
-        m.body_came(usage, est)
-        settle_cut(app, m, usage, 502, model, est, stream="upstream_broken")
+        _body_cut(app, m, parts, "mid_body", 502, "upstream_broken")
         err = UpstreamUnavailable("the Anthropic API response was cut short")
         err.logged = True  # its line is the settlement's
         raise err from exc
     except asyncio.CancelledError:  # the member went away: stop paying for it at once
         upstream.close()
-        app[METRICS].upstream_errors.labels("member_gone").inc()
-        usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
-        m.body_came(usage, est)
-        settle_cut(app, m, usage, 499, model, est, stream="client_disconnected")
+        _body_cut(app, m, parts, "member_gone", 499, "client_disconnected")
         raise
     usage, model, est = body_usage(body, m.prompt_bytes)
     m.body_came(usage, est)
@@ -281,6 +275,16 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
         await asyncio.shield(settling)
     # the settlement writes the line
     return LoggedResponse(status=upstream.status, body=body, headers=out_headers(upstream, m))
+
+
+def _body_cut(
+    app: web.Application, m: Metered, parts: list[bytes], kind: str, status: int, outcome: str
+) -> None:
+    """A JSON answer cut short: counted, and charged on what came of it."""
+    app[METRICS].upstream_errors.labels(kind).inc()
+    usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
+    m.body_came(usage, est)
+    settle_cut(app, m, usage, status, model, est, stream=outcome)
 
 
 async def forward_stream(

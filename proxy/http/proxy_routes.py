@@ -41,7 +41,7 @@ from proxy.http.headers import response_headers, upstream_headers
 from proxy.http.server import wait_for_api
 from proxy.obs.logs import Throttled
 from proxy.storage.store import StoreRefusal
-from proxy.upstream.client import UpstreamError, UpstreamTimeout
+from proxy.upstream.client import Response, UpstreamError, UpstreamTimeout
 from proxy.upstream.credentials import upstream_key
 from proxy.upstream.upload import Upload, streamable
 
@@ -125,28 +125,7 @@ async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.
     wait_for_api(request, True)
     m.send()
     try:
-        try:
-            upstream = None
-            if upload is not None:
-                if upload.ref == ref:
-                    upstream = await upload.release()
-                    meter.count_upload("sent" if upstream is not None else "resent")
-                else:  # the org's credential changed: send the body again with the new one
-                    upload.cut()
-                    meter.count_upload("resent")
-            if upstream is None:
-                headers = upstream_headers(request.headers, api_key)
-                upstream = await app[UPSTREAM].request("POST", request.raw_path, headers, body)
-        except UpstreamError as exc:
-            await release(app, m)
-            metrics.upstream_errors.labels("connect").inc()
-            raise UpstreamUnavailable(upstream_failure(exc)) from exc
-        except asyncio.CancelledError:
-            if upload is not None:
-                upload.cut()
-            meter.track(release(app, m))  # in a task of its own: this one is being cancelled
-            metrics.upstream_errors.labels("member_gone").inc()
-            raise
+        upstream = await _send(request, m, upload, ref, api_key, body)
         metrics.h_upstream_ttfb.observe(time.perf_counter() - m.sent_at)
         try:
             if upstream.status != 200:
@@ -158,6 +137,37 @@ async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.
             upstream.release()
     finally:
         wait_for_api(request, False)
+
+
+async def _send(
+    request: web.Request, m: Metered, upload: Upload | None, ref: str, api_key: str, body: bytes
+) -> Response:
+    """The request, sent (or its early upload released): the API's status and headers. Not
+    sent or cut, its reservation is released."""
+    app = request.app
+    meter, metrics = app[METER], app[METRICS]
+    try:
+        if upload is not None:
+            if upload.ref == ref:
+                upstream = await upload.release()
+                meter.count_upload("sent" if upstream is not None else "resent")
+                if upstream is not None:
+                    return upstream
+            else:  # the org's credential changed: send the body again with the new one
+                upload.cut()
+                meter.count_upload("resent")
+        headers = upstream_headers(request.headers, api_key)
+        return await app[UPSTREAM].request("POST", request.raw_path, headers, body)
+    except UpstreamError as exc:
+        await release(app, m)
+        metrics.upstream_errors.labels("connect").inc()
+        raise UpstreamUnavailable(upstream_failure(exc)) from exc
+    except asyncio.CancelledError:
+        if upload is not None:
+            upload.cut()
+        meter.track(release(app, m))  # in a task of its own: this one is being cancelled
+        metrics.upstream_errors.labels("member_gone").inc()
+        raise
 
 
 async def _authenticate(request: web.Request) -> None:

@@ -44,18 +44,18 @@ async def redis_counters(store: Store, org: str, period: str) -> dict[str, int]:
 
 
 async def ledger_totals(
-    store: Store, db: LedgerDB, org: str, period: str, *, check: bool = False
+    store: Store, db: LedgerDB, org: str, period: str, *, added: int | None = None
 ) -> dict[str, int]:
+    """The ledger's totals; ``added`` (the stream's entries ever added, when checking the
+    view): raise ``Incomplete`` if some left the stream without reaching PostgreSQL."""
     durable = await db.totals(org, period)
     sunk = await db.op_ids(org)
     stream = await store.ledger(org, count=None)
-    if check:
-        _, added, _ = await store.ledger_position(org)
-        if added > len(stream) + len(sunk):
-            raise Incomplete(
-                f"{added - len(stream) - len(sunk)} ledger entries left the stream without "
-                "reaching PostgreSQL: the counters cannot be rebuilt from what remains"
-            )
+    if added is not None and added > len(stream) + len(sunk):
+        raise Incomplete(
+            f"{added - len(stream) - len(sunk)} ledger entries left the stream without "
+            "reaching PostgreSQL: the counters cannot be rebuilt from what remains"
+        )
     pending = [e for e in stream if e["op"] not in sunk]
     return {k: v for k, v in merge(durable, fold(pending, period)).items() if v}
 
@@ -67,7 +67,7 @@ async def reconcile(
     unless the view is complete (see the module's docstring)."""
     before = await store.ledger_position(org) if check else None
     counters = await redis_counters(store, org, period)
-    totals = await ledger_totals(store, db, org, period, check=check)
+    totals = await ledger_totals(store, db, org, period, added=before and before[1])
     if before is not None and (await store.ledger_position(org))[0] != before[0]:
         raise Incomplete(
             "charges were written while the counters were read (requests in flight): "

@@ -454,16 +454,16 @@ class Store:
                 return out
             start = "(" + out[-1]["id"]
 
-    async def ledger_position(self, org: str) -> tuple[str, int, int]:
-        """(last id written, entries ever added, entries held) of the org's ledger stream."""
+    async def ledger_position(self, org: str) -> tuple[str, int]:
+        """(last id written, entries ever added) of the org's ledger stream."""
         try:
             info = await self._cmd(self.client.xinfo_stream(self.keys(org).ledger))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, ResponseError) and "no such key" in str(exc.__cause__):
-                return "0-0", 0, 0
+                return "0-0", 0
             raise
         last = as_str(info.get("last-generated-id") or b"0-0")
-        return last, int(info.get("entries-added", info.get("length", 0))), int(info["length"])
+        return last, int(info.get("entries-added", info.get("length", 0)))
 
     async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
         rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))

@@ -24,11 +24,18 @@ def served_cost(proxy: Proxy, record: dict[str, Any]) -> int:
     return proxy.config.prices.cost(record["body"]["model"], usage_from_mapping(served))
 
 
-def as_sent(body: dict[str, Any]) -> tuple[bytes, str]:
-    """The request's bytes, and the input tokens the mock reports for them (~4 bytes a
-    token: the estimate rule's own count, so that an estimate of a cut answer is exact)."""
+def as_sent(key: str, body: dict[str, Any], **mock: str) -> tuple[bytes, dict[str, str]]:
+    """The request's bytes and headers: the mock reports ~4 bytes of it a token, the estimate
+    rule's own count, so that an estimate of a cut answer is exact; ``mock``: x-mock-*
+    headers (``output_tokens="400"`` is ``x-mock-output-tokens: 400``)."""
     raw = orjson.dumps(body)
-    return raw, str(tokens_of_chars(len(raw)))
+    headers = {
+        "x-api-key": key,
+        "content-type": "application/json",
+        "x-mock-input-tokens": str(tokens_of_chars(len(raw))),
+        **{"x-mock-" + k.replace("_", "-"): v for k, v in mock.items()},
+    }
+    return raw, headers
 
 
 async def leave_after(url: str, seconds: float, headers: dict[str, str], **body: Any) -> None:
@@ -61,14 +68,7 @@ async def test_a_json_answer_cut_by_the_api_is_charged_its_estimate_marked_estim
 ) -> None:
     org = await proxy.org("team")
     key = await proxy.member(org, "ann")
-    raw, input_tokens = as_sent(message(max_tokens=1000))
-    headers = {
-        "x-api-key": key,
-        "content-type": "application/json",
-        "x-mock-fault": "drop",
-        "x-mock-output-tokens": "400",
-        "x-mock-input-tokens": input_tokens,
-    }
+    raw, headers = as_sent(key, message(max_tokens=1000), fault="drop", output_tokens="400")
     async with proxy.session.post(proxy.url + "/v1/messages", data=raw, headers=headers) as r:
         assert r.status == 502
         doc = await r.json()
@@ -90,15 +90,9 @@ async def test_a_member_gone_while_a_json_answer_arrives_closes_it_and_pays_what
 ) -> None:
     org = await proxy.org("team")
     key = await proxy.member(org, "bo")
-    raw, input_tokens = as_sent(message(max_tokens=2000))
-    headers = {
-        "x-api-key": key,
-        "content-type": "application/json",
-        "x-mock-delay-ms": "150",
-        "x-mock-events": "20",
-        "x-mock-output-tokens": "1000",
-        "x-mock-input-tokens": input_tokens,
-    }
+    raw, headers = as_sent(
+        key, message(max_tokens=2000), delay_ms="150", events="20", output_tokens="1000"
+    )
     # the member goes away (Esc) while the answer is on its way
     await leave_after(proxy.url, 0.5, headers, data=raw)
     rows = await ledger_rows(proxy, org)
