@@ -57,6 +57,10 @@ Replay = Callable[[dict[str, Any]], Awaitable[None]]
 ROTATE_BYTES = 8 << 20  # a file past this is rotated (its requests in flight carried over)
 JOURNAL = "journal-"
 SUFFIX = ".jsonl"
+# a file an earlier version was replaying when it stopped
+# ("journal-<pid>.jsonl.<pid>.replaying"): usage lines only, replayed like any file whose
+# owner is gone
+LEGACY = ".replaying"
 
 
 class InFlight:
@@ -278,7 +282,7 @@ class Journal:
             p
             for p in self.dir.iterdir()
             if p.name.startswith(JOURNAL)
-            and p.suffix == SUFFIX
+            and p.suffix in (SUFFIX, LEGACY)
             and (p != self.path or self.to_replay)
         )
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from proxy.core.credentials import hash_secret
+from proxy.core.pricing import Usage
 from proxy.http.appkeys import METER
 from proxy.tools.embedded import RedisServer
 from tests.conftest import ProxyFactory, message
@@ -49,6 +51,61 @@ async def test_fail_closed_is_a_clear_503_and_reaches_nothing(
         assert r.status == 503
     async with proxy.session.get(proxy.url + "/metrics") as r:
         assert 'eup_redis_errors_total{script="admit"}' in await r.text()
+
+
+async def test_a_journal_an_earlier_version_was_replaying_is_replayed(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(policy={"journal_dir": str(tmp_path)})
+    org = await proxy.org("team")
+    key = await proxy.member(org, "old")
+    usage = Usage(input_tokens=10, output_tokens=20).as_dict()
+    entry = {
+        "rid": "legacy-1",
+        "org": org,
+        "key": hash_secret(key),
+        "model": "claude-sonnet-4-5",
+        "usage": usage,
+    }
+    legacy = tmp_path / "journal-99999.jsonl.99998.replaying"
+    legacy.write_bytes(orjson.dumps(entry) + b"\n")
+
+    async def replayed() -> bool:
+        return not legacy.exists() and len(await proxy.store.ledger(org)) == 1
+
+    await eventually(replayed, within=5)
+    (row,) = await proxy.store.ledger(org)
+    assert (row["op"], int(row["cost"]), row["source"]) == (
+        "legacy-1",
+        10 * 3000 + 20 * 15000,
+        "journal",
+    )
+
+
+async def test_a_legacy_journal_an_earlier_version_was_replaying_is_replayed(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(policy={"journal_dir": str(tmp_path)})
+    org = await proxy.org("team")
+    key = await proxy.member(org, "old")
+    usage = Usage(input_tokens=10, output_tokens=20).as_dict()
+    entry = {
+        "rid": "legacy-1",
+        "org": org,
+        "key": hash_secret(key),
+        "model": "claude-sonnet-4-5",
+        "usage": usage,
+    }
+    legacy = tmp_path / "journal-99999.jsonl.99998.replaying"
+    legacy.write_bytes(orjson.dumps(entry) + b"\n")
+
+    async def replayed() -> bool:
+        return not legacy.exists() and len(await proxy.store.ledger(org)) == 1
+
+    await eventually(replayed, within=5)
+    (row,) = await proxy.store.ledger(org)
+    assert (row["op"], int(row["cost"])) == ("legacy-1", 10 * 3000 + 20 * 15000)
+    assert row["source"] == "journal"
 
 
 async def test_fail_open_journals_under_load_and_replays_exactly_once(
