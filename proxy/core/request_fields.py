@@ -10,6 +10,9 @@ from proxy.core.errors import InvalidRequest
 from proxy.core.validate import parse_object
 
 MAX_TOKENS_LIMIT = 1_000_000
+# the most web searches one request may ask for in all (its tools' max_uses summed): far
+# above any real request, and low enough that its bound stays a small exact integer
+MAX_SEARCHES = 10_000
 
 
 REQUEST_FIELDS = ("model", "max_tokens", "stream")
@@ -81,6 +84,11 @@ def web_search_bound(body: bytes) -> int | None:
         if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= 1000:
             raise InvalidRequest(f"tools[{i}].max_uses: must be an integer from 1 to 1000")
         total += uses
+    if total > MAX_SEARCHES:
+        raise InvalidRequest(
+            f"tools: the web search tools' max_uses add up to {total:,}; at most "
+            f"{MAX_SEARCHES:,} in all"
+        )
     return total
 
 
