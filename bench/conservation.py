@@ -346,18 +346,20 @@ def served_by_n(stack: Stack) -> dict[int, int]:
     return out
 
 
-async def account(stack: Stack, load: Load, orgs: list[str], scenario: str) -> Row:
-    """Served against charged, request by request; spend against every limit."""
-    row = Row(scenario, requests=len(load.sent))
-    served = served_by_n(stack)
-    charged: dict[int, list[int]] = {}
+async def charges(stack: Stack, orgs: list[str]) -> dict[int, list[int]]:
+    """Every usage charge in the orgs' ledgers, by request (its input token count)."""
+    out: dict[int, list[int]] = {}
     for org in orgs:
         for e in await stack.ledger(org):
-            if e["kind"] != "usage":
-                continue
-            n = orjson.loads(e["usage"])["input_tokens"]
-            charged.setdefault(n, []).append(int(e["cost"]))
-    for n in load.sent:
+            if e["kind"] == "usage":
+                n = orjson.loads(e["usage"])["input_tokens"]
+                out.setdefault(n, []).append(int(e["cost"]))
+    return out
+
+
+def tally(row: Row, served: dict[int, int], charged: dict[int, list[int]]) -> Row:
+    """Served against charged, request by request (every charge counts, a stray one too)."""
+    for n in served.keys() | charged.keys():
         s, c = served.get(n, 0), charged.get(n, [])
         row.served += s
         row.charged += sum(c)
@@ -366,18 +368,20 @@ async def account(stack: Stack, load: Load, orgs: list[str], scenario: str) -> R
     return row
 
 
+async def account(stack: Stack, load: Load, orgs: list[str], scenario: str) -> Row:
+    """Served against charged, request by request."""
+    row = Row(scenario, requests=len(load.sent))
+    return tally(row, served_by_n(stack), await charges(stack, orgs))
+
+
 async def settle_down(stack: Stack, load: Load, orgs: list[str], within: float = 20) -> None:
     """Wait until every request the mock served something for has its charge (or time)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         served = {n for n, c in served_by_n(stack).items() if c > 0}
-        charged: set[int] = set()
-        for org in orgs:
-            for e in await stack.ledger(org):
-                if e["kind"] == "usage":
-                    charged.add(orjson.loads(e["usage"])["input_tokens"])
-        active = [p for p in stack.journal.glob("*.jsonl")] if stack.journal.exists() else []
-        if served <= charged and len(active) <= stack.workers:
+        charged = (await charges(stack, orgs)).keys()
+        files = list(stack.journal.glob("*.jsonl")) if stack.journal.exists() else []
+        if served <= charged and len(files) <= stack.workers:  # dead workers' replayed
             await asyncio.sleep(0.3)
             return
         await asyncio.sleep(0.2)
@@ -471,10 +475,7 @@ async def _kill(stack: Stack, whole: bool, name: str) -> Row:
     await settle_down(stack, load, [org], within=30)
     row = await account(stack, load, [org], name)
     served = served_by_n(stack)
-    charged: dict[int, int] = {}
-    for e in await stack.ledger(org):
-        n = orjson.loads(e["usage"])["input_tokens"]
-        charged[n] = charged.get(n, 0) + int(e["cost"])
+    charged = {n: sum(c) for n, c in (await charges(stack, [org])).items()}
     cut = [s for s in load.sent.values() if not s.complete]
     ok = 0
     for s in cut:
@@ -663,16 +664,7 @@ async def check_api_races(stack: Stack) -> Row:
 
     await asyncio.gather(*(one(i) for i in range(100)))
     row.requests = 100
-    charged: dict[int, list[int]] = {}
-    for e in await stack.ledger(org):
-        charged.setdefault(orjson.loads(e["usage"])["input_tokens"], []).append(int(e["cost"]))
-    for n, s in served.items():
-        c = charged.get(n, [])
-        row.served += s
-        row.charged += sum(c)
-        row.uncharged += not c
-        row.twice += len(c) > 1
-    row.charged += sum(sum(c) for n, c in charged.items() if n not in served)
+    tally(row, served, await charges(stack, [org]))
     row.over_limit = over(await stack.spends(org), {"m0|spend": NANO, "m1|spend": 0})
     return row
 
