@@ -256,8 +256,8 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
     try:
         async for chunk in upstream.chunks():
             parts.append(chunk)
-            if flight is not None:
-                journal.touched(flight)
+            if flight is not None and not upstream.finished:
+                journal.touched(flight)  # more to come: what came so far is recorded
         body = parts[0] if len(parts) == 1 else b"".join(parts)
     except UpstreamError as exc:
         _body_cut(app, m, parts, "mid_body", 502, "upstream_broken")
@@ -271,7 +271,9 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
     usage, model, est = body_usage(body, m.prompt_bytes)
     m.body_came(usage, est)
     settling, sent = settle_and_log(app, m, usage or Usage(), upstream.status, model, est)
-    if not await sent:
+    if await sent:
+        m.done()  # the settlement is out: nothing to recover if this worker dies now
+    else:
         await asyncio.shield(settling)
     # the settlement writes the line
     return LoggedResponse(status=upstream.status, body=body, headers=out_headers(upstream, m))
@@ -322,7 +324,9 @@ async def forward_stream(
             stream=outcome,
         )
         settled = True
-        if not await sent:
+        if await sent:
+            m.done()  # the settlement is out: nothing to recover if this worker dies now
+        else:
             await asyncio.shield(settling)
         await resp.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):

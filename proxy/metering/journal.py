@@ -9,17 +9,21 @@ process ever sees it unlocked while its owner lives. Lines, by kind (``k``):
 
 - ``j`` — a request's usage to charge (Redis was unavailable): written and ``fsync``'d
   before the request is answered;
-- ``a`` — a request admitted and sent upstream (org, key, model, the request's size);
+- ``a`` — a request sent upstream (org, key, model, the request's size), written with its
+  first ``u``: one of which nothing came needs no record (its reservation is reclaimed
+  after its TTL, and nothing is charged);
 - ``u`` — what the API has reported of it so far (the usage by the rule of
   ``proxy.core.usage``, whether it is estimated, how many bytes came);
-- ``d`` — it is done: settled in Redis, released, or journaled as ``j``.
+- ``d`` — it is done: its settlement written to Redis, released, or journaled as ``j``
+  (only for a request whose ``a`` was written).
 
 ``a``/``u``/``d`` lines are a group commit: every request touched in one event-loop turn is
 written at the end of that turn with one ``write`` (no ``fsync``: they guard against the
 process dying, which loses nothing the kernel already has; a machine crash may lose the last
 of them — README, known limits). A chunk is metered, its request marked, and the chunk
 written to the member in the same turn, so what a killed worker's member was sent is on
-disk but for the chunks of the turn it died in.
+disk but for the chunks of the turn it died in. A request whose answer comes and whose
+settlement goes out within one turn (most short JSON answers) writes nothing at all.
 
 **Replay.** A file whose lock can be taken belongs to a dead process (or was rotated away by
 its live owner, who holds the lock while it replays it). The replayer that takes the lock
@@ -78,12 +82,16 @@ class InFlight:
         "seen",
         "since",
         "usage",
+        "written",
     )
 
-    def __init__(self, rid: str, org: str, key: str, model: str, prompt_bytes: int) -> None:
+    def __init__(
+        self, rid: str, org: str, key: str, model: str, prompt_bytes: int, now: float
+    ) -> None:
         self.rid, self.org, self.key, self.model, self.pb = rid, org, key, model, prompt_bytes
         self.lease = False  # it holds a reservation, renewed while it runs (Meter.renew)
-        self.since = asyncio.get_running_loop().time()  # sent, or its lease last renewed
+        self.since = now  # sent, or its lease last renewed (the loop's clock)
+        self.written = False  # its ``a`` line is in the file
         self.seen: StreamUsage | None = None  # a stream's usage, read at the turn's end
         self.usage: Usage | None = None  # a JSON answer's, once read
         self.body: list[bytes] | None = None  # a JSON answer's pieces, while they come
@@ -199,6 +207,7 @@ class Journal:
         self._dirty: dict[str, InFlight] = {}
         self._lines: list[bytes] = []
         self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- writing -------------------------------------------------------------------------
 
@@ -228,10 +237,11 @@ class Journal:
         self.metrics.journal_entries.labels("written").inc()
 
     def begin(self, rid: str, org: str, key: str, model: str, prompt_bytes: int) -> InFlight:
-        """A request goes upstream: recorded (with this turn's group commit)."""
-        f = self.active[rid] = InFlight(rid, org, key, model, prompt_bytes)
-        self._lines.append(f.begun())
-        self._due()
+        """A request goes upstream: known, and written with what first comes of it."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        f = self.active[rid] = InFlight(rid, org, key, model, prompt_bytes, loop.time())
         return f
 
     def touched(self, f: InFlight) -> None:
@@ -241,11 +251,14 @@ class Journal:
             self._due()
 
     def end(self, rid: str) -> None:
-        """Settled, released or journaled: nothing to recover any more."""
-        if self.active.pop(rid, None) is not None:
+        """Its settlement is out, or it was released or journaled: nothing to recover any
+        more (idempotent)."""
+        f = self.active.pop(rid, None)
+        if f is not None:
             self._dirty.pop(rid, None)
-            self._lines.append(b'{"k":"d","rid":' + orjson.dumps(rid) + b"}\n")
-            self._due()
+            if f.written:
+                self._lines.append(b'{"k":"d","rid":' + orjson.dumps(rid) + b"}\n")
+                self._due()
 
     def _due(self) -> None:
         if not self._flush_due:
@@ -260,6 +273,9 @@ class Journal:
             for f in self._dirty.values():
                 line = f.progress()
                 if line is not None:
+                    if not f.written:
+                        f.written = True
+                        lines.append(f.begun())
                     lines.append(line)
             self._dirty.clear()
         if not lines:
@@ -295,7 +311,7 @@ class Journal:
         self.flush()
         self._fd, self.path = _create(self.dir)
         self.size, self.to_replay = 0, 0
-        carried = [f.begun() + (f.progress() or b"") for f in self.active.values()]
+        carried = [f.begun() + (f.progress() or b"") for f in self.active.values() if f.written]
         if carried:
             self._write(b"".join(carried))
         return old_fd, old_path

@@ -152,6 +152,11 @@ class Response:
             else:
                 await self._wait()
 
+    @property
+    def finished(self) -> bool:
+        """The whole body is in (whatever the reader has not taken yet is all there is)."""
+        return self._done
+
     def release(self) -> None:
         """Done with the response: its connection is kept for the next request if the body
         was read to its end, else closed. Idempotent."""
