@@ -3,9 +3,9 @@
 -- KEYS[1] org            hash: settings, balance, org spend, reserved total, clock
 -- KEYS[2] members        hash: "<member>|<field>" for every member of the org
 -- KEYS[3] creds          hash: "k:<sha256 of proxy key>" -> "<member>|<key id>"
--- KEYS[4] ops            hash: operation id -> JSON record (reservations, results), for
---                        replays; "a:<operation id>" -> the admission's answer while reserved
--- KEYS[5] due            zset: operation id scored by when its record expires
+-- KEYS[4] due            zset: the org's live extra-usage reservations,
+--                        "<amount>|<member>|<operation id>" scored by when they expire
+-- KEYS[5] op             string: this request's record (model.py, Op), for replays
 -- ARGV[1]  request_id         the operation id
 -- ARGV[2]  who                "k": ARGV[3] is a proxy key hash; "m": a member id (check API)
 -- ARGV[3]  credential         the proxy key's sha256, or the member id
@@ -19,7 +19,7 @@
 -- ARGV[10] tiers              ";name,session_allowance,weekly_allowance,session_s,weekly_s;..."
 --                             (nano-USD, seconds; each tier starts with ";")
 -- ARGV[11] pinned_now         epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[12] retention_s        seconds a finished operation record is kept
+-- ARGV[12] window_s           seconds a finished operation's record is kept, for replays
 -- ARGV[13] force              "1" to admit usage journaled while Redis was down (the request
 --                             already ran): included while the seat allows, else extra usage
 --                             when the org and member have it (past any limit), else included
@@ -34,9 +34,10 @@
 -- ...} (proxy/core/admission.py names every field) with every amount a decimal string.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
--- correct on its own.
+-- correct on its own. The record expires reservation_ttl_s + window_s after the admission
+-- (renew.lua moves it on while the request runs); what it holds is in model.py (Op).
 
-local org_k, mem_k, cred_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local org_k, mem_k, cred_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
 local max_cost = tonumber(ARGV[4])
 local est_cost = tonumber(ARGV[5])
@@ -44,22 +45,20 @@ local reserve = ARGV[9] == '1'
 
 -- a request id seen before: the answer it got, or the refusal of a spent id (nil: new)
 local function replayed()
-  local prior = redis.call('HGET', ops_k, rid)
+  local prior = redis.call('GET', op_k)
   if not prior then return nil end
-  local rec = cjson.decode(prior)
+  local _, _, _, m, nl = reserved(prior)
+  local done = nil
+  if not m then
+    done = settled(prior)
+    m = done and done[13]
+  end
   -- the check API names the member: a request id is its member's, never another's
-  if ARGV[2] == 'm' and rec.m and rec.m ~= ARGV[3] then return fail('request_id_taken') end
-  if rec.s == 'r' or rec.s == 'x' then
-    -- the decision as answered, kept beside the record until it is settled or released
-    local answered = redis.call('HGET', ops_k, 'a:' .. rid)
-    if answered then return string.sub(answered, 1, -2) .. ',"replay":"1"}' end
-  end
-  if rec.reply then  -- a record written before the answer was kept beside it
-    rec.reply.replay = '1'
-    return cjson.encode(rec.reply)
-  end
+  if ARGV[2] == 'm' and m and m ~= ARGV[3] then return fail('request_id_taken') end
+  -- the decision as answered, kept in the record until it is settled or released
+  if nl then return string.sub(prior, 1, nl - 2) .. ',"replay":"1"}' end
   -- already settled or released: this request id is spent
-  return fail('duplicate_id', rec.s or '')
+  return fail('duplicate_id', done and 'settled' or 'released')
 end
 
 -- who asks: (member id, key id, the member's generation the key was issued in; nil for a
@@ -71,33 +70,26 @@ local function identify()
   return split3(v)
 end
 
--- give back the reservations of crashed proxies that are past their TTL (at most 16 a call);
--- returns the org's reserved total less what it gave back
-local function reclaim(now, org_res)
+-- give back the reservations of crashed proxies that are past their TTL (at most 16 a call),
+-- looked for only once the org's "rc" (no reservation expires before it) has passed. Each
+-- entry of "due" names its amount and member: its record is not read (a settlement that
+-- finds its entry gone knows it was reclaimed). Returns the org's reserved total less what
+-- it gave back, the org's "rc" ('' for none held) and whether it changed.
+local function reclaim(now, org_res, rc)
+  if rc == false then return org_res, '', false end
+  if now < num(rc) then return org_res, rc, false end
   local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', fmt(now), 'LIMIT', '0', '16')
-  for _, id in ipairs(due) do
-    local raw = redis.call('HGET', ops_k, id)
-    if raw then
-      local rec = cjson.decode(raw)
-      if rec.s == 'r' then
-        local a = num(rec.a)
-        if rec.mode == 'extra_usage' and a > 0 then
-          redis.call('HINCRBY', mem_k, rec.m .. '|eu_res', fmt(-a))
-          redis.call('HINCRBY', org_k, 'eu_res', fmt(-a))
-          org_res = org_res - a
-        end
-        rec.s = 'x'
-        redis.call('HSET', ops_k, id, cjson.encode(rec))
-        redis.call('ZADD', due_k, now + tonumber(ARGV[12]), id)
-      else
-        redis.call('HDEL', ops_k, id, 'a:' .. id)
-        redis.call('ZREM', due_k, id)
-      end
-    else
-      redis.call('ZREM', due_k, id)
-    end
+  for _, entry in ipairs(due) do
+    local a, m = string.match(entry, '^(%d+)|([^|]*)|')
+    redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
+    org_res = org_res - tonumber(a)
   end
-  return org_res
+  if #due > 0 then
+    redis.call('ZREM', due_k, unpack(due))
+    redis.call('HSET', org_k, 'eu_res', fmt(org_res))
+  end
+  local first = redis.call('ZRANGE', due_k, '0', '0', 'WITHSCORES')
+  return org_res, first[2] or '', true
 end
 
 -- the seat allowance: each window opens with the first admitted request when none is open.
@@ -180,23 +172,29 @@ end
 -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
 -- the answer kept beside it (encoded once; settlement reads only the small record)
 local function reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount,
-                          org_res, m_res, mid_j, tier_j, answer)
+                          org_res, m_res, mid, tier, answer, rc, rc_moved)
   local ow, mw = {}, {}
   if advanced then put(ow, 'clock', fmt(now)) end
   -- a window opened now ends at its reset, as answered
   if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
   if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
+  local ttl = tonumber(ARGV[7])
+  local amount_s = '0'
   if mode == 'extra_usage' and amount > 0 then
+    amount_s = fmt(amount)
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
+    local exp = now + ttl
+    redis.call('ZADD', due_k, exp, amount_s .. '|' .. mid .. '|' .. rid)
+    if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
+  end
+  if rc_moved then
+    if rc == '' then redis.call('HDEL', org_k, 'rc') else put(ow, 'rc', rc) end
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
-  local exp_s = fmt(now + tonumber(ARGV[7]))
-  local rec = '{"s":"r","m":"' .. mid_j .. '","t":"' .. tier_j .. '","mode":"' .. mode
-    .. '","a":"' .. fmt(amount) .. '","exp":"' .. exp_s .. '"}'
-  redis.call('HSET', ops_k, rid, rec, 'a:' .. rid, answer)
-  redis.call('ZADD', due_k, exp_s, rid)
+  redis.call('SET', op_k, answer .. '\nr|' .. amount_s .. '|' .. mode .. '|' .. tier .. '|' .. mid,
+    'EX', ttl + tonumber(ARGV[12]))
 end
 
 -- the admission: each step above, in order
@@ -207,7 +205,7 @@ end
 
 local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
   'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
-  'clock')
+  'clock', 'rc')
 local plan = o[1]
 if not plan then return fail('unknown_org') end
 if o[12] == '0' then return fail('org_disabled') end
@@ -217,7 +215,7 @@ if not mid then return kid end
 
 local now, advanced = clock_at(o[15], ARGV[11])
 local period, month_end = month_of(now)
-local org_res = reclaim(now, num(o[7]))
+local org_res, rc, rc_moved = reclaim(now, num(o[7]), o[16])
 
 local p = mid .. '|'
 local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
@@ -295,6 +293,8 @@ local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason
 
 if decision == 'allow' and reserve then
   reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount, org_res,
-    m_res, mid_j, tier_j, answer)
+    m_res, mid, tier, answer, rc, rc_moved)
+elseif rc_moved then
+  if rc == '' then redis.call('HDEL', org_k, 'rc') else redis.call('HSET', org_k, 'rc', rc) end
 end
 return answer

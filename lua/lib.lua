@@ -140,3 +140,24 @@ end
 local function fail(code, detail)
   return cjson.encode({ ok = 0, err = code, detail = detail or '' })
 end
+
+-- An operation's record (model.py, Op). Reserved: the admission's answer (JSON: no raw
+-- newline in it), a newline, then "r|<amount>|<mode>|<tier>|<member>" (the member last: any
+-- character but "|"). Returns amount, mode, tier, member and where the answer ends; nil for
+-- a record in another state.
+local function reserved(raw)
+  local nl = string.find(raw, '\n', 1, true)
+  if not nl then return nil end
+  local a, mode, tier, mid = string.match(raw, '^r|(%d+)|([%w_]+)|([^|]*)|(.*)$', nl + 1)
+  return a, mode, tier, mid, nl
+end
+
+-- a settled record: "S|" then Op.SETTLED_FIELDS joined by "|" (the member last), as a list;
+-- nil for a record in another state
+local SETTLED_RECORD = '^S|' .. string.rep('([^|]*)|', 12) .. '(.*)$'
+
+local function settled(raw)
+  local v = { string.match(raw, SETTLED_RECORD) }
+  if #v == 0 then return nil end
+  return v
+end

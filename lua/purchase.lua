@@ -1,28 +1,28 @@
 -- purchase: add prepaid credit to a Team org's balance (a purchase or a confirmed reload).
 --
 -- KEYS[1] org     hash: plan, balance, pending reload, clock
--- KEYS[2] ops     hash: "purchase:<key>" / "reload:<id>" -> JSON record
--- KEYS[3] due     zset: operation id by when its record expires
--- KEYS[4] ledger  stream: one entry per credit
--- KEYS[5] audit   stream: the balance before and after
+-- KEYS[2] ledger  stream: one entry per credit
+-- KEYS[3] audit   stream: the balance before and after
+-- KEYS[4] op      string: the operation's record ("op:purchase:<key>" / "op:reload:<id>"),
+--                 JSON
 -- ARGV[1] kind         "purchase" | "reload"
 -- ARGV[2] op_id        "purchase:<idempotency key>" | "reload:<reload id>"
 -- ARGV[3] amount       nano-USD (a purchase; a reload's amount is the one stored when it was
 --                      requested)
 -- ARGV[4] actor        who: the ledger entry's source and the audit's actor
 -- ARGV[5] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[6] retention_s  seconds a purchase's record is kept, for replays
+-- ARGV[6] window_s     seconds the finished record is kept, for replays
 -- Reply: JSON {ok=1, amount, balance, entry, replay?} or {ok=0, err}.
 -- Idempotent by operation id: a replay returns the stored result and adds nothing; the same
 -- idempotency key with another amount is a conflict.
 
-local org_k, ops_k, due_k, ledger_k, audit_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local org_k, ledger_k, audit_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local kind, opid = ARGV[1], ARGV[2]
 local plan = redis.call('HGET', org_k, 'plan')
 if not plan then return fail('unknown_org') end
 if plan ~= 'team' then return fail('not_team') end
 
-local raw = redis.call('HGET', ops_k, opid)
+local raw = redis.call('GET', op_k)
 local rec = raw and cjson.decode(raw) or nil
 local amount
 if kind == 'purchase' then
@@ -55,7 +55,6 @@ redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[4],
 local result = { ok = 1, amount = fmt(amount), balance = fmt(balance), entry = entry }
 if kind == 'purchase' then
   rec = { amount = ARGV[3], result = result }
-  redis.call('ZADD', due_k, now + tonumber(ARGV[6]), opid)
 else
   rec.state = 'confirmed'
   rec.result = result
@@ -63,5 +62,5 @@ else
     redis.call('HDEL', org_k, 'ar_pending')
   end
 end
-redis.call('HSET', ops_k, opid, cjson.encode(rec))
+redis.call('SET', op_k, cjson.encode(rec), 'EX', ARGV[6])
 return cjson.encode(result)

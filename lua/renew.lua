@@ -1,25 +1,28 @@
--- renew: a request still running keeps its reservation (a lease renewed while it runs), so
--- that no admission reclaims it and gives its room to others.
+-- renew: a request still running keeps its record and its reservation (a lease renewed
+-- while it runs), so that no admission reclaims it and gives its room to others.
 --
 -- KEYS[1] org      hash: clock
--- KEYS[2] ops      hash: operation id -> JSON record
--- KEYS[3] due      zset: operation id by when its record expires
+-- KEYS[2] due      zset: the live extra-usage reservations ("<amount>|<member>|<id>")
+-- KEYS[3] op       string: the request's record (model.py, Op)
 -- ARGV[1] request_id         the reservation made by admit.lua
 -- ARGV[2] reservation_ttl_s  seconds from now the reservation holds
 -- ARGV[3] pinned_now         epoch seconds (tests only; 0 = Redis TIME)
--- Reply: JSON {ok=1, exp} (exp "" when the record holds nothing to renew: settled, released
--- or reclaimed already) or {ok=0, err="unknown_reservation"}.
+-- ARGV[4] window_s           seconds the record is kept after the reservation's expiry
+-- Reply: JSON {ok=1, exp}: the lease's new end, "" when the request is over (settled or
+-- released); {ok=0, err="unknown_reservation"}. A reservation reclaimed already stays so
+-- (its record is kept, so that its settlement still finds it).
 -- Idempotent: renewing twice sets the same later expiry.
 
-local org_k, ops_k, due_k = KEYS[1], KEYS[2], KEYS[3]
+local org_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3]
 local rid = ARGV[1]
-local raw = redis.call('HGET', ops_k, rid)
+local raw = redis.call('GET', op_k)
 if not raw then return fail('unknown_reservation') end
-local rec = cjson.decode(raw)
-if rec.s ~= 'r' then return '{"ok":1,"exp":""}' end
+local a, _, _, mid = reserved(raw)
+if not a then return '{"ok":1,"exp":""}' end
 local now = clock_now(org_k, ARGV[3])
-local exp_s = fmt(now + tonumber(ARGV[2]))
-rec.exp = exp_s
-redis.call('HSET', ops_k, rid, cjson.encode(rec))
-redis.call('ZADD', due_k, exp_s, rid)
+local ttl = tonumber(ARGV[2])
+redis.call('EXPIRE', op_k, ttl + tonumber(ARGV[4]))
+local exp_s = fmt(now + ttl)
+local entry = a .. '|' .. mid .. '|' .. rid
+if a ~= '0' and redis.call('ZSCORE', due_k, entry) then redis.call('ZADD', due_k, exp_s, entry) end
 return '{"ok":1,"exp":"' .. exp_s .. '"}'

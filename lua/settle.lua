@@ -2,15 +2,15 @@
 --
 -- KEYS[1] org      hash: settings, balance, org and tier spend, reserved total, clock
 -- KEYS[2] members  hash: "<member>|<field>"
--- KEYS[3] ops      hash: operation id -> JSON record
--- KEYS[4] due      zset: operation id by when its record expires
--- KEYS[5] ledger   stream: one entry per charge
+-- KEYS[3] due      zset: the live extra-usage reservations ("<amount>|<member>|<id>")
+-- KEYS[4] ledger   stream: one entry per charge
+-- KEYS[5] op       string: the request's record (model.py, Op)
 -- ARGV[1] request_id   the reservation made by admit.lua
 -- ARGV[2] cost         nano-USD: the actual cost
 -- ARGV[3] model        the model id as requested
 -- ARGV[4] usage        JSON: token counts by kind, copied into the ledger entry
 -- ARGV[5] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[6] retention_s  seconds the finished record is kept
+-- ARGV[6] window_s     seconds the finished record is kept, for replays
 -- ARGV[7] source       who charges: proxy | check | journal
 -- ARGV[8] estimated    "1" when the usage is the estimate rule's (the answer was cut before
 --                      its usage came): the ledger entry says so, and the member's monthly
@@ -23,23 +23,32 @@
 -- extra usage goes to the member, tier and org monthly spend and, on Team, the balance. The
 -- ledger entry is written in the same script, so counters always equal the ledger's sum.
 
-local org_k, mem_k, ops_k, due_k, ledger_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local org_k, mem_k, due_k, ledger_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
 local cost = tonumber(ARGV[2])
 local cost_s = fmt(cost)  -- formatted once: every counter and the ledger take it
 
--- the reservation's record, or nil and the answer (a replay's result, or the refusal)
+-- a settled record's result, as settling answered it (model.py, Op.SETTLED_FIELDS), marked
+-- as a replay
+local function replayed(v)
+  return '{"ok":1,"mode":"' .. v[1] .. '","cost":"' .. v[2] .. '","overshoot":"' .. v[3]
+    .. '","reserved":"' .. v[4] .. '","balance":"' .. v[5] .. '","period":"' .. v[6]
+    .. '","tier":"' .. jstr(v[7]) .. '","reload_id":"' .. jstr(v[8]) .. '","reload_amount":"'
+    .. v[9] .. '","entry":"' .. v[10] .. '","expired":"' .. v[11] .. '","estimated":"'
+    .. v[12] .. '","member":"' .. jstr(v[13]) .. '","replay":"1"}'
+end
+
+-- the reservation's record (amount, mode, tier, member), or nil and the answer (a replay's
+-- result, or the refusal)
 local function reservation()
-  local raw = redis.call('HGET', ops_k, rid)
+  local raw = redis.call('GET', op_k)
   if not raw then return nil, fail('unknown_reservation') end
-  local rec = cjson.decode(raw)
-  if rec.s == 'settled' then
-    rec.result.replay = '1'
-    return nil, cjson.encode(rec.result)
-  end
-  if rec.s == 'released' then return nil, fail('released') end
-  if rec.s ~= 'r' and rec.s ~= 'x' then return nil, fail('unknown_reservation') end
-  return rec
+  local a, mode, tier, mid = reserved(raw)
+  if a then return { a = a, mode = mode, t = tier, m = mid } end
+  local done = settled(raw)
+  if done then return nil, replayed(done) end
+  if raw == 'R' then return nil, fail('released') end
+  return nil, fail('unknown_reservation')
 end
 
 -- extra usage: release what was held, add to the member, tier and org month and, on Team,
@@ -51,8 +60,8 @@ local function charge_extra(rec, held, o, mm, period, now, p)
   local overshoot = 0
   if cost > held then overshoot = cost - held end  -- an expired reservation holds nothing
   if held > 0 then
-    redis.call('HINCRBY', mem_k, p .. 'eu_res', fmt(-held))
-    redis.call('HINCRBY', org_k, 'eu_res', fmt(-held))
+    redis.call('HINCRBY', mem_k, p .. 'eu_res', '-' .. rec.a)
+    redis.call('HINCRBY', org_k, 'eu_res', '-' .. rec.a)
   end
   add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost_s)
   add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost_s)
@@ -64,7 +73,9 @@ local function charge_extra(rec, held, o, mm, period, now, p)
   if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
       and balance <= threshold then
     local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
-    redis.call('HSET', ops_k, 'reload:' .. reload_id,
+    -- the reload's own operation key, beside this one (same prefix, same slot); pending
+    -- until it is confirmed, and only one at a time (ar_pending)
+    redis.call('SET', string.sub(op_k, 1, #op_k - #rid) .. 'reload:' .. reload_id,
       cjson.encode({ amount = reload_amount, state = 'pending', created = fmt(now) }))
     redis.call('HSET', org_k, 'ar_pending', reload_id)
     return overshoot, -cost, balance, reload_id, reload_amount
@@ -85,7 +96,15 @@ if not rec then return answer end
 
 local mid, tier, mode = rec.m, rec.t, rec.mode
 local p = mid .. '|'
-local held = (rec.s == 'r') and num(rec.a) or 0
+-- held while its entry is in "due" (an admission past its expiry took it out: reclaimed)
+local expired, held = '0', 0
+if rec.a ~= '0' then
+  if redis.call('ZREM', due_k, rec.a .. '|' .. mid .. '|' .. rid) == 1 then
+    held = tonumber(rec.a)
+  else
+    expired = '1'
+  end
+end
 local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
   'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
 local plan = o[1] or ''
@@ -117,21 +136,19 @@ else
     'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
 end
 
--- the result and the settled record, written out as JSON (see jstr; the amount and expiry
--- come from the record admit.lua wrote: integers)
+-- the result, written out as JSON (see jstr; the amount comes from the record admit.lua
+-- wrote: an integer), and the settled record: the same values joined by "|", in the order
+-- of model.py's Op.SETTLED_FIELDS, kept for the replay window (the admission's answer only
+-- serves replays of the admission: not kept)
 local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
-local out = '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
-  .. fmt(overshoot) .. '","reserved":"' .. rec.a .. '","balance":"'
-  .. (plan == 'team' and fmt(balance) or '') .. '","period":"' .. period .. '","member":"'
-  .. mid_j .. '","tier":"' .. tier_j .. '","reload_id":"' .. reload_j
-  .. '","reload_amount":"' .. reload_amount .. '","entry":"' .. entry .. '","expired":"'
-  .. (rec.s == 'x' and '1' or '0') .. '","estimated":"' .. (estimated and '1' or '0') .. '"}'
--- the record with the result in it (the admission's answer only serves replays of the
--- admission itself: not kept, so that a record kept for the retention period is a few
--- hundred bytes)
-redis.call('HSET', ops_k, rid, '{"s":"settled","m":"' .. mid_j .. '","t":"' .. tier_j
-  .. '","mode":"' .. mode_j .. '","a":"' .. rec.a .. '","exp":"' .. rec.exp
-  .. '","result":' .. out .. '}')
-redis.call('HDEL', ops_k, 'a:' .. rid)
-redis.call('ZADD', due_k, fmt(now + tonumber(ARGV[6])), rid)
-return out
+local overshoot_s, balance_s = fmt(overshoot), (plan == 'team' and fmt(balance) or '')
+local est_s = estimated and '1' or '0'
+redis.call('SET', op_k, 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. rec.a
+  .. '|' .. balance_s .. '|' .. period .. '|' .. tier .. '|' .. reload_id .. '|'
+  .. reload_amount .. '|' .. entry .. '|' .. expired .. '|' .. est_s .. '|' .. mid,
+  'EX', ARGV[6])
+return '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
+  .. overshoot_s .. '","reserved":"' .. rec.a .. '","balance":"' .. balance_s
+  .. '","period":"' .. period .. '","member":"' .. mid_j .. '","tier":"' .. tier_j
+  .. '","reload_id":"' .. reload_j .. '","reload_amount":"' .. reload_amount
+  .. '","entry":"' .. entry .. '","expired":"' .. expired .. '","estimated":"' .. est_s .. '"}'

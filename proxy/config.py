@@ -81,7 +81,13 @@ class PolicyConfig:
     reservation: str = "estimate"
     fail_mode: str = "closed"
     reservation_ttl_s: int = 900
-    op_retention_s: int = 7 * 86400
+    # how long a finished request's record stays in Redis for replays: redis-py's retries
+    # (seconds), a restarted worker's journal (minutes); past it a replay is checked against
+    # the durable ledger, or refused and counted (README, "Replays")
+    replay_window_s: int = 3600
+    # how long a check API request id keeps its idempotency (Stripe keeps 24 h): first-party
+    # backends retry on schedules of their own
+    check_id_window_s: int = 86400
     journal_dir: str = "journal"
 
 
@@ -346,9 +352,12 @@ def parse_config(
         reservation=r.choice("reservation", RESERVATION_POLICIES, _POLICY.reservation),
         fail_mode=r.choice("fail_mode", FAIL_MODES, _POLICY.fail_mode),
         reservation_ttl_s=r.positive("reservation_ttl_s", _POLICY.reservation_ttl_s, integer=True),
-        op_retention_s=r.positive("op_retention_s", _POLICY.op_retention_s, integer=True),
+        replay_window_s=r.positive("replay_window_s", _POLICY.replay_window_s, integer=True),
+        check_id_window_s=r.positive("check_id_window_s", _POLICY.check_id_window_s, integer=True),
         journal_dir=r.get("journal_dir", str, _POLICY.journal_dir),
     )
+    if "op_retention_s" in r.table:
+        raise r.fail("op_retention_s", "was replaced by replay_window_s (seconds)")
     if policy.reservation_ttl_s <= upstream.read_timeout_s:
         raise r.fail(
             "reservation_ttl_s",

@@ -163,6 +163,12 @@ async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     journal = Journal(config.policy.journal_dir, app[METRICS])
     journal.open()  # where this process records its requests in flight
     app[METER] = meter = Meter(config, app[STORE], app[METRICS], app[PAYMENTS], journal)
+    ledger = app[LEDGER]
+
+    async def ledger_has(org: str, op_id: str) -> bool:
+        return await (await ledger.get()).has_op(org, op_id)
+
+    meter.ledger_has = ledger_has
     # journals left by dead processes (usage to charge, requests they had in flight) and
     # this process's own usage lines are replayed as soon as Redis answers
     replayer = asyncio.create_task(

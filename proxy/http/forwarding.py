@@ -35,7 +35,6 @@ from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
 from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
 from proxy.metering.journal import InFlight
-from proxy.storage.model import EXTRA_USAGE
 from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
@@ -93,7 +92,9 @@ class Metered:
         self.flight = self.app[METER].journal.begin(
             self.rid, self.org, self.key.secret_hash, self.model, self.prompt_bytes
         )
-        self.flight.lease = self.adm is not None and self.adm["mode"] == EXTRA_USAGE
+        # every admitted request: its record in Redis outlives it only by the replay window,
+        # so a long one keeps it (and an extra-usage reservation) alive while it runs
+        self.flight.lease = self.adm is not None
 
     def body_came(self, usage: Usage | None, estimated: bool) -> None:
         """A JSON answer's usage (whole, or as estimated from what came): in the journal at

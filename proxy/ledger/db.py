@@ -214,6 +214,14 @@ class LedgerDB:
         )
         return out
 
+    async def has_op(self, org: str, op_id: str) -> bool:
+        """Whether the ledger holds an entry of operation ``op_id``."""
+        return bool(
+            await self.pool.fetchval(
+                "SELECT 1 FROM ledger_entries WHERE org_id = $1 AND op_id = $2", org, op_id
+            )
+        )
+
     async def op_ids(self, org: str) -> set[str]:
         rows = await self.pool.fetch("SELECT op_id FROM ledger_entries WHERE org_id = $1", org)
         return {r["op_id"] for r in rows}

@@ -43,6 +43,7 @@ import fcntl
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class InFlight:
             orjson.dumps(
                 {
                     "k": "a",
+                    "t": int(time.time()),
                     "rid": self.rid,
                     "org": self.org,
                     "key": self.key,

@@ -40,6 +40,9 @@ TOKEN_KINDS = (
     "cache_read_input_tokens",
 )
 KEY_FRESH_S = 30.0  # how long a key checked in Redis counts as known to this process
+# a journal entry older than replay_window_s less this is treated as past the window (the
+# window runs on Redis's clock from the settlement; the entry's time is this host's)
+REPLAY_MARGIN_S = 60
 FAIL_CLOSED_MESSAGE = (
     "the usage store (Redis) is unavailable and this proxy fails closed: requests are "
     "refused until it is back"
@@ -67,6 +70,9 @@ class Meter:
         self.known_keys: dict[str, float] = {}
         # settlements sent and not yet answered (each finishes in its own task)
         self.inflight: set[asyncio.Task[Any]] = set()
+        # whether the durable ledger (PostgreSQL) holds an operation: asked for a journal
+        # replay too old for Redis to recognise (set by the app; None: nothing to ask)
+        self.ledger_has: Callable[[str, str], Awaitable[bool]] | None = None
 
     # -- admission -----------------------------------------------------------------------
 
@@ -299,6 +305,7 @@ class Meter:
         estimated: bool = False,
     ) -> None:
         entry: dict[str, Any] = {
+            "t": int(time.time()),
             "rid": request_id,
             "org": org,
             "key": key_hash,
@@ -343,8 +350,35 @@ class Meter:
             return
         await self._charge_ran(entry, usage)
 
+    async def _late(self, entry: dict[str, Any]) -> bool:
+        """Whether a journal entry must not be charged because it is too old to replay: past
+        ``replay_window_s`` (less a margin for clocks) Redis may have forgotten the request,
+        so a charge made then would not be recognised. Charged only when the durable ledger
+        says it does not hold it; refused (and counted) when the ledger cannot tell."""
+        written = entry.get("t")
+        window = self.config.policy.replay_window_s
+        if written is None or time.time() - float(written) < window - REPLAY_MARGIN_S:
+            return False
+        known: bool | None = None
+        if self.ledger_has is not None:
+            try:
+                known = await self.ledger_has(entry["org"], entry["rid"])
+            except Exception as exc:  # any failure: the ledger cannot tell
+                log.warning("ledger lookup failed", extra={"fields": {"error": repr(exc)}})
+        outcome = "refused" if known is None else ("known" if known else "charged")
+        self.metrics.late_replays.labels(outcome).inc()
+        if outcome == "refused":
+            log.error(
+                "journal entry past the replay window refused: the ledger cannot tell "
+                "whether it was charged",
+                extra={"fields": {"request_id": entry["rid"], "org": entry["org"]}},
+            )
+        return outcome != "charged"
+
     async def _charge_ran(self, entry: dict[str, Any], usage: dict[str, int]) -> None:
         org, rid = entry["org"], entry["rid"]
+        if await self._late(entry):
+            return
         try:
             await self.store.admit(
                 org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True

@@ -200,8 +200,16 @@ class Metrics:
         )
         self.renewals = Counter(
             "eup_reservation_renewals_total",
-            "reservations of long requests renewed while they ran, by outcome (renewed, "
-            "gone: settled or reclaimed already, failed)",
+            "leases of long requests (their record, and any reservation) renewed while they "
+            "ran, by outcome (renewed, gone: settled or released already, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.late_replays = Counter(
+            "eup_late_replays_total",
+            "journal replays older than policy.replay_window_s (Redis may have forgotten "
+            "them), by outcome: charged (not in the durable ledger), known (in it: "
+            "nothing charged), refused (the ledger could not tell: nothing charged)",
             ["outcome"],
             registry=r,
         )

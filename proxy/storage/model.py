@@ -13,8 +13,9 @@ Layout per organization (every key carries ``{org}`` as its hash tag: ``proxy.st
 - ``members``  hash   ``<member>|<field>`` (``Member``), and ``|primary``
 - ``creds``    hash   ``k:<sha256>`` / ``t:<sha256>`` -> ``<member>|<id>|<gen>``; ``kid:<id>`` /
                       ``tid:<id>`` -> the hash (``Cred``)
-- ``ops``      hash   operation id -> JSON record (``Op``); ``a:<id>`` the kept answer
-- ``due``      zset   operation id by the time its record expires
+- ``op:<id>``  string one operation (``Op``): a request's reservation, then its result; a
+                      purchase; a reload. Expires whole after its replay window.
+- ``due``      zset   the live extra-usage reservations, ``<amount>|<member>|<id>`` by expiry
 - ``ledger``   stream one entry per charge, purchase, reload (``Ledger``)
 - ``audit``    stream who changed what (``Audit``)
 - ``requests`` hash   Enterprise extra-usage requests by id (JSON, written by Python only)
@@ -106,6 +107,9 @@ class Org:
     AUTO_RELOAD_AMOUNT: Final = "ar_amount"
     RELOAD_PENDING: Final = "ar_pending"  # the id of the reload asked for and not confirmed
     CLOCK: Final = "clock"  # the high-water mark of the scripts' time (never runs back)
+    # no reservation in ``due`` expires before this epoch second (a lower bound; absent:
+    # none is held): an admission looks for expired ones only once it has passed
+    RECLAIM_AT: Final = "rc"
     # per seat tier: "<prefix><tier>"
     TIER_LIMIT: Final = "tlimit:"
     TIER_SPEND_PERIOD: Final = "tspend_p:"
@@ -176,23 +180,57 @@ class Cred:
 
 
 class Op:
-    """Operation records in the ops hash (JSON), their states and their fields."""
+    """Operation records: one string key per operation (``op:<id>``), fields joined by "|".
 
-    RESERVED: Final = "r"  # admitted, holding its reservation
-    EXPIRED: Final = "x"  # reclaimed: past its TTL, holding nothing, still settleable
-    SETTLED: Final = "settled"
-    RELEASED: Final = "released"
-    STATES: Final = (RESERVED, EXPIRED, SETTLED, RELEASED)
-    # a request's record: state, member, tier, mode, amount held, expiry; settled: result
-    FIELDS: Final = ("s", "m", "t", "mode", "a", "exp", "result", "reply")
-    ANSWER: Final = "a:"  # "a:<id>": the admission's answer, kept while it is reserved
-    RELOAD: Final = "reload:"  # "reload:<id>": an auto-reload (amount, state, created, result)
+    A request's record: ``r|<amount held>|<mode>|<tier>|<member>`` and, after a newline, the
+    admission's answer (for replays of the admission) while it is reserved; once settled
+    ``S|<result fields, SETTLED_FIELDS>``; once released ``R``. A reservation of extra usage
+    with an amount is also in the org's ``due`` zset while it holds it: settling or
+    releasing it takes it out, and an admission that finds it past its expiry reclaims it
+    (a record whose ``due`` entry is gone holds nothing)."""
+
+    RESERVED: Final = "r"
+    SETTLED: Final = "S"
+    RELEASED: Final = "R"
+    STATES: Final = (RESERVED, SETTLED, RELEASED)
+    FIELDS: Final = ("s", "a", "mode", "t", "m")  # a reserved record, in order
+    # a settled record after "S|", in order: what a replay of the settlement answers
+    SETTLED_FIELDS: Final = (
+        "mode",
+        "cost",
+        "overshoot",
+        "reserved",
+        "balance",
+        "period",
+        "tier",
+        "reload_id",
+        "reload_amount",
+        "entry",
+        "expired",
+        "estimated",
+        "member",
+    )
+    RELOAD: Final = "reload:"  # "op:reload:<id>": an auto-reload (amount, state, created, result)
     RELOAD_ID: Final = "rl-"  # a reload's id: "rl-<the request that crossed the threshold>"
-    PURCHASE: Final = "purchase:"  # "purchase:<idempotency key>": amount, result
+    PURCHASE: Final = "purchase:"  # "op:purchase:<idempotency key>": amount, result
     RELOAD_FIELDS: Final = ("amount", "state", "created", "result")
     RELOAD_PENDING: Final = "pending"
     RELOAD_CONFIRMED: Final = "confirmed"
     CHECK_PREFIX: Final = "chk:"  # the check API's request ids, apart from the proxy's
+
+    @staticmethod
+    def decode(raw: str) -> dict[str, str]:
+        """A request's record as its fields: ``s`` (its state) and, reserved, ``a``, ``mode``,
+        ``t``, ``m`` and ``answer``; settled, ``SETTLED_FIELDS``. (lib.lua's ``reserved`` and
+        ``settled`` read the same layout in the scripts.)"""
+        if raw == Op.RELEASED:
+            return {"s": Op.RELEASED}
+        if raw.startswith(Op.SETTLED + "|"):
+            values = raw[2:].split("|", len(Op.SETTLED_FIELDS) - 1)
+            return {"s": Op.SETTLED, **dict(zip(Op.SETTLED_FIELDS, values, strict=True))}
+        answer, _, header = raw.partition("\n")
+        values = header.split("|", len(Op.FIELDS) - 1)
+        return {**dict(zip(Op.FIELDS, values, strict=True)), "answer": answer}
 
 
 class Ledger:

@@ -46,7 +46,9 @@ def _builder(script: str, names: tuple[str, ...]) -> Callable[..., tuple[Any, ..
 @dataclass(frozen=True)
 class ScriptSpec:
     name: str
-    keys: tuple[str, ...]  # OrgKeys attributes ("target": the hash a write changes)
+    # OrgKeys attributes ("target": the hash a write changes; "op", always last: the key of
+    # the operation the call is about, ``keys.op_key``)
+    keys: tuple[str, ...]
     args: tuple[Arg, ...]
     tail: tuple[Arg, ...] = ()
     reply: tuple[str, ...] = ()  # the fields of a successful reply
@@ -56,22 +58,30 @@ class ScriptSpec:
     args_of: Callable[..., tuple[Any, ...]] = field(init=False, repr=False)
     tail_of: Callable[..., tuple[Any, ...]] = field(init=False, repr=False)
     _keys_of: Callable[[OrgKeys], tuple[str, ...]] = field(init=False, repr=False)
+    _op: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "args_of", _builder(self.name, tuple(a.name for a in self.args)))
         object.__setattr__(self, "tail_of", _builder(self.name, tuple(a.name for a in self.tail)))
-        getter = operator.attrgetter(*self.keys)
+        names = self.keys[:-1] if self.keys[-1:] == ("op",) else self.keys
+        if "op" in names:
+            raise ValueError(f"{self.name}.lua: the operation's key comes last")
+        getter = operator.attrgetter(*names)
         # attrgetter of one name answers the value, not a 1-tuple
-        keys_of = getter if len(self.keys) > 1 else (lambda k: (getter(k),))
+        keys_of = getter if len(names) > 1 else (lambda k: (getter(k),))
         object.__setattr__(self, "_keys_of", keys_of)
+        object.__setattr__(self, "_op", len(names) < len(self.keys))
 
     @property
     def argv(self) -> tuple[Arg, ...]:
         """Every named argument in ARGV order (ARGV[1] first)."""
         return self.args + self.tail
 
-    def keys_of(self, org_keys: OrgKeys) -> tuple[str, ...]:
-        """KEYS, in order, for one org (a write names its target hash itself)."""
+    def keys_of(self, org_keys: OrgKeys, op_id: str = "") -> tuple[str, ...]:
+        """KEYS, in order, for one org (a write names its target hash itself), the key of
+        operation ``op_id`` last for a script about one."""
+        if self._op:
+            return (*self._keys_of(org_keys), org_keys.ops + op_id)
         return self._keys_of(org_keys)
 
 
@@ -81,12 +91,12 @@ Reply = dict[str, Any]
 
 
 PINNED = Arg("pinned_now", "epoch seconds to use instead of Redis TIME (tests only; 0 = TIME)")
-RETENTION = Arg("retention_s", "seconds a finished operation record is kept, for replays")
+WINDOW = Arg("window_s", "seconds a finished operation's record is kept, for replays")
 REQUEST_ID = Arg("request_id", "the operation id (the proxy's request id, or chk:<id>)")
 
 ADMIT = ScriptSpec(
     "admit",
-    keys=("org", "members", "creds", "ops", "due"),
+    keys=("org", "members", "creds", "due", "op"),
     args=(
         REQUEST_ID,
         Arg("who", '"k": credential is a proxy key hash; "m": a member id (check API)'),
@@ -101,7 +111,7 @@ ADMIT = ScriptSpec(
         Arg("reserve", '"1" to reserve; "0" to answer without writing (status reads)'),
         Arg("tiers", '";name,session,weekly,session_s,weekly_s" per tier (nano-USD, seconds)'),
         PINNED,
-        RETENTION,
+        WINDOW,
         Arg("force", '"1" to admit a journaled request that already ran'),
         Arg("lean", '"1" for the lean answer when allowed (LEAN_FIELDS)'),
         Arg("unbounded", '"1" when a server tool has no bound (web search without max_uses)'),
@@ -110,7 +120,7 @@ ADMIT = ScriptSpec(
 )
 SETTLE = ScriptSpec(
     "settle",
-    keys=("org", "members", "ops", "due", "ledger"),
+    keys=("org", "members", "due", "ledger", "op"),
     args=(
         REQUEST_ID,
         Arg("cost", "nano-USD: the actual cost"),
@@ -119,7 +129,7 @@ SETTLE = ScriptSpec(
     ),
     tail=(
         PINNED,
-        RETENTION,
+        WINDOW,
         Arg("source", "who charges: proxy | check | journal"),
         Arg("estimated", '"1" when the usage is the estimate rule\'s (the answer was cut)'),
     ),
@@ -141,28 +151,28 @@ SETTLE = ScriptSpec(
 )
 RELEASE = ScriptSpec(
     "release",
-    keys=("org", "members", "ops", "due"),
+    keys=("org", "members", "due", "op"),
     args=(REQUEST_ID,),
-    tail=(PINNED, RETENTION),
+    tail=(WINDOW,),
     reply=("ok", "released"),
 )
 RENEW = ScriptSpec(
     "renew",
-    keys=("org", "ops", "due"),
+    keys=("org", "due", "op"),
     args=(REQUEST_ID,),
-    tail=(Arg("reservation_ttl_s", "seconds from now the reservation holds"), PINNED),
+    tail=(Arg("reservation_ttl_s", "seconds from now the reservation holds"), PINNED, WINDOW),
     reply=("ok", "exp"),
 )
 PURCHASE = ScriptSpec(
     "purchase",
-    keys=("org", "ops", "due", "ledger", "audit"),
+    keys=("org", "ledger", "audit", "op"),
     args=(
         Arg("kind", "purchase | reload"),
         Arg("op_id", "purchase:<idempotency key> | reload:<reload id>"),
         Arg("amount", "nano-USD (a purchase; a reload's amount is the one it was asked for)"),
         Arg("actor", "who: recorded in the ledger and the audit log"),
     ),
-    tail=(PINNED, RETENTION),
+    tail=(PINNED, WINDOW),
     reply=("ok", "amount", "balance", "entry"),
 )
 WRITE = ScriptSpec(

@@ -31,7 +31,7 @@ from proxy.core.admission import Admission
 from proxy.core.errors import StoreUnavailable
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
-from proxy.storage.keys import OrgKeys, org_keys, orgs_index
+from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
 from proxy.storage.model import DELETE, OFF, ON, Member, Op
 from proxy.storage.pipelining import Pipeliner
 from proxy.storage.scripts import (
@@ -151,6 +151,13 @@ class Store:
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
 
+    def window_of(self, op_id: str) -> int:
+        """How long an operation's record outlives it, for replays: a check API id keeps
+        its idempotency for ``check_id_window_s``, the proxy's for ``replay_window_s``."""
+        if op_id.startswith(Op.CHECK_PREFIX):
+            return self.policy.check_id_window_s
+        return self.policy.replay_window_s
+
     async def close(self) -> None:
         """Close the multiplexed connection, and the client when this store opened it."""
         try:
@@ -243,7 +250,7 @@ class Store:
         policy = self.policy
         doc = await self._run(
             ADMIT,
-            ADMIT.keys_of(self.keys(org)),
+            ADMIT.keys_of(self.keys(org), request_id),
             ADMIT.args_of(
                 request_id=request_id,
                 who=who,
@@ -258,7 +265,7 @@ class Store:
                 reserve=ON if reserve else OFF,
                 tiers=self.tiers_spec,
                 pinned_now=self.pinned_now,
-                retention_s=policy.op_retention_s,
+                window_s=self.window_of(request_id),
                 force=ON if force else OFF,
                 lean=ON if lean else OFF,
                 unbounded=ON if unbounded else OFF,
@@ -286,7 +293,7 @@ class Store:
         started = time.perf_counter()
         call = self._call(
             SETTLE,
-            SETTLE.keys_of(self.keys(org)),
+            SETTLE.keys_of(self.keys(org), request_id),
             SETTLE.args_of(
                 request_id=request_id,
                 cost=cost,
@@ -295,7 +302,7 @@ class Store:
             ),
             SETTLE.tail_of(
                 pinned_now=self.pinned_now,
-                retention_s=self.policy.op_retention_s,
+                window_s=self.window_of(request_id),
                 source=source,
                 estimated=ON if estimated else OFF,
             ),
@@ -306,19 +313,21 @@ class Store:
     def release(self, org: str, request_id: str) -> Coroutine[Any, Any, Reply]:
         return self._run(
             RELEASE,
-            RELEASE.keys_of(self.keys(org)),
+            RELEASE.keys_of(self.keys(org), request_id),
             RELEASE.args_of(request_id=request_id),
-            RELEASE.tail_of(pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s),
+            RELEASE.tail_of(window_s=self.window_of(request_id)),
         )
 
     def renew(self, org: str, request_id: str) -> Coroutine[Any, Any, Reply]:
         """Renew a running request's reservation for another ``reservation_ttl_s``."""
         return self._run(
             RENEW,
-            RENEW.keys_of(self.keys(org)),
+            RENEW.keys_of(self.keys(org), request_id),
             RENEW.args_of(request_id=request_id),
             RENEW.tail_of(
-                reservation_ttl_s=self.policy.reservation_ttl_s, pinned_now=self.pinned_now
+                reservation_ttl_s=self.policy.reservation_ttl_s,
+                pinned_now=self.pinned_now,
+                window_s=self.window_of(request_id),
             ),
         )
 
@@ -337,9 +346,9 @@ class Store:
     ) -> Coroutine[Any, Any, Reply]:
         return self._run(
             PURCHASE,
-            PURCHASE.keys_of(self.keys(org)),
+            PURCHASE.keys_of(self.keys(org), op_id),
             PURCHASE.args_of(kind=kind, op_id=op_id, amount=amount, actor=actor),
-            PURCHASE.tail_of(pinned_now=self.pinned_now, retention_s=self.policy.op_retention_s),
+            PURCHASE.tail_of(pinned_now=self.pinned_now, window_s=self.policy.check_id_window_s),
         )
 
     # -- administration ------------------------------------------------------------------
@@ -439,6 +448,25 @@ class Store:
         return sorted(
             as_str(o) for o in await self._cmd(self.client.smembers(orgs_index(self.prefix)))
         )
+
+    async def operation(self, org: str, op_id: str) -> dict[str, str] | None:
+        """One request's record (``Op.decode``), None once it has expired or never was."""
+        raw = await self._cmd(self.client.get(op_key(self.keys(org), op_id)))
+        return None if raw is None else Op.decode(as_str(raw))
+
+    async def operations(self, org: str) -> dict[str, dict[str, str]]:
+        """Every operation record the org holds in Redis, by id (a scan: tests and
+        operators, not the request path)."""
+        prefix = self.keys(org).ops
+        out: dict[str, dict[str, str]] = {}
+        # an org id has no glob characters (ids.ORG_ID)
+        async for key in self.client.scan_iter(match=prefix + "*", count=1000):
+            raw = await self._cmd(self.client.get(key))
+            if raw is not None:
+                op_id = as_str(key)[len(prefix) :]
+                if not op_id.startswith((Op.RELOAD, Op.PURCHASE)):
+                    out[op_id] = Op.decode(as_str(raw))
+        return out
 
     async def ledger(self, org: str, count: int | None = 10_000) -> list[dict[str, str]]:
         """The org's ledger stream as it is (entries the sink has not moved yet), oldest

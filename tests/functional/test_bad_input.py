@@ -18,8 +18,7 @@ async def raw_post(
 
 
 async def nothing_charged(proxy: Proxy, org: str) -> None:
-    k = proxy.store.keys(org)
-    assert await proxy.store.client.hlen(k.ops) == 0
+    assert await proxy.store.operations(org) == {}
     assert await proxy.store.ledger(org) == []
 
 

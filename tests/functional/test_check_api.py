@@ -78,7 +78,7 @@ async def test_check_settle_release_and_their_replays(proxy: Proxy) -> None:
     # a dry check reserves nothing
     _, d3 = await call(proxy, "/v1/usage/check", check_body(org, "ada", "r3", reserve=False))
     assert d3["reservation_id"] is None
-    assert await proxy.store.client.hexists(proxy.store.keys(org).ops, "chk:r3") == 0
+    assert await proxy.store.operation(org, "chk:r3") is None
     # member status
     async with proxy.session.get(
         proxy.url + f"/v1/usage/orgs/{org}/members/ada", headers=AUTH

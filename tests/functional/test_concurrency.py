@@ -8,6 +8,7 @@ import re
 import orjson
 import pytest
 
+from proxy.storage.model import Op
 from tests.conftest import Proxy, ProxyFactory, message
 from tests.functional.drivers import OUT
 from tests.functional.helpers import ledger_sum
@@ -81,11 +82,10 @@ async def scenario(
     m = re.search(rf'eup_reservation_overshoot_usd_total{{policy="{policy}"}} ([0-9.e+-]+)', text)
     overshoot_usd = float(m[1]) if m else 0.0
     reserved = over = 0
-    for raw in (await proxy.store.client.hgetall(proxy.store.keys(org).ops)).values():
-        rec = orjson.loads(raw)
-        if rec.get("s") == "settled":
-            reserved += int(rec["a"])
-            over += max(0, int(rec["result"]["cost"]) - int(rec["a"]))
+    for rec in (await proxy.store.operations(org)).values():
+        if rec["s"] == Op.SETTLED:
+            reserved += int(rec["reserved"])
+            over += max(0, int(rec["cost"]) - int(rec["reserved"]))
     return {
         "spend": spend,
         "admitted": statuses.count(200),

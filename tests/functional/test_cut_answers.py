@@ -14,6 +14,7 @@ import orjson
 
 from proxy.core.pricing import usage_from_mapping
 from proxy.core.usage import tokens_of_chars
+from proxy.storage.model import Op
 from tests.conftest import OPERATOR, Proxy, message
 from tests.functional.helpers import eventually, member_counters
 
@@ -125,8 +126,8 @@ async def test_a_member_gone_before_the_first_byte_closes_the_request_and_charge
     assert loop.time() - gone < 2.0  # at once, not after the API's first byte (5 s)
     await proxy.settled()
     assert await proxy.store.ledger(org) == []
-    raw = await proxy.store.client.hgetall(proxy.store.keys(org).ops)
-    assert [orjson.loads(v)["s"] for v in raw.values()] == ["released"]
+    ops = await proxy.store.operations(org)
+    assert [op["s"] for op in ops.values()] == [Op.RELEASED]
 
 
 async def test_a_stream_whose_member_left_after_message_start_pays_the_input_reported(

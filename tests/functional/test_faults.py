@@ -6,15 +6,15 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.storage.model import Op
 from tests.conftest import Proxy, message
 from tests.functional.helpers import eventually, member_counters
 
 
-async def ops_record(proxy: Proxy, org: str) -> dict[str, object]:
-    raw = await proxy.store.client.hgetall(proxy.store.keys(org).ops)
-    assert len(raw) == 1
-    rec: dict[str, object] = orjson.loads(next(iter(raw.values())))
-    return rec
+async def ops_record(proxy: Proxy, org: str) -> dict[str, str]:
+    ops = await proxy.store.operations(org)
+    assert len(ops) == 1
+    return next(iter(ops.values()))
 
 
 async def test_upstream_error_before_any_byte_is_forwarded_and_charges_nothing(
@@ -30,7 +30,7 @@ async def test_upstream_error_before_any_byte_is_forwarded_and_charges_nothing(
     assert doc["error"] == {"type": "overloaded_error", "message": "Overloaded"}
     assert doc["request_id"].startswith("req_mock_")
     assert await proxy.store.ledger(org) == []
-    assert (await ops_record(proxy, org))["s"] == "released"
+    assert (await ops_record(proxy, org))["s"] == Op.RELEASED
     assert (await member_counters(proxy.store, org, "ann"))["s_used"] == 0
 
 
@@ -41,7 +41,7 @@ async def test_unreachable_upstream_is_a_502_and_releases(proxy: Proxy) -> None:
     status, _, body = await proxy.post(key, message())
     assert status == 502
     assert orjson.loads(body)["error"]["type"] == "api_error"
-    assert (await ops_record(proxy, org))["s"] == "released"
+    assert (await ops_record(proxy, org))["s"] == Op.RELEASED
 
 
 async def test_error_event_mid_stream_settles_the_usage_so_far(proxy: Proxy) -> None:

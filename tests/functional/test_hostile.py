@@ -64,7 +64,7 @@ async def snapshot(t: Target) -> dict[str, Any]:
         "members": await store.members(t.org),
         "ledger": len(await store.ledger(t.org)),
         "audit": await store.client.xlen(k.audit),
-        "ops": await store.client.hlen(k.ops),
+        "ops": len(await store.operations(t.org)),
     }
 
 

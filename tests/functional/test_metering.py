@@ -9,6 +9,8 @@ import orjson
 import pytest
 
 from proxy.core.decision import unified_headers
+from proxy.storage.keys import op_key
+from proxy.storage.model import Op
 from proxy.storage.store import StoreRefusal, script_source
 from tests.conftest import Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
@@ -60,11 +62,13 @@ async def test_a_replayed_settlement_charges_once(proxy: Proxy) -> None:
     # once settled, the id is spent: admitting it again is refused, and the record is small
     with pytest.raises(StoreRefusal, match="duplicate_id"):
         await store.admit(org, "req-replay-1", who="m", credential="bea", max_cost=1, est_cost=1)
-    raw = await store.client.hget(store.keys(org).ops, "req-replay-1")
-    assert len(raw) < 600
-    assert orjson.loads(raw)["result"] == {**first, "ok": 1}
-    # the admission's answer, kept beside the record while reserved, is gone
-    assert not await store.client.hexists(store.keys(org).ops, "a:req-replay-1")
+    k = store.keys(org)
+    raw = await store.client.get(op_key(k, "req-replay-1"))
+    assert len(raw) < 120
+    record = await store.operation(org, "req-replay-1")
+    assert record == {"s": Op.SETTLED, **{f: first[f] for f in Op.SETTLED_FIELDS}}
+    # the record expires whole after the replay window
+    assert 0 < await store.client.ttl(op_key(k, "req-replay-1")) <= store.policy.replay_window_s
 
 
 async def test_the_proxys_lean_answer_carries_what_its_headers_need(proxy: Proxy) -> None:
@@ -125,8 +129,9 @@ async def test_strings_that_need_escaping_are_answered_as_json(proxy: Proxy) -> 
         assert (result["member"], result["cost"]) == (odd, "5")
         again = await store.settle(org, f'r"{lean}', cost=5, model="m", usage={})[0]
         assert {n: v for n, v in again.items() if n != "replay"} == result
-        record = orjson.loads(await store.client.hget(k.ops, f'r"{lean}'))
-        assert (record["m"], record["s"]) == (odd, "settled")
+        record = await store.operation(org, f'r"{lean}')
+        assert record is not None
+        assert (record["member"], record["s"]) == (odd, Op.SETTLED)
     assert (await member_counters(store, org, odd))["s_used"] == 10
 
 

@@ -6,7 +6,7 @@ import pytest
 from redis.crc import key_slot
 
 from proxy.core.credentials import PROXY_KEY_PREFIX, hash_secret, new_secret, org_of
-from proxy.storage.keys import org_keys
+from proxy.storage.keys import op_key, org_keys
 from proxy.storage.scripts import SPECS, WRITE_TARGETS
 
 
@@ -17,7 +17,11 @@ def test_every_scripts_keys_map_to_one_slot(org: str) -> None:
         # write.lua takes one of the org's hashes (its target) plus the audit stream
         attrs = [a for a in spec.keys if a != "target"]
         targets = WRITE_TARGETS if "target" in spec.keys else ()
-        slots = {key_slot(getattr(keys, a).encode()) for a in [*attrs, *targets]}
+        names = [getattr(keys, a) for a in [*attrs, *targets] if a != "op"]
+        if "op" in spec.keys:  # the operation's key, and the reload settle.lua names beside it
+            op = spec.keys_of(keys, "req-1{other}")[-1]
+            names += [op, op_key(keys, "reload:rl-x"), op_key(keys, "purchase:k}{")]
+        slots = {key_slot(n.encode()) for n in names}
         assert len(slots) == 1, name
 
 

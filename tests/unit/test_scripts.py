@@ -118,15 +118,16 @@ def test_the_scan_finds_what_it_checks() -> None:
 def test_the_lean_answer_is_part_of_the_full_one() -> None:
     assert set(LEAN_FIELDS) < set(FULL_FIELDS)
     assert set(SPECS["admit"].reply) == set(FULL_FIELDS)
-    assert {"s", "m", "t", "mode", "a", "exp"} <= set(Op.FIELDS)
+    assert {"s", "m", "t", "mode", "a"} <= set(Op.FIELDS)
 
 
 def test_the_spec_builds_argv_by_name() -> None:
-    spec = SPECS["release"]
+    spec = SPECS["renew"]
     assert spec.args_of(request_id="r1") == ("r1",)
-    assert spec.tail_of(retention_s=60, pinned_now=0) == (0, 60)  # in ARGV order
-    with pytest.raises(TypeError, match="retention_s"):
-        spec.tail_of(pinned_now=0)
+    # in ARGV order
+    assert spec.tail_of(window_s=60, pinned_now=0, reservation_ttl_s=9) == (9, 0, 60)
+    with pytest.raises(TypeError, match="window_s"):
+        spec.tail_of(pinned_now=0, reservation_ttl_s=9)
     with pytest.raises(TypeError, match="other"):
-        spec.tail_of(pinned_now=0, retention_s=60, other=1)
+        spec.tail_of(pinned_now=0, window_s=60, reservation_ttl_s=9, other=1)
     assert SPECS["admit"].args_of.__code__.co_varnames == tuple(a.name for a in ADMIT.args)
