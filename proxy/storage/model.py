@@ -62,6 +62,18 @@ def flag(value: bool) -> str:
     return ON if value else OFF
 
 
+# A field of the org's three hashes read on every request (org, members, creds), written
+# when the org is created: its value is longer than Redis's hash-max-listpack-value (64 by
+# default), so Redis keeps each hash in its hashtable encoding from the start, where a field
+# is found by its hash rather than by scanning a listpack. An admission and a settlement
+# look up about 40 fields: on listpacks of a small org that scan was a fifth of their cost
+# (bench/redis_ceiling.py, README "Redis cost"). Not a member, a setting or a credential.
+ENCODING_FIELD: Final = "|encoding"
+ENCODING_VALUE: Final = (
+    "hashtable: this value is longer than hash-max-listpack-value, so that Redis looks up "
+    "this hash's fields by hash instead of scanning it"
+)
+
 # -- plans, roles, settings' values ------------------------------------------------------
 TEAM: Final = "team"
 ENTERPRISE: Final = "enterprise"

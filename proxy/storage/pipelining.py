@@ -64,8 +64,9 @@ class EvalshaPacker:
     argument, 30,000 for an admission. The head of a call (command, script, keys) is the same
     for every call of one script on one org, and the tail of its arguments is drawn from a
     small set (flags, the process's settings), so both are packed once and kept; only the
-    arguments in between are packed per call. The bytes are those of ``pack`` on the whole
-    command."""
+    arguments in between, and the keys that are the call's own (``own``, the last ones: the
+    key of the operation it is about), are packed per call. The bytes are those of ``pack``
+    on the whole command."""
 
     LIMIT = 4096  # entries of each cache; cleared when full (orgs come and go)
 
@@ -79,17 +80,20 @@ class EvalshaPacker:
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
+        own: int = 0,
     ) -> bytes:
-        head = self.heads.get((sha, keys))
+        shared = keys[: len(keys) - own]
+        head = self.heads.get((sha, shared))
         if head is None:
-            head = _elements(("EVALSHA", sha, len(keys), *keys))
-            self._keep(self.heads, (sha, keys), head)
+            head = _elements(("EVALSHA", sha, len(keys), *shared))
+            self._keep(self.heads, (sha, shared), head)
         end = self.tails.get(tail) if tail else b""
         if end is None:
             end = _elements(tail)
             self._keep(self.tails, tail, end)
         n = 3 + len(keys) + len(args) + len(tail)
-        return b"*%d\r\n%b%b%b" % (n, head, _elements(args), end)
+        middle = _elements((*keys[len(shared) :], *args)) if own else _elements(args)
+        return b"*%d\r\n%b%b%b" % (n, head, middle, end)
 
     def _keep(self, cache: dict[Any, bytes], key: Any, value: bytes) -> None:
         if len(cache) >= self.LIMIT:
@@ -179,15 +183,17 @@ class Pipeliner:
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
+        own: int = 0,
     ) -> asyncio.Future[Any]:
         """Queue one EVALSHA of ``args`` then ``tail`` (arguments from a small set of
-        values, packed once: see EvalshaPacker); the future gets its reply (or the error)."""
+        values, packed once: see EvalshaPacker; ``own``: how many of the last keys are this
+        call's own); the future gets its reply (or the error)."""
         loop = self._loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self.closed:
             fut.set_exception(RedisConnectionError("the script connection is closed"))
             return fut
-        packed = self.packer(script.sha, keys, args, tail)
+        packed = self.packer(script.sha, keys, args, tail, own)
         self.queue.append(_Call(script, keys, args + tail, packed, fut))
         if not self.pending and not self.flush_scheduled and self._writable() is not None:
             # nothing in flight: Redis is idle for this connection, and a batch would only

@@ -77,6 +77,11 @@ class ScriptSpec:
         """Every named argument in ARGV order (ARGV[1] first)."""
         return self.args + self.tail
 
+    @property
+    def own_keys(self) -> int:
+        """How many of its keys are a call's own (the last ones), not the org's."""
+        return 1 if self._op else 0
+
     def keys_of(self, org_keys: OrgKeys, op_id: str = "") -> tuple[str, ...]:
         """KEYS, in order, for one org (a write names its target hash itself), the key of
         operation ``op_id`` last for a script about one."""

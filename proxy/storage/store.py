@@ -32,7 +32,7 @@ from proxy.core.errors import StoreUnavailable
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
-from proxy.storage.model import DELETE, OFF, ON, Member, Op
+from proxy.storage.model import DELETE, ENCODING_FIELD, ENCODING_VALUE, OFF, ON, Member, Op
 from proxy.storage.pipelining import Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
@@ -179,7 +179,7 @@ class Store:
         values come from a small set, so that the pipeliner packs them once)."""
         script = self.scripts[spec.name]
         if self.pipeliner is not None:
-            return self.pipeliner.call(script, keys, args, tail)
+            return self.pipeliner.call(script, keys, args, tail, spec.own_keys)
         return script(keys=list(keys), args=[*args, *tail])
 
     async def _reply(self, spec: ScriptSpec, started: float, reply: Awaitable[Any]) -> Reply:
@@ -383,6 +383,9 @@ class Store:
         await self.update(
             org, "org", actor=actor, action="org.create", fields=fields, guards=["-plan"]
         )
+        k = self.keys(org)
+        for key in (k.org, k.members, k.creds):  # model.ENCODING_FIELD: why
+            await self._cmd(self.client.hset(key, ENCODING_FIELD, ENCODING_VALUE))
         await self._cmd(self.client.sadd(orgs_index(self.prefix), org))
 
     async def credential(

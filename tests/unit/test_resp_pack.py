@@ -31,7 +31,7 @@ def test_pack_matches_redis_py(args: tuple[str | int | bytes, ...]) -> None:
     assert pack(args) == reference(args)
 
 
-KEYS = ("eup:{acme}:org", "eup:{acme}:members", "eup:{acme}:ops")
+KEYS = ("eup:{acme}:org", "eup:{acme}:members", "eup:{acme}:op:req_1")
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,13 @@ def test_evalsha_packer_matches_one_pack_of_the_whole_command(
     assert packer("a" * 40, KEYS, args, tail) == whole
     assert packer("a" * 40, KEYS, args, tail) == whole  # from the kept head and tail
     assert packer("b" * 40, KEYS, args, tail) != whole  # another script: its own head
+    # the last key the call's own: packed per call, the head kept without it
+    assert packer("a" * 40, KEYS, args, tail, own=1) == whole
+    other = (*KEYS[:-1], "eup:{acme}:op:req_2")
+    assert packer("a" * 40, other, args, tail, own=1) == reference(
+        ("EVALSHA", "a" * 40, len(other), *other, *args, *tail)
+    )
+    assert ("a" * 40, KEYS[:-1]) in packer.heads and ("a" * 40, other) not in packer.heads
 
 
 def test_evalsha_packer_keeps_a_bounded_number_of_heads_and_tails() -> None:
