@@ -11,37 +11,43 @@
 -- ARGV[3]  credential         the proxy key's sha256, or the member id
 -- ARGV[4]  max_cost           nano-USD: strict upper bound of the request
 -- ARGV[5]  est_cost           nano-USD: the estimate policy's reservation
--- ARGV[6]  policy             default reservation policy: strict | estimate | none (an org
---                             may override it)
--- ARGV[7]  reservation_ttl_s  seconds
--- ARGV[8]  accept             "1" when the member accepts extra usage for this request
--- ARGV[9]  reserve            "1" to reserve; "0" to answer without writing (status, dry check)
--- ARGV[10] tiers              ";name,session_allowance,weekly_allowance,session_s,weekly_s;..."
---                             (nano-USD, seconds; each tier starts with ";")
--- ARGV[11] pinned_now         epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[12] window_s           seconds a finished operation's record is kept, for replays
--- ARGV[13] force              "1" to admit usage journaled while Redis was down (the request
---                             already ran): included while the seat allows, else extra usage
---                             when the org and member have it (past any limit), else included
---                             past the seat allowance
--- ARGV[14] lean               "1" for the lean answer when allowed: the decision, the member,
---                             the upstream credential and policy, and what the unified
---                             rate-limit headers show; a denial always gets the whole answer
--- ARGV[15] unbounded          "1" when a server tool of the request has no bound (a web search
---                             without max_uses): strict cannot run it on extra usage
+-- ARGV[6]  tail               these, joined by "|":
+-- ARGV[6].1  policy             default reservation policy: strict | estimate | none (an org
+--                               may override it)
+-- ARGV[6].2  reservation_ttl_s  seconds
+-- ARGV[6].3  accept             "1" when the member accepts extra usage for this request
+-- ARGV[6].4  reserve            "1" to reserve; "0" to answer without writing (status, check)
+-- ARGV[6].5  pinned_now         epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[6].6  window_s           seconds a finished operation's record is kept, for replays
+-- ARGV[6].7  force              "1" to admit usage journaled while Redis was down (the
+--                               request already ran): included while the seat allows, else
+--                               extra usage when the org and member have it (past any
+--                               limit), else included past the seat allowance
+-- ARGV[6].8  lean               "1" for the lean answer when allowed: the decision, the
+--                               member, the upstream credential and policy, and what the
+--                               unified rate-limit headers show; a denial gets the whole one
+-- ARGV[6].9  unbounded          "1" when a server tool of the request has no bound (a web
+--                               search without max_uses): strict cannot run it on extra usage
+-- ARGV[6].10 period             "YYYY-MM": the month of the caller's clock, taken when the
+-- ARGV[6].11 period_start       script's own time falls in [period_start, period_end) (epoch
+-- ARGV[6].12 period_end         seconds), else computed (month_of)
+-- ARGV[6].13 tiers              ";name,session_allowance,weekly_allowance,session_s,weekly_s"
+--                               per tier (nano-USD, seconds)
 -- Reply: JSON, written out directly (see jstr in lib.lua): {ok=0, err, detail} for an unknown
 -- key/member/org/tier or a disabled member or org; else the decision {ok=1, d, mode, reason,
--- ...} (proxy/core/admission.py names every field) with every amount a decimal string.
+-- ...} (proxy/core/admission.py names every field) with every amount a decimal string. The
+-- window that binds (claim) is derived by the caller from the windows answered.
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
 -- correct on its own. The record expires reservation_ttl_s + window_s after the admission
 -- (renew.lua moves it on while the request runs); what it holds is in model.py (Op).
+-- Numbers stay decimal strings where only compared (dlt): a conversion costs a strtod.
 
 local org_k, mem_k, cred_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
-local max_cost = tonumber(ARGV[4])
-local est_cost = tonumber(ARGV[5])
-local reserve = ARGV[9] == '1'
+local policy_default, ttl_s, accept, reserve_s, pinned, window_s, force, lean, unbounded,
+  period_hint, period_start, period_end, tiers = string.match(ARGV[6], ADMIT_TAIL)
+local reserve = reserve_s == '1'
 
 -- a request id seen before: the answer it got, or the refusal of a spent id (nil: new)
 local function replayed()
@@ -75,10 +81,10 @@ end
 -- entry of "due" names its amount and member: its record is not read (a settlement that
 -- finds its entry gone knows it was reclaimed). Returns the org's reserved total less what
 -- it gave back, the org's "rc" ('' for none held) and whether it changed.
-local function reclaim(now, org_res, rc)
+local function reclaim(now_s, org_res, rc)
   if rc == false then return org_res, '', false end
-  if now < num(rc) then return org_res, rc, false end
-  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', fmt(now), 'LIMIT', '0', '16')
+  if dlt(now_s, rc) then return org_res, rc, false end
+  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now_s, 'LIMIT', '0', '16')
   for _, entry in ipairs(due) do
     local a, m = string.match(entry, '^(%d+)|([^|]*)|')
     redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
@@ -97,27 +103,19 @@ end
 -- is also returned as the string the answer carries: the stored one where it is unchanged
 -- (every number in these hashes is a plain integer), so no formatting per request. Returns
 -- nil when the tier is not configured, else (session allowance, weekly allowance, each
--- window's used and reset, whether each is open, whether the seat allows, the claim and its
--- reset).
-local function windows(now, tier, m)
-  local at = string.find(ARGV[10], ';' .. tier .. ',', 1, true)
+-- window's used and reset, whether each is open, whether the seat allows).
+local function windows(now_s, tier, m)
+  local at = string.find(tiers, ';' .. tier .. ',', 1, true)
   if not at then return nil end
-  local sa_s, wa_s, sl_s, wl_s = string.match(ARGV[10], '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
+  local sa_s, wa_s, sl_s, wl_s = string.match(tiers, '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
   if not sa_s then return nil end
-  local s_open, w_open = now < num(m[4]), now < num(m[6])
-  local s_used_s = s_open and m[5] or '0'
-  local w_used_s = w_open and m[7] or '0'
-  local s_used, w_used = num(s_used_s), num(w_used_s)
-  local sa, wa = tonumber(sa_s), tonumber(wa_s)
-  local s_reset_s = s_open and m[4] or fmt(now + tonumber(sl_s))
-  local w_reset_s = w_open and m[6] or fmt(now + tonumber(wl_s))
-  -- the window that binds: a used-up one, else the one nearer its allowance
-  local claim, claim_reset = 'five_hour', s_reset_s
-  if w_used >= wa or (s_used < sa and w_used * sa > s_used * wa) then
-    claim, claim_reset = 'seven_day', w_reset_s
-  end
+  local s_open, w_open = m[4] and dlt(now_s, m[4]), m[6] and dlt(now_s, m[6])
+  local s_used_s = s_open and (m[5] or '0') or '0'
+  local w_used_s = w_open and (m[7] or '0') or '0'
+  local s_reset_s = s_open and m[4] or fmt(tonumber(now_s) + tonumber(sl_s))
+  local w_reset_s = w_open and m[6] or fmt(tonumber(now_s) + tonumber(wl_s))
   return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
-    s_used < sa and w_used < wa, claim, claim_reset
+    dlt(s_used_s, sa_s) and dlt(w_used_s, wa_s)
 end
 
 -- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
@@ -142,7 +140,7 @@ local function limits_and_balance(policy, limits)
     if limit_reason == '' then
       if room <= 0 then
         limit_reason = l[1]
-      elseif policy == 'strict' and room < max_cost then
+      elseif policy == 'strict' and room < tonumber(ARGV[4]) then
         limit_reason, fits = l[1], '0'
       end
     end
@@ -156,14 +154,14 @@ local function decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, rem
   if eu_available then
     local amount = 0
     if policy == 'strict' then
-      amount = max_cost
+      amount = tonumber(ARGV[4])
     elseif policy == 'estimate' then
-      amount = est_cost
+      amount = tonumber(ARGV[5])
       if remaining ~= nil and remaining < amount then amount = remaining end
     end
     return 'allow', 'extra_usage', '', amount
   end
-  if ARGV[13] == '1' then  -- forced: the request already ran
+  if force == '1' then  -- forced: the request already ran
     return 'allow', (eu_reason == '') and 'extra_usage' or 'included', '', 0
   end
   return 'deny', '', eu_disabled, 0
@@ -171,20 +169,20 @@ end
 
 -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
 -- the answer kept beside it (encoded once; settlement reads only the small record)
-local function reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount,
+local function reserve_it(now_s, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount,
                           org_res, m_res, mid, tier, answer, rc, rc_moved)
   local ow, mw = {}, {}
-  if advanced then put(ow, 'clock', fmt(now)) end
+  if advanced then put(ow, 'clock', now_s) end
   -- a window opened now ends at its reset, as answered
   if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
   if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
-  local ttl = tonumber(ARGV[7])
+  local ttl = tonumber(ttl_s)
   local amount_s = '0'
   if mode == 'extra_usage' and amount > 0 then
     amount_s = fmt(amount)
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
-    local exp = now + ttl
+    local exp = tonumber(now_s) + ttl
     redis.call('ZADD', due_k, exp, amount_s .. '|' .. mid .. '|' .. rid)
     if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
   end
@@ -194,7 +192,7 @@ local function reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
   redis.call('SET', op_k, answer .. '\nr|' .. amount_s .. '|' .. mode .. '|' .. tier .. '|' .. mid,
-    'EX', ttl + tonumber(ARGV[12]))
+    'EX', ttl + tonumber(window_s))
 end
 
 -- the admission: each step above, in order
@@ -213,9 +211,9 @@ if o[12] == '0' then return fail('org_disabled') end
 local mid, kid, kgen = identify()
 if not mid then return kid end
 
-local now, advanced = clock_at(o[15], ARGV[11])
-local period, month_end = month_of(now)
-local org_res, rc, rc_moved = reclaim(now, num(o[7]), o[16])
+local now_s, advanced = clock_str(o[15], pinned)
+local period, month_end_s = period_at(now_s, period_hint, period_start, period_end)
+local org_res, rc, rc_moved = reclaim(now_s, num(o[7]), o[16])
 
 local p = mid .. '|'
 local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
@@ -226,12 +224,12 @@ if not tier then return fail('unknown_member', mid) end
 -- a key issued before its member was removed is dead, even if the member is added again
 if kgen and kgen ~= (m[14] or '') then return fail('unknown_key') end
 if m[3] == '0' then return fail('member_disabled', mid) end
-local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok, claim,
-  claim_reset = windows(now, tier, m)
+local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok =
+  windows(now_s, tier, m)
 if not sa_s then return fail('unknown_tier', tier) end
 
 -- extra usage: the conditions, then every applicable limit and the balance
-local policy = o[10] or ARGV[6]
+local policy = o[10] or policy_default
 local m_spend_s = in_period(m[8], m[9], period)
 local org_spend_s = in_period(o[8], o[9], period)
 local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
@@ -252,7 +250,7 @@ if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org
 local remaining, limit_reason, fits = limits_and_balance(policy, limits)
 
 -- condition 3: consent
-local consent_ok = consent_mode ~= 'required' or m[13] == '1' or ARGV[8] == '1'
+local consent_ok = consent_mode ~= 'required' or m[13] == '1' or accept == '1'
 local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
 local eu_disabled = eu_reason
 if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
@@ -261,7 +259,7 @@ if eu_disabled == '' then eu_disabled = limit_reason end
 local decision, mode, reason, amount =
   decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
 -- strict bounds every cost: a request whose server tools have no bound cannot run on it
-if mode == 'extra_usage' and policy == 'strict' and ARGV[15] == '1' and ARGV[13] ~= '1' then
+if mode == 'extra_usage' and policy == 'strict' and unbounded == '1' and force ~= '1' then
   return fail('unbounded_server_tool')
 end
 
@@ -269,10 +267,10 @@ end
 -- and every denial), then what every answer carries (the proxy's lean answer when allowed)
 local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
 local rest = '}'
-if decision ~= 'allow' or ARGV[14] ~= '1' then
+if decision ~= 'allow' or lean ~= '1' then
   rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
     .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or DEFAULT_ROLE)
-    .. '","amount":"' .. fmt(amount) .. '","now":"' .. fmt(now) .. '","period":"' .. period
+    .. '","amount":"' .. fmt(amount) .. '","now":"' .. now_s .. '","period":"' .. period
     .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
     .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
     .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
@@ -284,15 +282,14 @@ local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason
   .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
   .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
   .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
-  .. w_reset_s .. '","claim":"' .. claim .. '","claim_reset":"' .. claim_reset
-  .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
-  .. '","eu_reset":"' .. fmt(month_end) .. '","spend":"' .. m_spend_s .. '","org_spend":"'
+  .. w_reset_s .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
+  .. '","eu_reset":"' .. month_end_s .. '","spend":"' .. m_spend_s .. '","org_spend":"'
   .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
   .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
   .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
 
 if decision == 'allow' and reserve then
-  reserve_it(now, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount, org_res,
+  reserve_it(now_s, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount, org_res,
     m_res, mid, tier, answer, rc, rc_moved)
 elseif rc_moved then
   if rc == '' then redis.call('HDEL', org_k, 'rc') else redis.call('HSET', org_k, 'rc', rc) end

@@ -36,6 +36,22 @@ local function clock_at(last_s, pinned)
   return now, now > last
 end
 
+-- a < b for two decimal strings of non-negative integers without leading zeros (epoch
+-- seconds, amounts as stored): compared as strings, since a conversion to a number costs a
+-- strtod (about 1,700 instructions)
+local function dlt(a, b)
+  return #a < #b or (#a == #b and a < b)
+end
+
+-- clock_at, as a decimal string (the time is mostly compared and written back, not added
+-- to): the server's time, or the org's high-water mark when it is later, or the pinned time
+local function clock_str(last_s, pinned)
+  if pinned ~= '0' then return pinned, false end
+  local now_s = redis.call('TIME')[1]
+  if last_s and dlt(now_s, last_s) then return last_s, false end
+  return now_s, now_s ~= last_s
+end
+
 -- the same, for a script that does not read the org hash otherwise
 local function clock_now(org_key, pinned)
   return clock_at(redis.call('HGET', org_key, 'clock'), pinned)
@@ -79,6 +95,14 @@ local function month_of(now)
   local ny, nm = y, m + 1
   if nm > 12 then ny, nm = y + 1, 1 end
   return string.format('%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
+end
+
+-- month_of(now_s) as strings: the caller's month (hint, its first second and the first of
+-- the next) when now_s falls inside it, else computed
+local function period_at(now_s, hint, start_s, end_s)
+  if not dlt(now_s, start_s) and dlt(now_s, end_s) then return hint, end_s end
+  local period, month_end = month_of(tonumber(now_s))
+  return period, fmt(month_end)
 end
 
 -- a monthly counter stored as (period, value): its value in `period` as stored (a plain
@@ -152,9 +176,13 @@ local function reserved(raw)
   return a, mode, tier, mid, nl
 end
 
+-- the packed tails of admit.lua (13 values) and settle.lua (7), "|"-joined (scripts.py)
+local ADMIT_TAIL = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
+local SETTLE_TAIL = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
+
 -- a settled record: "S|" then Op.SETTLED_FIELDS joined by "|" (the member last), as a list;
 -- nil for a record in another state
-local SETTLED_RECORD = '^S|' .. string.rep('([^|]*)|', 12) .. '(.*)$'
+local SETTLED_RECORD = '^S|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
 
 local function settled(raw)
   local v = { string.match(raw, SETTLED_RECORD) }

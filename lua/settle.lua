@@ -9,12 +9,16 @@
 -- ARGV[2] cost         nano-USD: the actual cost
 -- ARGV[3] model        the model id as requested
 -- ARGV[4] usage        JSON: token counts by kind, copied into the ledger entry
--- ARGV[5] pinned_now   epoch seconds (tests only; 0 = Redis TIME)
--- ARGV[6] window_s     seconds the finished record is kept, for replays
--- ARGV[7] source       who charges: proxy | check | journal
--- ARGV[8] estimated    "1" when the usage is the estimate rule's (the answer was cut before
---                      its usage came): the ledger entry says so, and the member's monthly
---                      estimated total counts it
+-- ARGV[5] tail         these, joined by "|":
+-- ARGV[5].1 pinned_now    epoch seconds (tests only; 0 = Redis TIME)
+-- ARGV[5].2 window_s      seconds the finished record is kept, for replays
+-- ARGV[5].3 source        who charges: proxy | check | journal
+-- ARGV[5].4 estimated     "1" when the usage is the estimate rule's (the answer was cut
+--                         before its usage came): the ledger entry says so, and the
+--                         member's monthly estimated total counts it
+-- ARGV[5].5 period        "YYYY-MM": the month of the caller's clock, taken when the
+-- ARGV[5].6 period_start  script's own time falls in [period_start, period_end) (epoch
+-- ARGV[5].7 period_end    seconds), else computed (month_of)
 -- Reply: JSON {ok=1, mode, cost, overshoot, reserved, balance, period, member, tier,
 -- reload_id, reload_amount, entry, expired, estimated} or
 -- {ok=0, err="unknown_reservation"|"released"}.
@@ -25,8 +29,9 @@
 
 local org_k, mem_k, due_k, ledger_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
-local cost = tonumber(ARGV[2])
-local cost_s = fmt(cost)  -- formatted once: every counter and the ledger take it
+local cost_s = ARGV[2]  -- a decimal integer as the caller wrote it: every counter takes it
+local pinned, window_s, source, est_flag, period_hint, period_start, period_end =
+  string.match(ARGV[5], SETTLE_TAIL)
 
 -- a settled record's result, as settling answered it (model.py, Op.SETTLED_FIELDS), marked
 -- as a replay
@@ -55,8 +60,9 @@ end
 -- draw the balance, and ask for one reload when it fell to or below the threshold (the
 -- pending id blocks the next until it is confirmed). Returns (overshoot, balance delta,
 -- balance, reload id, reload amount).
-local function charge_extra(rec, held, o, mm, period, now, p)
+local function charge_extra(rec, held, o, mm, period, now_s, p)
   local tier = rec.t
+  local cost = tonumber(cost_s)
   local overshoot = 0
   if cost > held then overshoot = cost - held end  -- an expired reservation holds nothing
   if held > 0 then
@@ -68,7 +74,7 @@ local function charge_extra(rec, held, o, mm, period, now, p)
   add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
   local balance = num(o[2])
   if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
-  balance = redis.call('HINCRBY', org_k, 'balance', fmt(-cost))
+  balance = redis.call('HINCRBY', org_k, 'balance', '-' .. cost_s)
   local threshold, ramount = opt(o[5]), num(o[6])
   if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
       and balance <= threshold then
@@ -76,7 +82,7 @@ local function charge_extra(rec, held, o, mm, period, now, p)
     -- the reload's own operation key, beside this one (same prefix, same slot); pending
     -- until it is confirmed, and only one at a time (ar_pending)
     redis.call('SET', string.sub(op_k, 1, #op_k - #rid) .. 'reload:' .. reload_id,
-      cjson.encode({ amount = reload_amount, state = 'pending', created = fmt(now) }))
+      cjson.encode({ amount = reload_amount, state = 'pending', created = now_s }))
     redis.call('HSET', org_k, 'ar_pending', reload_id)
     return overshoot, -cost, balance, reload_id, reload_amount
   end
@@ -84,9 +90,9 @@ local function charge_extra(rec, held, o, mm, period, now, p)
 end
 
 -- included usage: the seat windows still open, and the month's included total
-local function charge_included(mm, period, now, p)
-  if now < num(mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
-  if now < num(mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
+local function charge_included(mm, period, now_s, p)
+  if mm[1] and dlt(now_s, mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
+  if mm[2] and dlt(now_s, mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
   add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
 end
 
@@ -108,32 +114,36 @@ end
 local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
   'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
 local plan = o[1] or ''
-local now, advanced = clock_at(o[9], ARGV[5])
-local period = month_of(now)
+local now_s, advanced = clock_str(o[9], pinned)
+local period = period_at(now_s, period_hint, period_start, period_end)
 local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
 
-if advanced then redis.call('HSET', org_k, 'clock', fmt(now)) end
-local overshoot, balance_delta, balance, reload_id, reload_amount = 0, 0, num(o[2]), '', ''
+if advanced then redis.call('HSET', org_k, 'clock', now_s) end
+-- the balance as stored (a plain integer) unless the charge moved it
+local overshoot_s, delta_s, balance_s, reload_id, reload_amount = '0', '0', o[2] or '0', '', ''
 if mode == 'extra_usage' then
+  local overshoot, balance_delta, balance
   overshoot, balance_delta, balance, reload_id, reload_amount =
-    charge_extra(rec, held, o, mm, period, now, p)
+    charge_extra(rec, held, o, mm, period, now_s, p)
+  overshoot_s, delta_s, balance_s = fmt(overshoot), fmt(balance_delta), fmt(balance)
 else
-  charge_included(mm, period, now, p)
+  charge_included(mm, period, now_s, p)
 end
+if plan ~= 'team' then balance_s = '' end
 
-local estimated = ARGV[8] == '1'
+local estimated = est_flag == '1'
 local entry
 if estimated then
   add_in_period(mem_k, p .. 'est_p', p .. 'est', redis.call('HGET', mem_k, p .. 'est_p'), period,
     cost_s)
-  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', now_s,
     'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-    'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7],
+    'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', source,
     'estimated', '1')
 else
-  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', fmt(now),
+  entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', now_s,
     'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-    'cost', cost_s, 'balance_delta', fmt(balance_delta), 'usage', ARGV[4], 'source', ARGV[7])
+    'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', source)
 end
 
 -- the result, written out as JSON (see jstr; the amount comes from the record admit.lua
@@ -141,12 +151,11 @@ end
 -- of model.py's Op.SETTLED_FIELDS, kept for the replay window (the admission's answer only
 -- serves replays of the admission: not kept)
 local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
-local overshoot_s, balance_s = fmt(overshoot), (plan == 'team' and fmt(balance) or '')
 local est_s = estimated and '1' or '0'
 redis.call('SET', op_k, 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. rec.a
   .. '|' .. balance_s .. '|' .. period .. '|' .. tier .. '|' .. reload_id .. '|'
   .. reload_amount .. '|' .. entry .. '|' .. expired .. '|' .. est_s .. '|' .. mid,
-  'EX', ARGV[6])
+  'EX', window_s)
 return '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
   .. overshoot_s .. '","reserved":"' .. rec.a .. '","balance":"' .. balance_s
   .. '","period":"' .. period .. '","member":"' .. mid_j .. '","tier":"' .. tier_j

@@ -46,8 +46,6 @@ LEAN_FIELDS = (
     "w_used",  # the 7-day window
     "w_allow",
     "w_reset",
-    "claim",  # the window that binds: "five_hour" | "seven_day"
-    "claim_reset",
     "eu_available",  # "1" when extra usage would be available now
     "eu_reason",  # why not (a disabled reason), else ""
     "eu_reset",  # the end of the month (epoch s)
@@ -79,6 +77,19 @@ FULL_FIELDS = (
     "reload_pending",
 )
 OPTIONAL_FIELDS = ("replay",)  # "1" on a replayed request id
+# derived from the windows answered (Admission): the window that binds, "five_hour" |
+# "seven_day", and when it resets
+DERIVED_FIELDS = ("claim", "claim_reset")
+
+
+def claim_of(raw: dict[str, str]) -> tuple[str, str]:
+    """The seat window that binds, and its reset: a used-up one, else the one nearer its
+    allowance (the 5-hour one when they are level)."""
+    s_used, s_allow = int(raw["s_used"] or 0), int(raw["s_allow"] or 0)
+    w_used, w_allow = int(raw["w_used"] or 0), int(raw["w_allow"] or 0)
+    if w_used >= w_allow or (s_used < s_allow and w_used * s_allow > s_used * w_allow):
+        return "seven_day", raw["w_reset"]
+    return "five_hour", raw["s_reset"]
 
 
 class MissingReplyField(KeyError):
@@ -95,6 +106,8 @@ class Admission:
         try:
             return self.raw[name]
         except KeyError:
+            if name in DERIVED_FIELDS:
+                return claim_of(self.raw)[DERIVED_FIELDS.index(name)]
             raise MissingReplyField(f"admit's reply has no field {name!r}") from None
 
     def nano(self, name: str) -> int:

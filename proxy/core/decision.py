@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from proxy.core.admission import Admission
+from proxy.core.admission import Admission, claim_of
 from proxy.core.errors import Refused
 from proxy.core.money import format_usd
 
@@ -77,7 +77,8 @@ def unified_headers(a: Admission) -> dict[str, str]:
         claim, reset = "overage", eu_reset or "0"
         status = "allowed_warning" if o_util >= WARNING_AT else "allowed"
     else:
-        claim, reset = raw["claim"], raw["claim_reset"] or "0"
+        claim, reset = claim_of(raw)
+        reset = reset or "0"
         if not a.allowed:
             status = "rejected"
         else:

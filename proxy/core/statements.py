@@ -36,6 +36,16 @@ def current_period(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
 
 
+def calendar_month(now: float) -> tuple[str, int, int]:
+    """The month of epoch second ``now``: ("YYYY-MM", its first second, the next one's)."""
+    period = current_period(now)
+    return (
+        period,
+        calendar.timegm((int(period[:4]), int(period[5:7]), 1, 0, 0, 0)),
+        month_end(period),
+    )
+
+
 def is_closed(period: str, now: float, close_after_s: int) -> bool:
     """A month closes ``close_after_s`` after it ends: time for late settlements to land."""
     return now >= month_end(period) + close_after_s

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from proxy.config import PolicyConfig, RedisConfig, TierConfig
 from proxy.core.admission import Admission
 from proxy.core.errors import StoreUnavailable
+from proxy.core.statements import calendar_month
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
@@ -137,6 +138,7 @@ class Store:
         self.owns_client = owns_client
         # test-only: a pinned epoch second passed to every script instead of Redis TIME
         self.pinned_now = 0
+        self._month: tuple[str, int, int] = ("", 0, 0)
         self.scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SPECS
         }
@@ -150,6 +152,15 @@ class Store:
 
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
+
+    def month(self) -> tuple[str, int, int]:
+        """This host's calendar month (UTC): ("YYYY-MM", its first second, the next month's),
+        handed to the request path's scripts, which take it when their own clock falls
+        inside and compute the month only otherwise (at a month's edge, or a pinned time)."""
+        month = self._month
+        if not month[1] <= time.time() < month[2]:
+            month = self._month = calendar_month(time.time())
+        return month
 
     def window_of(self, op_id: str) -> int:
         """How long an operation's record outlives it, for replays: a check API id keeps
@@ -263,12 +274,15 @@ class Store:
                 reservation_ttl_s=policy.reservation_ttl_s,
                 accept=ON if accept_extra else OFF,
                 reserve=ON if reserve else OFF,
-                tiers=self.tiers_spec,
                 pinned_now=self.pinned_now,
                 window_s=self.window_of(request_id),
                 force=ON if force else OFF,
                 lean=ON if lean else OFF,
                 unbounded=ON if unbounded else OFF,
+                period=(month := self.month())[0],
+                period_start=month[1],
+                period_end=month[2],
+                tiers=self.tiers_spec,
             ),
         )
         return Admission(doc)
@@ -305,6 +319,9 @@ class Store:
                 window_s=self.window_of(request_id),
                 source=source,
                 estimated=ON if estimated else OFF,
+                period=(month := self.month())[0],
+                period_start=month[1],
+                period_end=month[2],
             ),
         )
         sent: Awaitable[bool] = self.pipeliner.sent() if self.pipeliner is not None else NOT_SENT

@@ -75,12 +75,36 @@ def header(src: str) -> tuple[list[str], list[str], bool]:
     return [k for _, k in keys], [a for _, a in argv], bool(pairs)
 
 
+def packed_parts(src: str) -> list[str]:
+    """The values of a packed tail, as the header names them: "-- ARGV[n].i name"."""
+    parts = re.findall(r"^-- ARGV\[(\d+)\]\.(\d+)\s+(\w+)", src, re.M)
+    assert [int(i) for _, i, _ in parts] == list(range(1, len(parts) + 1))
+    return [name for _, _, name in parts]
+
+
 @pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
 def test_the_header_states_the_spec(spec: ScriptSpec) -> None:
-    keys, argv, pairs = header((LUA / f"{spec.name}.lua").read_text())
+    src = (LUA / f"{spec.name}.lua").read_text()
+    keys, argv, pairs = header(src)
     assert keys == list(spec.keys)
     assert argv == [a.name for a in spec.argv]
     assert pairs == bool(spec.pairs)
+    assert packed_parts(src) == ([a.name for a in spec.tail] if spec.packed else [])
+
+
+def test_a_packed_tail_is_one_argument_in_the_specs_order() -> None:
+    spec = SPECS["settle"]
+    tail = spec.tail_of(
+        pinned_now=0,
+        window_s=60,
+        source="proxy",
+        estimated="0",
+        period="2026-12",
+        period_start=1,
+        period_end=2,
+    )
+    assert tail == ("0|60|proxy|0|2026-12|1|2",)
+    assert spec.argv[-1].name == "tail" and len(spec.argv) == len(spec.args) + 1
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in LUA.glob("*.lua")))
