@@ -16,7 +16,9 @@ pairs spread over the orgs of a 3-master Redis Cluster.
    real ``LedgerSink`` into a throwaway PostgreSQL: the records only), and once the window
    has passed (what stays for good).
 3. **Cluster.** 3 masters, 12 orgs spread over them by their hash tags, the same pairs: each
-   master's pairs, CPU per pair and ceiling.
+   master's pairs, CPU per pair and ceiling — through redis-py's cluster client, one call
+   per round trip (what the proxy does on a Cluster), then with one auto-pipelined
+   connection per master (what a master serves when its calls share writes).
 
 Prints one JSON object and writes it to bench/results/redis_ceiling.json.
 """
@@ -306,6 +308,29 @@ def cluster(seconds: float, clients: int) -> dict[str, Any]:
                     "evalsha_us_each": round(usec / calls, 1) if calls else None,
                 }
             )
+        # the same masters driven as one auto-pipelined connection per master (the proxy's
+        # pipeliner on a single node), each with its own orgs: what a master serves when its
+        # calls share writes
+        pipelined = []
+        for idx, n in enumerate(c.nodes):
+            mine = [o for o in orgs if node_of(o) == idx]
+            assert n.proc is not None
+            with redis.Redis(port=n.port) as r:
+                r.config_resetstat()
+            cpu0_node = cpu_s(n.proc.pid)
+            node_pairs, node_wall = run_clients(n.url, False, mine, seconds, clients)
+            node_cpu = cpu_s(n.proc.pid) - cpu0_node
+            calls, usec = evalsha_usec(n.port)
+            pipelined.append(
+                {
+                    "orgs": len(mine),
+                    "pairs": node_pairs,
+                    "pairs_per_s_reached": round(node_pairs / node_wall),
+                    "redis_cpu_us_per_pair": round(node_cpu * 1e6 / node_pairs, 1),
+                    "ceiling_pairs_per_s_one_core": round(node_pairs / node_cpu),
+                    "evalsha_us_each": round(usec / calls, 1) if calls else None,
+                }
+            )
     finally:
         c.cleanup()
     return {
@@ -313,6 +338,10 @@ def cluster(seconds: float, clients: int) -> dict[str, Any]:
         "pairs_per_s_reached": round(pairs / wall),
         "masters": masters,
         "ceiling_pairs_per_s_all_masters": sum(m["ceiling_pairs_per_s_one_core"] for m in masters),
+        "pipelined_per_master": pipelined,
+        "pipelined_ceiling_pairs_per_s_all_masters": sum(
+            m["ceiling_pairs_per_s_one_core"] for m in pipelined
+        ),
     }
 
 
