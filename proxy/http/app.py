@@ -109,8 +109,8 @@ def _store_ctx(config: Config, redis_client: RedisClient | None) -> Context:
             tiers=config.tiers,
             policy=config.policy,
             metrics=app[METRICS],
-            # auto-pipelining on the client this app opened itself (a real Redis)
-            pipelining=redis_client is None and not config.redis.cluster,
+            # auto-pipelining on the client this app opened itself (a real Redis or Cluster)
+            pipelining=redis_client is None,
             owns_client=redis_client is None,
         )
         app[STORE] = store

@@ -18,19 +18,21 @@ fails only its own call. NOSCRIPT (a restarted or flushed Redis) loads the scrip
 the call again on the same connection, ahead of anything queued since, so the order holds; a
 second NOSCRIPT for the same call falls back to redis-py's ``Script`` call.
 
-Plain TCP and Unix sockets, with AUTH and SELECT from the URL. TLS (``rediss://``) and Redis
-Cluster use redis-py's calls one by one (``Pipeliner.supports``).
+Plain TCP and Unix sockets, with AUTH and SELECT from the URL; on a Redis Cluster one such
+connection per master (``ClusterPipeliner``). TLS (``rediss://``) uses redis-py's calls one
+by one (``Pipeliner.supports``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeGuard, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -143,10 +145,21 @@ class Pipeliner:
     """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
 
     def __init__(self, client: aioredis.Redis, scripts: Sequence[AsyncScript]) -> None:
+        self._setup(client.connection_pool.connection_kwargs, scripts)
+
+    @classmethod
+    def to_node(
+        cls, host: str, port: int, kw: dict[str, Any], scripts: Sequence[AsyncScript]
+    ) -> Pipeliner:
+        """One master of a Redis Cluster (``kw``: the cluster client's connection settings)."""
+        self = cls.__new__(cls)
+        self._setup({**kw, "host": host, "port": port, "path": None, "db": 0}, scripts)
+        return self
+
+    def _setup(self, kw: dict[str, Any], scripts: Sequence[AsyncScript]) -> None:
         # every script the store calls: a NOSCRIPT (Redis restarted or flushed) loads them all
         # at once, so that the next call of another script does not meet one too
         self.scripts = list(scripts)
-        kw = client.connection_pool.connection_kwargs
         self.host: str = kw.get("host", "localhost")
         self.port: int = int(kw.get("port", 6379))
         self.path: str | None = kw.get("path")
@@ -438,3 +451,92 @@ class Pipeliner:
         self._fail(self.queue, RedisConnectionError("the script connection is closed"))
         self.queue = []
         self._notify(False)
+
+
+class ClusterPipeliner:
+    """Auto-pipelining on a Redis Cluster: one ``Pipeliner`` per master, each call routed by
+    the slot of its first key (every key of a call carries its org's hash tag: one slot).
+
+    The masters are those of redis-py's map of the cluster. A call the map cannot route yet
+    (before the client's first contact) or that a master refuses with MOVED or ASK (a slot
+    moved, a failover) is made through redis-py, which follows redirections; a MOVED also
+    refreshes the map, so the calls after it go to the new master. Every script is
+    idempotent, and a redirected call did not run where it was refused."""
+
+    def __init__(self, client: RedisCluster, scripts: Sequence[AsyncScript]) -> None:
+        self.client = client
+        self.scripts = list(scripts)
+        self.nodes: dict[str, Pipeliner] = {}
+        self.last: Pipeliner | None = None  # where the latest call went (sent())
+        self.redirected = 0  # calls refused with MOVED or ASK, for tests and benchmarks
+
+    @staticmethod
+    def supports(client: Any) -> TypeGuard[RedisCluster]:
+        """A cluster client on plain TCP (not TLS)."""
+        if not isinstance(client, RedisCluster):
+            return False
+        cls = client.get_connection_kwargs().get("connection_class", aioredis.Connection)
+        return cls is aioredis.Connection
+
+    @property
+    def writes(self) -> int:
+        return sum(p.writes for p in self.nodes.values())
+
+    def _node(self, key: str) -> Pipeliner | None:
+        try:
+            node = self.client.get_node_from_key(key)
+        except RedisError:  # the map is not known yet, or the slot is not covered
+            return None
+        if node is None:
+            return None
+        p = self.nodes.get(node.name)
+        if p is None:
+            kw = dict(self.client.get_connection_kwargs())
+            p = self.nodes[node.name] = Pipeliner.to_node(
+                node.host, int(node.port), kw, self.scripts
+            )
+        return p
+
+    def call(
+        self,
+        script: AsyncScript,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+        tail: tuple[str | int, ...] = (),
+        own: int = 0,
+    ) -> Awaitable[Any]:
+        p = self._node(keys[0])
+        if p is None:
+            self.last = None
+            return script(keys=list(keys), args=[*args, *tail])
+        self.last = p
+        return self._routed(p.call(script, keys, args, tail, own), script, keys, (*args, *tail))
+
+    async def _routed(
+        self,
+        fut: asyncio.Future[Any],
+        script: AsyncScript,
+        keys: tuple[str, ...],
+        argv: tuple[str | int, ...],
+    ) -> Any:
+        try:
+            return await fut
+        except ResponseError as exc:
+            msg = str(exc)
+            if not msg.startswith(("MOVED", "ASK")):
+                raise
+        self.redirected += 1
+        if msg.startswith("MOVED"):
+            await self.client.nodes_manager.initialize()
+        return await script(keys=list(keys), args=list(argv))
+
+    def sent(self) -> asyncio.Future[bool]:
+        """As ``Pipeliner.sent`` for the latest call's master (the settlement just queued)."""
+        if self.last is None:
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            fut.set_result(False)
+            return fut
+        return self.last.sent()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.nodes.values()))

@@ -34,7 +34,7 @@ from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
 from proxy.storage.model import DELETE, ENCODING_FIELD, ENCODING_VALUE, OFF, ON, Member, Op
-from proxy.storage.pipelining import Pipeliner
+from proxy.storage.pipelining import ClusterPipeliner, Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
     CREDENTIAL,
@@ -142,13 +142,14 @@ class Store:
         self.scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SPECS
         }
-        # one write for the script calls of one event-loop turn (not on a cluster: there each
-        # key goes to its own node)
-        self.pipeliner = (
-            Pipeliner(client, list(self.scripts.values()))
-            if pipelining and Pipeliner.supports(client)
-            else None
-        )
+        # one write for the script calls of one event-loop turn (on a cluster, one per
+        # master: every key of a call is in its org's slot)
+        scripts = list(self.scripts.values())
+        self.pipeliner: Pipeliner | ClusterPipeliner | None = None
+        if pipelining and Pipeliner.supports(client):
+            self.pipeliner = Pipeliner(client, scripts)
+        elif pipelining and ClusterPipeliner.supports(client):
+            self.pipeliner = ClusterPipeliner(client, scripts)
 
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)

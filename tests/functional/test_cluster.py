@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 from redis.crc import key_slot
 
 from proxy.storage.keys import org_keys
+from proxy.storage.pipelining import ClusterPipeliner
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message
 from tests.functional.helpers import ledger_sum, member_counters
@@ -101,3 +103,37 @@ async def test_every_script_runs_on_a_cluster_and_survives_a_restarted_node(
     assert status == 200
     counters = await member_counters(proxy.store, victim, "ann")
     assert counters["inc"] == await ledger_sum(proxy.store, victim)
+
+
+async def test_calls_are_pipelined_per_master_and_follow_a_moved_slot(
+    cluster: RedisCluster, proxy_factory: ProxyFactory
+) -> None:
+    """One multiplexed connection per master; a call sent to a master that no longer serves
+    its slot (MOVED) is made again where it lives, and charged once."""
+    proxy = await proxy_factory(redis={"url": cluster.url, "cluster": True})
+    pipeliner = proxy.store.pipeliner
+    assert isinstance(pipeliner, ClusterPipeliner)
+    org = "moved-co"
+    status, _ = await proxy.admin("POST", "/admin/v1/orgs", json={"id": org, "plan": "team"})
+    assert status == 201
+    key = await proxy.member(org, "ann")
+    results = await asyncio.gather(*(proxy.post(key, message()) for _ in range(20)))
+    assert [r[0] for r in results] == [200] * 20
+    assert pipeliner.writes >= 1 and len(pipeliner.nodes) >= 1
+    # the map goes stale: the org's calls are routed to another master, which answers MOVED
+    home = node_of(cluster, org_keys("eup", org).org)
+    other = cluster.nodes[(home + 1) % len(cluster.nodes)]
+    client = proxy.store.client
+    wrong = client.get_node(host="127.0.0.1", port=other.port)
+    real = client.get_node_from_key
+    client.get_node_from_key = lambda key, replica=False: wrong  # type: ignore[method-assign]
+    try:
+        status, _, body = await proxy.post(key, message())
+    finally:
+        client.get_node_from_key = real  # type: ignore[method-assign]
+    assert status == 200, body
+    assert pipeliner.redirected >= 2  # the admission and the settlement
+    await proxy.settled()
+    assert len(await proxy.store.ledger(org)) == 21
+    counters = await member_counters(proxy.store, org, "ann")
+    assert counters["inc"] == await ledger_sum(proxy.store, org)
