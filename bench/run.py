@@ -266,8 +266,11 @@ async def sequential(url: str, headers: dict[str, str], body: bytes, n: int) -> 
     return out
 
 
-def wrk(url: str, headers: dict[str, str], conns: int, seconds: int) -> dict[str, float]:
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(SMALL))}"]
+def wrk(
+    url: str, headers: dict[str, str], conns: int, seconds: int, stream: bool = False
+) -> dict[str, float]:
+    body = {**SMALL, "stream": True} if stream else SMALL
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write("\n".join(lines))

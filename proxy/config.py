@@ -89,6 +89,10 @@ class PolicyConfig:
     # backends retry on schedules of their own
     check_id_window_s: int = 86400
     journal_dir: str = "journal"
+    # record each request in flight in the journal (a killed worker's requests are charged
+    # from it); false: they are not, and a killed worker's requests in flight are charged
+    # nothing (their reservations are reclaimed after reservation_ttl_s)
+    journal_in_flight: bool = True
 
 
 SESSION_WINDOW_S = 18000  # 5 hours
@@ -355,6 +359,7 @@ def parse_config(
         replay_window_s=r.positive("replay_window_s", _POLICY.replay_window_s, integer=True),
         check_id_window_s=r.positive("check_id_window_s", _POLICY.check_id_window_s, integer=True),
         journal_dir=r.get("journal_dir", str, _POLICY.journal_dir),
+        journal_in_flight=r.get("journal_in_flight", bool, _POLICY.journal_in_flight),
     )
     if "op_retention_s" in r.table:
         raise r.fail("op_retention_s", "was replaced by replay_window_s (seconds)")

@@ -160,7 +160,7 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _meter_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    journal = Journal(config.policy.journal_dir, app[METRICS])
+    journal = Journal(config.policy.journal_dir, app[METRICS], config.policy.journal_in_flight)
     journal.open()  # where this process records its requests in flight
     app[METER] = meter = Meter(config, app[STORE], app[METRICS], app[PAYMENTS], journal)
     ledger = app[LEDGER]

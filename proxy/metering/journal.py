@@ -197,9 +197,10 @@ def parse(data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]
 
 
 class Journal:
-    def __init__(self, directory: str | Path, metrics: Metrics) -> None:
+    def __init__(self, directory: str | Path, metrics: Metrics, in_flight: bool = True) -> None:
         self.dir = Path(directory)
         self.metrics = metrics
+        self.in_flight = in_flight  # policy.journal_in_flight: record requests in flight
         self._lock = asyncio.Lock()
         self._fd: int | None = None
         self.path: Path | None = None
@@ -248,6 +249,8 @@ class Journal:
 
     def touched(self, f: InFlight) -> None:
         """More of its answer came: its progress is written at the end of this turn."""
+        if not self.in_flight:
+            return
         self._dirty[f.rid] = f
         if not self._flush_due:
             self._due()

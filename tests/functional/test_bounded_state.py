@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from proxy.core.pricing import Usage
@@ -190,3 +192,25 @@ async def test_a_journal_replay_past_the_window_asks_the_durable_ledger(
     await meter.replay({**journal_entry(org, "req-new", age_s=5), "key": key_hash})
     assert asked == []
     assert len(await proxy.store.ledger(org)) == (2 if charged else 1)
+
+
+async def test_requests_in_flight_are_recorded_unless_turned_off(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    """policy.journal_in_flight: a stream's record (its start, progress, end) is written to
+    the process's journal; turned off, nothing is, and the request is charged the same."""
+    for on in (True, False):
+        folder = tmp_path / str(on)
+        folder.mkdir()
+        proxy = await proxy_factory(policy={"journal_dir": str(folder), "journal_in_flight": on})
+        org = await proxy.org("team")
+        key = await proxy.member(org, "ann")
+        status, _, _ = await proxy.post(
+            key, message(stream=True), headers={"x-mock-events": "5", "x-mock-delay-ms": "5"}
+        )
+        assert status == 200
+        await proxy.settled()
+        lines = b"".join(p.read_bytes() for p in folder.glob("journal-*.jsonl")).splitlines()
+        kinds = [orjson.loads(line)["k"] for line in lines]
+        assert (kinds[:1] + kinds[-1:] == ["a", "d"]) if on else kinds == []
+        assert len(await proxy.store.ledger(org)) == 1
