@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
@@ -485,7 +485,7 @@ class ClusterPipeliner:
     def _node(self, key: str) -> Pipeliner | None:
         try:
             node = self.client.get_node_from_key(key)
-        except RedisError:  # the map is not known yet, or the slot is not covered
+        except (RedisError, RedisClusterException):  # no map yet, or a slot not covered
             return None
         if node is None:
             return None

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.crc import key_slot
 
 from proxy.storage.keys import org_keys
 from proxy.storage.pipelining import ClusterPipeliner
+from proxy.storage.scripts import WHOIS, script_source
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message
 from tests.functional.helpers import ledger_sum, member_counters
@@ -133,6 +135,21 @@ async def test_calls_are_pipelined_per_master_and_follow_a_moved_slot(
         client.get_node_from_key = real  # type: ignore[method-assign]
     assert status == 200, body
     assert pipeliner.redirected >= 2  # the admission and the settlement
+    # a client that has not met the cluster yet: its first calls go through redis-py, which
+    # learns the map; the next are pipelined
+    client = AsyncCluster.from_url(cluster.url, protocol=2)
+    whois = client.register_script(script_source("whois"))
+    fresh = ClusterPipeliner(client, [whois])
+    try:
+        keys = WHOIS.keys_of(org_keys("eup", org))
+        assert fresh._node(keys[0]) is None
+        assert await fresh.call(whois, keys, ("k", "0" * 64))
+        assert fresh._node(keys[0]) is not None
+        assert await fresh.call(whois, keys, ("k", "0" * 64))
+        assert fresh.writes == 1
+    finally:
+        await fresh.close()
+        await fresh.client.aclose()
     await proxy.settled()
     assert len(await proxy.store.ledger(org)) == 21
     counters = await member_counters(proxy.store, org, "ann")
