@@ -186,7 +186,7 @@ def one_core(seconds: float, clients: int) -> dict[str, Any]:
         cpu = cpu_s(server.proc.pid) - cpu0
         calls, usec = evalsha_usec(server.port)
         with redis.Redis(port=server.port) as c:
-            live = c.zcard("eup:{bench}:due")
+            live = c.zcard("eup:{bench}:reserved")
     finally:
         server.cleanup()
     per_pair_us = cpu * 1e6 / pairs

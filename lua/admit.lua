@@ -87,8 +87,10 @@ local function reclaim(now_s, org_res, rc)
   local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now_s, 'LIMIT', '0', '16')
   for _, entry in ipairs(due) do
     local a, m = string.match(entry, '^(%d+)|([^|]*)|')
-    redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
-    org_res = org_res - tonumber(a)
+    if a then  -- (an entry of another form holds nothing: it is only taken out)
+      redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
+      org_res = org_res - tonumber(a)
+    end
   end
   if #due > 0 then
     redis.call('ZREM', due_k, unpack(due))

@@ -37,7 +37,9 @@ def org_keys(prefix: str, org: str) -> OrgKeys:
         members=f"{tag}:members",
         creds=f"{tag}:creds",
         ops=f"{tag}:op:",
-        due=f"{tag}:due",
+        # not "due": the zset of every operation record of the versions before, which a
+        # proxy of such a version may still be using during a rolling upgrade
+        due=f"{tag}:reserved",
         ledger=f"{tag}:ledger",
         audit=f"{tag}:audit",
         requests=f"{tag}:requests",

@@ -15,7 +15,8 @@ Layout per organization (every key carries ``{org}`` as its hash tag: ``proxy.st
                       ``tid:<id>`` -> the hash (``Cred``)
 - ``op:<id>``  string one operation (``Op``): a request's reservation, then its result; a
                       purchase; a reload. Expires whole after its replay window.
-- ``due``      zset   the live extra-usage reservations, ``<amount>|<member>|<id>`` by expiry
+- ``due``      zset   (key ``reserved``) the live extra-usage reservations,
+                      ``<amount>|<member>|<id>`` by expiry
 - ``ledger``   stream one entry per charge, purchase, reload (``Ledger``)
 - ``audit``    stream who changed what (``Audit``)
 - ``requests`` hash   Enterprise extra-usage requests by id (JSON, written by Python only)

@@ -15,7 +15,7 @@ from proxy.storage.pipelining import ClusterPipeliner
 from proxy.storage.scripts import WHOIS, script_source
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message
-from tests.functional.helpers import ledger_sum, member_counters
+from tests.functional.helpers import eventually, ledger_sum, member_counters
 from tests.functional.test_extra_usage import exhaust_seat, settings
 
 
@@ -74,10 +74,15 @@ async def test_every_script_runs_on_a_cluster_and_survives_a_restarted_node(
         headers={"x-mock-output-tokens": "40000", "x-mock-input-tokens": "0"},
     )
     assert status == 200
-    assert (
-        int((await proxy.store.org_settings(org))["balance"])
-        == 1_500_000_000 - 600_000_000 + 1_000_000_000
-    )
+
+    # the auto-reload is asked for once the settlement's reply is back, a moment after the
+    # answer (the calls are pipelined on a Cluster too)
+    async def reloaded() -> bool:
+        balance = int((await proxy.store.org_settings(org))["balance"])
+        return balance == 1_500_000_000 - 600_000_000 + 1_000_000_000
+
+    await proxy.settled()
+    await eventually(reloaded)
     auth = {"authorization": f"Bearer {SERVICE}"}
     body = {
         "org_id": org,
