@@ -16,7 +16,61 @@ function plainWords(err) {
 const api = apiClient(() => ({ authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` }));
 const { showError, notice } = banners(plainWords);
 
-const money = (v) => (v === null || v === undefined ? "Unlimited" : `$${v}`);
+// "1234567.50" -> "$1,234,567.50": the API's decimal string with its integer part grouped,
+// never through a float (amounts are exact to the nano-dollar)
+function usd(v) {
+  const [whole, frac] = String(v).split(".");
+  const sign = whole.startsWith("-") ? "-" : "";
+  const digits = whole.replace("-", "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return `${sign}$${digits}${frac === undefined ? "" : "." + frac}`;
+}
+const money = (v) => (v === null || v === undefined ? "Unlimited" : usd(v));
+
+// what limits a spend now (the admin usage API's "binding"), in an owner's words
+const tierName = (t) => t.charAt(0).toUpperCase() + t.slice(1);
+function ruleWords(rule, tier) {
+  return {
+    member_spend_limit: "their own limit",
+    seat_tier_spend_limit: `${tierName(tier ?? "")} tier limit`,
+    org_spend_limit: "the organization's limit",
+    out_of_credits: "the prepaid balance",
+    org_level_disabled: "extra usage is off for the organization",
+    member_level_disabled: "extra usage is off for this member",
+    unlimited: "no limit",
+  }[rule] ?? rule;
+}
+
+// "$201.60 of $200.00 · Premium tier limit · Reached", with a bar of spend against the limit
+function spendAgainst(spent, binding, tier) {
+  const box = document.createElement("div");
+  box.className = "spend";
+  if (!binding) { box.textContent = usd(spent); return box; }
+  const off = binding.rule === "org_level_disabled" || binding.rule === "member_level_disabled";
+  const text = document.createElement("span");
+  if (off) text.textContent = `${usd(spent)} · ${ruleWords(binding.rule, tier)}`;
+  else if (binding.effective_limit === null) text.textContent = `${usd(spent)} · no limit`;
+  else text.textContent = `${usd(spent)} of ${usd(binding.effective_limit)} · ${ruleWords(binding.rule, tier)}`;
+  box.append(text);
+  if (binding.effective_limit !== null && !off) {
+    const bar = document.createElement("meter");
+    bar.min = 0;
+    bar.max = Math.max(Number(binding.effective_limit), 1e-9);
+    bar.value = Math.min(Number(spent), bar.max);
+    // green below 75 %, amber to the limit, red at it
+    bar.low = bar.max * 0.75;
+    bar.high = bar.max * 0.999;
+    bar.optimum = 0;
+    bar.setAttribute("aria-label", `${usd(spent)} spent of ${usd(binding.effective_limit)}`);
+    box.append(bar);
+  }
+  if (binding.reached && !off) {
+    const badge = document.createElement("strong");
+    badge.className = "reached";
+    badge.textContent = "Reached";
+    box.append(badge);
+  }
+  return box;
+}
 const org = () => state.me.org_id;
 const canChange = () => ["primary_owner", "owner"].includes(state.me.role);
 
@@ -63,7 +117,13 @@ function pencil(label, title, current, apply) {
   return b;
 }
 
-function cell(row, text) { const td = row.insertCell(); td.textContent = text; return td; }
+// a cell, labelled with its column for the phone layout (the table's rows become cards)
+function cell(row, text, label) {
+  const td = row.insertCell();
+  if (text !== undefined && text !== null) td.textContent = text;
+  if (label) td.dataset.label = label;
+  return td;
+}
 
 function render() {
   const s = state.settings;
@@ -71,13 +131,14 @@ function render() {
   $("who").textContent = `${state.me.org_name} (${s.plan}) · signed in as ${state.me.member_id ?? "operator"}, ${state.me.role.replace("_", " ")}`;
   $("eu-enabled").checked = s.enabled;
   $("limit-value").textContent = money(s.monthly_limit);
+  $("org-binding").replaceChildren(spendAgainst(state.usage.totals.extra_usage, state.usage.totals.binding));
   $("team-credit").hidden = !team;
   $("team-members").hidden = !team;
   $("tier-limits").hidden = team;
   $("user-limits").hidden = team;
   $("requests").hidden = team;
   if (team) {
-    $("balance").textContent = `$${s.balance}`;
+    $("balance").textContent = usd(s.balance);
     $("reload-enabled").checked = s.auto_reload.enabled;
     $("reload-threshold").value = s.auto_reload.threshold ?? "";
     $("reload-amount").value = s.auto_reload.amount ?? "";
@@ -86,7 +147,8 @@ function render() {
     rows.replaceChildren();
     for (const m of state.usage.members) {
       const r = rows.insertRow();
-      cell(r, m.member_id); cell(r, m.tier); cell(r, `$${m.extra_usage}`);
+      cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
+      cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
       const box = document.createElement("input");
       box.type = "checkbox";
       box.checked = s.member_scope === "all" || m.extra_usage_enabled;
@@ -94,7 +156,7 @@ function render() {
       box.setAttribute("aria-label", `Extra usage for ${m.member_id}`);
       box.addEventListener("change", () => act(() => api("PUT",
         `/admin/v1/orgs/${org()}/extra-usage/members/${m.member_id}`, { enabled: box.checked })));
-      r.insertCell().append(box);
+      cell(r, null, "Enabled").append(box);
     }
   } else {
     const tiers = $("tier-rows");
@@ -102,7 +164,7 @@ function render() {
     for (const [tier, limit] of Object.entries(s.tier_limits)) {
       const name = tier.charAt(0).toUpperCase() + tier.slice(1);
       const r = tiers.insertRow();
-      cell(r, name); cell(r, money(limit));
+      cell(r, name, "Seat tier"); cell(r, money(limit), "Monthly limit per member");
       r.insertCell().append(pencil(`Edit ${name} limit`, `${name} seat limit`, limit,
         (amount) => api("PUT", `/admin/v1/orgs/${org()}/extra-usage/tiers/${tier}`, { monthly_limit: amount })));
     }
@@ -110,8 +172,9 @@ function render() {
     users.replaceChildren();
     for (const m of state.usage.members) {
       const r = users.insertRow();
-      cell(r, m.member_id); cell(r, m.tier); cell(r, `$${m.extra_usage}`);
-      cell(r, m.monthly_limit === null ? `Unlimited (tier: ${money(m.tier_limit)})` : money(m.monthly_limit));
+      cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
+      cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
+      cell(r, m.monthly_limit === "0.00" ? "Off" : money(m.monthly_limit), "Own limit");
       r.insertCell().append(pencil(`Edit limit for ${m.member_id}`, `Limit for ${m.member_id}`,
         m.monthly_limit, (amount) => api("PUT",
           `/admin/v1/orgs/${org()}/extra-usage/members/${m.member_id}`, { monthly_limit: amount })));

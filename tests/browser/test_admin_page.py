@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_client
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from proxy.tools.embedded import RedisServer
@@ -29,8 +30,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 class Live:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, redis_url: str) -> None:
         self.base = base
+        self.redis_url = redis_url
 
     def call(
         self,
@@ -133,7 +135,7 @@ def live() -> Iterator[Live]:
     try:
         _wait(f"http://127.0.0.1:{port}/healthz")
         _wait_port(mock_port)  # the mock starts beside the proxy, and can be the slower one
-        yield Live(f"http://127.0.0.1:{port}")
+        yield Live(f"http://127.0.0.1:{port}", redis.url)
     finally:
         for p in (proxy, mock):
             p.terminate()
@@ -276,3 +278,60 @@ def test_a_members_token_sees_no_data(page: Page, live: Live) -> None:
     shot(page, "member-refused")
     # a token never goes into a URL
     assert t["mia_token"] not in page.url
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])
+def test_what_binds_is_shown_for_the_org_and_every_member_at_both_widths(
+    browser: Browser, live: Live, width: int, height: int
+) -> None:
+    """Pat's own limit is $400 but the Premium tier's $200 stopped her at $201.60: the page
+    says the tier limit binds and that it is reached, not "$400.00"; the org's spend is shown
+    against its limit; nothing sticks out of a phone's screen."""
+    org = f"browser-binds-{width}"
+    t = live.org(org, "enterprise")
+    base = f"/admin/v1/orgs/{org}/extra-usage"
+    live.call("PATCH", base, {"enabled": True, "monthly_limit": "300.00"})
+    live.call("PUT", f"{base}/tiers/premium", {"monthly_limit": "200.00"})
+    live.call("PUT", f"{base}/members/pat", {"monthly_limit": "400.00"})
+    live.call("PUT", f"{base}/members/mia", {"monthly_limit": "0"})
+    period = time.strftime("%Y-%m", time.gmtime())
+    with redis_client.Redis.from_url(live.redis_url) as r:
+        r.hset(
+            f"eup:{{{org}}}:members", mapping={"pat|spend_p": period, "pat|spend": 201_600_000_000}
+        )
+        r.hset(f"eup:{{{org}}}:org", mapping={"spend_p": period, "spend": 201_600_000_000})
+    _, usage = live.call("GET", f"/admin/v1/orgs/{org}/usage")
+    pat = next(m for m in usage["members"] if m["member_id"] == "pat")
+    assert pat["binding"] == {
+        "rule": "seat_tier_spend_limit",
+        "effective_limit": "200.00",
+        "remaining": "0.00",
+        "reached": True,
+    }
+    assert usage["totals"]["binding"]["rule"] == "org_spend_limit"
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        sign_in(page, live, t["olga_token"])
+        row = page.locator("#user-rows tr", has_text="pat")
+        expect(row).to_contain_text("$201.60 of $200.00 · Premium tier limit")
+        expect(row).to_contain_text("Reached")
+        expect(row).to_contain_text("$400.00")  # her own, shown as her own
+        expect(page.locator("#user-rows tr", has_text="mia")).to_contain_text(
+            "extra usage is off for this member"
+        )
+        expect(page.locator("#org-binding")).to_contain_text(
+            "$201.60 of $300.00 · the organization's limit"
+        )
+        expect(page.locator("#user-rows")).not_to_contain_text("Unlimited (tier")
+        # pat's and olga's (Premium: the tier's $200 binds her); mia's extra usage is off
+        assert page.locator("#user-rows meter").count() == 2
+        shot(page, f"binds-{width}")
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= width, f"the page is {overflow} px wide at {width}"
+        page.get_by_role("button", name="Adjust limit").click()
+        box = page.get_by_role("dialog").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+        shot(page, f"binds-dialog-{width}")
+    finally:
+        context.close()

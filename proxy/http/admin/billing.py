@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.limits import Binding, MemberState, OrgState, member_binding, org_binding
 from proxy.core.money import format_usd
 from proxy.core.statements import (
     PERIOD,
@@ -27,10 +28,13 @@ from proxy.ledger.db import ESTIMATED
 from proxy.storage.model import (
     DEFAULT_ENABLED,
     DEFAULT_ROLE,
+    DEFAULT_SCOPE,
     EXTRA_USAGE,
     INCLUDED,
     OFF,
     ON,
+    SCOPE_SELECTED,
+    TEAM,
     Member,
     Org,
     in_period,
@@ -105,6 +109,7 @@ async def usage(request: web.Request) -> web.Response:
         history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
     rows = []
     total_extra = total_included = total_estimated = 0
+    org_state = _org_state(settings, period) if period == now_period else None
     for m in sorted(m for m, f in members.items() if Member.TIER in f):
         fields = members[m]
         if period == now_period:
@@ -132,6 +137,12 @@ async def usage(request: web.Request) -> web.Response:
                 "monthly_limit": _usd(fields.get(Member.LIMIT)),
                 "tier_limit": _usd(settings.get(Org.tier_limit(tier))),
                 "extra_usage_enabled": fields.get(Member.EU) == ON,
+                # what limits their extra usage now (the month to date only)
+                "binding": None
+                if org_state is None
+                else _binding_view(
+                    member_binding(org_state, _member_state(settings, fields, tier, period))
+                ),
             }
         )
     return web.json_response(
@@ -145,6 +156,43 @@ async def usage(request: web.Request) -> web.Response:
                 "included_usage": format_usd(total_included),
                 "estimated_usage": format_usd(total_estimated),
                 "monthly_limit": _usd(settings.get(Org.LIMIT)),
+                "binding": None if org_state is None else _binding_view(org_binding(org_state)),
             },
         }
     )
+
+
+def _opt(v: str | None) -> int | None:
+    return None if v in (None, "") else int(v)
+
+
+def _org_state(s: dict[str, str], period: str) -> OrgState:
+    return OrgState(
+        plan=s.get(Org.PLAN, ""),
+        enabled=s.get(Org.EU_ON) == ON,
+        spend=in_period(s, Org.SPEND_PERIOD, Org.SPEND, period),
+        reserved=int(s.get(Org.EU_RESERVED) or 0),
+        limit=_opt(s.get(Org.LIMIT)),
+        balance=int(s.get(Org.BALANCE) or 0) if s.get(Org.PLAN) == TEAM else None,
+    )
+
+
+def _member_state(s: dict[str, str], f: dict[str, str], tier: str, period: str) -> MemberState:
+    selected = s.get(Org.SCOPE, DEFAULT_SCOPE) == SCOPE_SELECTED and s.get(Org.PLAN) == TEAM
+    return MemberState(
+        enabled=not selected or f.get(Member.EU) == ON,
+        spend=in_period(f, Member.SPEND_PERIOD, Member.SPEND, period),
+        reserved=int(f.get(Member.EU_RESERVED) or 0),
+        limit=_opt(f.get(Member.LIMIT)),
+        tier_limit=_opt(s.get(Org.tier_limit(tier))),
+    )
+
+
+def _binding_view(b: Binding) -> dict[str, Any]:
+    """A binding in the API's words: amounts in USD ("Unlimited" is null)."""
+    return {
+        "rule": b.rule,
+        "effective_limit": None if b.effective_limit is None else format_usd(b.effective_limit),
+        "remaining": None if b.remaining is None else format_usd(max(b.remaining, 0)),
+        "reached": b.reached,
+    }

@@ -1,0 +1,103 @@
+"""What binds: the effective extra-usage limit of an org and of each member this month, and
+which rule it is — the same rules, in the same order, as admission (``lua/admit.lua``:
+``eu_condition`` then ``limits_and_balance``), for the admin views. Pure.
+
+A member's spend runs against the lowest room left under every limit that applies to them:
+their own monthly limit and their seat tier's (Enterprise), the org's monthly limit, and on
+Team the prepaid balance. Room is ``limit - spend - reserved`` (what requests in flight hold);
+the least room is the rule that binds, and the effective limit what the month-to-date spend
+can reach under it (spend + room).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORG_OFF = "org_level_disabled"
+MEMBER_OFF = "member_level_disabled"
+MEMBER_LIMIT = "member_spend_limit"
+TIER_LIMIT = "seat_tier_spend_limit"
+ORG_LIMIT = "org_spend_limit"
+BALANCE = "out_of_credits"
+UNLIMITED = "unlimited"
+RULES = (ORG_OFF, MEMBER_OFF, MEMBER_LIMIT, TIER_LIMIT, ORG_LIMIT, BALANCE, UNLIMITED)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The rule that limits a spend now, in nano-USD."""
+
+    rule: str  # one of RULES
+    spend: int  # month to date, against which the limit is shown
+    effective_limit: int | None  # what the spend can reach this month (None: unlimited)
+    remaining: int | None  # room left (None: unlimited; 0 when off)
+
+    @property
+    def reached(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class OrgState:
+    """What the org's limits are made of (nano-USD; None: no such limit)."""
+
+    plan: str
+    enabled: bool  # extra usage on for the org
+    spend: int  # the org's month-to-date extra usage
+    reserved: int  # held by requests in flight
+    limit: int | None  # the org's monthly limit
+    balance: int | None  # Team: prepaid credit
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    enabled: bool  # extra usage on for the member (Team "selected" scope; else True)
+    spend: int
+    reserved: int
+    limit: int | None  # Enterprise: their own monthly limit ("0": off)
+    tier_limit: int | None  # Enterprise: their seat tier's
+
+
+def _lowest(spend: int, rooms: list[tuple[str, int]], own: tuple[str, ...]) -> Binding:
+    """The least room of ``rooms`` (the first of equal ones, in rule order). The effective
+    limit of a rule that is the subject's own (``own``: a member's or tier's limit for a
+    member, the org's for the org) is its limit less what is held, even once passed; under
+    another's (the org's limit, for a member) it is what the spend can still reach."""
+    if not rooms:
+        return Binding(UNLIMITED, spend, None, None)
+    rule, room = min(rooms, key=lambda r: r[1])
+    effective = spend + room if rule in own else spend + max(room, 0)
+    return Binding(rule, spend, max(effective, 0), room)
+
+
+def org_rooms(org: OrgState) -> list[tuple[str, int]]:
+    """Room under each org-wide rule: its monthly limit, and on Team the balance."""
+    rooms = []
+    if org.limit is not None:
+        rooms.append((ORG_LIMIT, org.limit - org.spend - org.reserved))
+    if org.plan == "team":
+        rooms.append((BALANCE, (org.balance or 0) - org.reserved))
+    return rooms
+
+
+def org_binding(org: OrgState) -> Binding:
+    """What limits the org's extra usage as a whole."""
+    if not org.enabled:
+        return Binding(ORG_OFF, org.spend, org.spend, 0)
+    return _lowest(org.spend, org_rooms(org), (ORG_LIMIT, BALANCE))
+
+
+def member_binding(org: OrgState, member: MemberState) -> Binding:
+    """What limits one member's extra usage: the conditions first, then the lowest room."""
+    if not org.enabled:
+        return Binding(ORG_OFF, member.spend, member.spend, 0)
+    if not member.enabled or (org.plan == "enterprise" and member.limit == 0):
+        return Binding(MEMBER_OFF, member.spend, member.spend, 0)
+    rooms: list[tuple[str, int]] = []
+    if org.plan == "enterprise":
+        if member.limit is not None:
+            rooms.append((MEMBER_LIMIT, member.limit - member.spend - member.reserved))
+        if member.tier_limit is not None:
+            rooms.append((TIER_LIMIT, member.tier_limit - member.spend - member.reserved))
+    rooms += org_rooms(org)
+    return _lowest(member.spend, rooms, (MEMBER_LIMIT, TIER_LIMIT))
