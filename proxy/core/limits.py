@@ -101,3 +101,47 @@ def member_binding(org: OrgState, member: MemberState) -> Binding:
             rooms.append((TIER_LIMIT, member.tier_limit - member.spend - member.reserved))
     rooms += org_rooms(org)
     return _lowest(member.spend, rooms, (MEMBER_LIMIT, TIER_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What approving ``amount`` more for a member changes (nano-USD; None: unchanged), or
+    why it cannot (``blocked``: the rule that would still stop the member)."""
+
+    member_limit: int | None = None
+    tier_limit: int | None = None
+    org_limit: int | None = None
+    blocked: str = ""  # a rule of RULES, "" when the grant takes effect
+    unlimited: bool = False  # nothing limits the member: nothing to change
+
+
+def plan_grant(
+    org: OrgState, member: MemberState, amount: int, *, raise_tier: bool, raise_org: bool
+) -> Grant:
+    """Let a member spend ``amount`` more this month than they can now: their own limit
+    raised by what it takes, and the tier's or the org's too when one of those would still
+    stop them first — only when the owner said so (``raise_tier`` / ``raise_org``), else the
+    grant is ``blocked`` by that rule and nothing changes. Extra usage off for the org blocks
+    it; off for the member (an own limit of 0) is what the raise of their limit turns on."""
+    if not org.enabled:
+        return Grant(blocked=ORG_OFF)
+    now = member_binding(org, member)
+    if now.rule == UNLIMITED:
+        return Grant(unlimited=True)
+    room_now = 0 if now.rule == MEMBER_OFF else max(now.remaining or 0, 0)
+    want = room_now + amount  # the room the member must have once approved
+    used = member.spend + member.reserved
+    own = tier = org_limit = None
+    if member.limit is not None and member.limit - used < want:
+        own = used + want
+    if member.tier_limit is not None and member.tier_limit - used < want:
+        if not raise_tier:
+            return Grant(blocked=TIER_LIMIT)
+        tier = used + want
+    if org.limit is not None and org.limit - org.spend - org.reserved < want:
+        if not raise_org:
+            return Grant(blocked=ORG_LIMIT)
+        org_limit = org.spend + org.reserved + want
+    if org.plan == "team" and (org.balance or 0) - org.reserved < want:
+        return Grant(blocked=BALANCE)
+    return Grant(member_limit=own, tier_limit=tier, org_limit=org_limit)

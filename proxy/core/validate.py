@@ -84,8 +84,12 @@ def boolean(
     return value
 
 
+CENT = 10_000_000  # nano-USD
+
+
 def amount(value: Any, name: str, *, allow_zero: bool = True) -> int:
-    """A decimal USD string (or integer dollars) as nano-USD; floats and negatives refused."""
+    """A decimal USD string (or integer dollars) as nano-USD, in whole cents (what an owner
+    types: a limit, a purchase, a grant); floats, negatives and fractions of a cent refused."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)  # JSON has one number type: 12.0 is exactly 12 dollars
     if isinstance(value, float):
@@ -94,6 +98,10 @@ def amount(value: Any, name: str, *, allow_zero: bool = True) -> int:
         nano = parse_usd(value, field=name)
     except AmountError as exc:
         raise InvalidRequest(str(exc)) from exc
+    if nano % CENT:
+        raise InvalidRequest(
+            f'{name}: at most 2 decimals (whole cents), such as "12.35" (got {value!r})'
+        )
     if nano == 0 and not allow_zero:
         raise InvalidRequest(f"{name}: must be greater than 0")
     if nano > MAX_AMOUNT:

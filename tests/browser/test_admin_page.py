@@ -197,9 +197,12 @@ def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, 
     dialog = page.get_by_role("dialog")
     expect(dialog).to_be_visible()
     dialog.get_by_label("Monthly limit (USD)").fill("0.0015")
+    dialog.get_by_role("button", name="Set limit").click()  # a fraction of a cent: refused
+    expect(page.locator("#limit-error")).to_contain_text("at most 2 decimals")
+    dialog.get_by_label("Monthly limit (USD)").fill("0.00")
     shot(page, "limit-dialog", "#limit-dialog")
     dialog.get_by_role("button", name="Set limit").click()
-    expect(page.locator("#limit-value")).to_have_text("$0.0015")
+    expect(page.locator("#limit-value")).to_have_text("$0.00")
     status, body = live.message(t["mia_key"], 100)  # the very next request
     assert status == 429
     assert body["error"]["type"] == "billing_error"
@@ -238,6 +241,10 @@ def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, 
 
 def test_owner_edits_a_tier_limit_and_reviews_requests(page: Page, live: Live) -> None:
     t = live.org("browser-ent", "enterprise")
+    live.call("PATCH", "/admin/v1/orgs/browser-ent/extra-usage", {"enabled": True})
+    live.call(
+        "PUT", "/admin/v1/orgs/browser-ent/extra-usage/members/pat", {"monthly_limit": "5.00"}
+    )
     live.call(
         "POST",
         "/v1/usage/me/extra-usage-requests",
@@ -261,12 +268,39 @@ def test_owner_edits_a_tier_limit_and_reviews_requests(page: Page, live: Live) -
     shot(page, "user-limits", "#user-limits")
     expect(page.locator("#request-list")).to_contain_text("pat asks for $25.00")
     shot(page, "requests", "#requests")
+    # the owner grants less than asked, typed in cents
+    page.get_by_label("Amount to grant pat (USD)").fill("20.00")
     page.get_by_role("button", name="Approve the request of pat").click()
     expect(page.locator("#no-requests")).to_be_visible()
+    expect(page.locator("#decided-list")).to_contain_text("pat asked for $25.00 on 20")
+    expect(page.locator("#decided-list")).to_contain_text("approved $20.00 by olga")
+    expect(page.locator("#decided-list")).to_contain_text("own limit now $25.00")
     _, usage = live.call("GET", "/admin/v1/orgs/browser-ent/usage")
     pat = next(m for m in usage["members"] if m["member_id"] == "pat")
     assert pat["monthly_limit"] == "25.00"
     shot(page, "enterprise-page")
+    # mia is at the Standard tier's $75.50: approving her $10 alone would change nothing, so
+    # the page says why and offers to raise the tier limit with it
+    period = time.strftime("%Y-%m", time.gmtime())
+    with redis_client.Redis.from_url(live.redis_url) as r:
+        r.hset(
+            "eup:{browser-ent}:members",
+            mapping={"mia|spend_p": period, "mia|spend": 75_500_000_000},
+        )
+    live.call(
+        "POST",
+        "/v1/usage/me/extra-usage-requests",
+        {"amount": "10.00"},
+        token="",
+        headers={"x-api-key": t["mia_key"]},
+    )
+    page.reload()
+    page.get_by_role("button", name="Approve the request of mia").click()
+    expect(page.locator("#request-list")).to_contain_text("Standard seat-tier limit ($75.50)")
+    shot(page, "approval-blocked", "#requests")
+    page.get_by_role("button", name="Raise the tier limit too and approve").click()
+    expect(page.locator("#decided-list")).to_contain_text("tier limit now $85.50")
+    expect(page.locator("#tier-rows")).to_contain_text("$85.50")
 
 
 def test_a_members_token_sees_no_data(page: Page, live: Live) -> None:

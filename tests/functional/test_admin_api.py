@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -157,6 +158,7 @@ async def test_extra_usage_requests_flow(proxy_factory: ProxyFactory, aiohttp_se
     await proxy.admin(
         "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/rita", json={"monthly_limit": "20.00"}
     )
+    await proxy.admin("PATCH", f"/admin/v1/orgs/{org}/extra-usage", json={"enabled": True})
     headers = {"x-api-key": key}
     async with proxy.session.post(
         proxy.url + "/v1/usage/me/extra-usage-requests",
@@ -201,3 +203,67 @@ async def test_extra_usage_requests_flow(proxy_factory: ProxyFactory, aiohttp_se
     assert change["before"] == {"rita|limit": str(20 * 10**9)}
     assert change["after"] == {"rita|limit": str(50 * 10**9)}
     assert change["actor"] == "operator"
+
+
+async def test_an_approval_that_another_limit_would_void_is_refused_or_raises_it(
+    proxy: Proxy,
+) -> None:
+    """Kim asked $100; the $50 Standard tier limit would keep refusing her: approving is a
+    409 that says so and changes nothing, unless the owner raises the tier limit with it."""
+    org = await proxy.org("enterprise")
+    key = await proxy.member(org, "kim")
+    eu = f"/admin/v1/orgs/{org}/extra-usage"
+    await proxy.admin("PATCH", eu, json={"enabled": True})
+    await proxy.admin("PUT", eu + "/tiers/standard", json={"monthly_limit": "50.00"})
+    k = proxy.store.keys(org)
+    period = time.strftime("%Y-%m", time.gmtime())
+    await proxy.store.client.hset(
+        k.members, mapping={"kim|spend_p": period, "kim|spend": 50 * 10**9}
+    )
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/me/extra-usage-requests",
+        json={"amount": "100.00"},
+        headers={"x-api-key": key},
+    ) as r:
+        req = await r.json()
+    path = f"{eu}/requests/{req['id']}/approve"
+    before = await proxy.store.org_settings(org)
+    status, body = await proxy.admin("POST", path)
+    assert status == 409
+    assert "Standard seat-tier limit ($50.00)" in body["error"]["message"]
+    assert "raise_tier_limit" in body["error"]["message"]
+    assert await proxy.store.org_settings(org) == before
+    _, listed = await proxy.admin("GET", eu + "/requests")
+    assert listed["requests"][0]["state"] == "pending"
+    status, done = await proxy.admin("POST", path, json={"raise_tier_limit": True})
+    assert status == 200, done
+    assert (done["state"], done["granted"], done["new_tier_limit"]) == (
+        "approved",
+        "100.00",
+        "150.00",
+    )
+    _, usage = await proxy.admin("GET", f"/admin/v1/orgs/{org}/usage")
+    kim = next(m for m in usage["members"] if m["member_id"] == "kim")
+    assert kim["binding"]["remaining"] == "100.00" and not kim["binding"]["reached"]
+    # decided requests stay listed, with who decided and when
+    _, listed = await proxy.admin("GET", eu + "/requests")
+    assert listed["requests"][0]["decided_by"] and listed["requests"][0]["decided_at"]
+
+
+async def test_approving_a_request_without_an_amount_needs_one(proxy: Proxy) -> None:
+    org = await proxy.org("enterprise")
+    key = await proxy.member(org, "lee")
+    eu = f"/admin/v1/orgs/{org}/extra-usage"
+    await proxy.admin("PATCH", eu, json={"enabled": True})
+    await proxy.admin("PUT", eu + "/members/lee", json={"monthly_limit": "5.00"})
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/me/extra-usage-requests", json={}, headers={"x-api-key": key}
+    ) as r:
+        req = await r.json()
+    path = f"{eu}/requests/{req['id']}/approve"
+    status, body = await proxy.admin("POST", path)
+    assert status == 400 and body["error"]["message"].startswith("amount: required")
+    status, body = await proxy.admin("POST", path, json={"amount": "12.345"})
+    assert status == 400
+    status, done = await proxy.admin("POST", path, json={"amount": "20.00"})
+    assert (status, done["new_limit"], done["granted"]) == (200, "25.00", "20.00")

@@ -270,9 +270,10 @@ async def test_team_member_from_included_to_spend_limit(proxy: Proxy) -> None:
     status, _, body = await req(10)
     assert status == 429
     assert b"more than the $0.0" in body  # what is left is less than even 10 tokens could cost
-    # the owner lowers the limit to what was spent: the next request sees it reached
+    # the owner lowers the limit to what was spent (in whole cents, as an owner types it):
+    # the next request sees it reached
     spent = int((await proxy.store.org_settings(org))["spend"])
-    await settings(proxy, org, token, monthly_limit=format_usd(spent))
+    await settings(proxy, org, token, monthly_limit=format_usd(spent - spent % 10**7))
     status, h, body = await req(10)
     assert status == 429
     assert b"monthly organization spend limit reached \xc2\xb7 resets 2026-12-01 00:00 UTC" in body

@@ -14,6 +14,7 @@ from proxy.core.limits import (
     OrgState,
     member_binding,
     org_binding,
+    plan_grant,
 )
 
 USD = 10**9
@@ -86,3 +87,31 @@ def test_off_is_said_not_shown_as_zero_dollars() -> None:
 def test_nothing_set_is_unlimited() -> None:
     b = member_binding(org(), member(spend=5 * USD))
     assert (b.rule, b.effective_limit, b.remaining, b.reached) == (UNLIMITED, None, None, False)
+
+
+def test_approving_raises_the_own_limit_by_what_it_takes() -> None:
+    g = plan_grant(
+        org(), member(spend=40 * USD, limit=50 * USD), 100 * USD, raise_tier=False, raise_org=False
+    )
+    assert (g.blocked, g.member_limit, g.tier_limit) == ("", 150 * USD, None)
+
+
+def test_a_tier_limit_that_would_still_block_refuses_unless_raised_too() -> None:
+    # Kim asked $100; the $50 Standard tier limit kept refusing her
+    kim = member(spend=50 * USD, tier_limit=50 * USD)
+    assert plan_grant(org(), kim, 100 * USD, raise_tier=False, raise_org=False).blocked == (
+        TIER_LIMIT
+    )
+    g = plan_grant(org(), kim, 100 * USD, raise_tier=True, raise_org=False)
+    assert (g.blocked, g.tier_limit, g.member_limit) == ("", 150 * USD, None)
+    o = org(limit=120 * USD, spend=100 * USD)
+    assert plan_grant(o, kim, 100 * USD, raise_tier=True, raise_org=False).blocked == ORG_LIMIT
+    g = plan_grant(o, kim, 100 * USD, raise_tier=True, raise_org=True)
+    assert (g.tier_limit, g.org_limit) == (150 * USD, 200 * USD)
+
+
+def test_approving_a_member_who_was_off_turns_them_on_and_off_orgs_cannot() -> None:
+    g = plan_grant(org(), member(limit=0), 25 * USD, raise_tier=False, raise_org=False)
+    assert g.member_limit == 25 * USD
+    assert plan_grant(org(enabled=False), member(), USD, raise_tier=True, raise_org=True).blocked
+    assert plan_grant(org(), member(), USD, raise_tier=False, raise_org=False).unlimited

@@ -109,7 +109,7 @@ async def usage(request: web.Request) -> web.Response:
         history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
     rows = []
     total_extra = total_included = total_estimated = 0
-    org_state = _org_state(settings, period) if period == now_period else None
+    the_org = org_state(settings, period) if period == now_period else None
     for m in sorted(m for m, f in members.items() if Member.TIER in f):
         fields = members[m]
         if period == now_period:
@@ -139,9 +139,9 @@ async def usage(request: web.Request) -> web.Response:
                 "extra_usage_enabled": fields.get(Member.EU) == ON,
                 # what limits their extra usage now (the month to date only)
                 "binding": None
-                if org_state is None
+                if the_org is None
                 else _binding_view(
-                    member_binding(org_state, _member_state(settings, fields, tier, period))
+                    member_binding(the_org, member_state(settings, fields, tier, period))
                 ),
             }
         )
@@ -156,7 +156,7 @@ async def usage(request: web.Request) -> web.Response:
                 "included_usage": format_usd(total_included),
                 "estimated_usage": format_usd(total_estimated),
                 "monthly_limit": _usd(settings.get(Org.LIMIT)),
-                "binding": None if org_state is None else _binding_view(org_binding(org_state)),
+                "binding": None if the_org is None else _binding_view(org_binding(the_org)),
             },
         }
     )
@@ -166,7 +166,7 @@ def _opt(v: str | None) -> int | None:
     return None if v in (None, "") else int(v)
 
 
-def _org_state(s: dict[str, str], period: str) -> OrgState:
+def org_state(s: dict[str, str], period: str) -> OrgState:
     return OrgState(
         plan=s.get(Org.PLAN, ""),
         enabled=s.get(Org.EU_ON) == ON,
@@ -177,7 +177,7 @@ def _org_state(s: dict[str, str], period: str) -> OrgState:
     )
 
 
-def _member_state(s: dict[str, str], f: dict[str, str], tier: str, period: str) -> MemberState:
+def member_state(s: dict[str, str], f: dict[str, str], tier: str, period: str) -> MemberState:
     selected = s.get(Org.SCOPE, DEFAULT_SCOPE) == SCOPE_SELECTED and s.get(Org.PLAN) == TEAM
     return MemberState(
         enabled=not selected or f.get(Member.EU) == ON,

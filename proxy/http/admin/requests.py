@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.core.errors import Conflict, NotFound, PermissionDenied
+from proxy.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from proxy.core.limits import BALANCE, ORG_LIMIT, ORG_OFF, TIER_LIMIT, plan_grant
 from proxy.core.money import format_usd
-from proxy.core.validate import amount, only, string
+from proxy.core.statements import current_period
+from proxy.core.validate import amount, boolean, only, string
+from proxy.http.admin.billing import member_state, org_state
 from proxy.http.admin.orgs import actor_for, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
 from proxy.http.auth import member_of_key
@@ -35,6 +38,9 @@ def view(r: dict[str, Any]) -> dict[str, Any]:
         "decided_by": r.get("decided_by"),
         "decided_at": r.get("decided_at"),
         "new_limit": format_usd(int(r["new_limit"])) if r.get("new_limit") else None,
+        "granted": format_usd(int(r["granted"])) if r.get("granted") else None,
+        "new_tier_limit": format_usd(int(r["new_tier_limit"])) if r.get("new_tier_limit") else None,
+        "new_org_limit": format_usd(int(r["new_org_limit"])) if r.get("new_org_limit") else None,
     }
 
 
@@ -126,24 +132,7 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
         raise Conflict(f"this request was already {record['state']}")
     doc = await json_object(request, allow_empty=True)
     if decision == "approved":
-        only(doc, {"monthly_limit"})
-        member = record["member"]
-        current = (await store.member_fields(org, member, (Member.LIMIT,))).get(Member.LIMIT)
-        if "monthly_limit" in doc and doc["monthly_limit"] is not None:
-            new_limit = amount(doc["monthly_limit"], "monthly_limit")
-        else:
-            # raise by what was asked (or by the current limit again when nothing was named)
-            base = int(current) if current else 0
-            new_limit = base + int(record["amount"] or current or 0)
-        await store.update(
-            org,
-            "members",
-            actor=actor.name,
-            action="extra_usage.member",
-            fields={Member.field(member, Member.LIMIT): str(new_limit)},
-            guards=[f"+{Member.field(member, Member.TIER)}"],
-        )
-        record["new_limit"] = str(new_limit)
+        record.update(await _grant(store, org, actor.name, record, doc))
     else:
         only(doc, set())
     record.update(
@@ -163,6 +152,84 @@ async def _decide(request: web.Request, decision: str) -> web.Response:
     except StoreRefusal as exc:
         raise Conflict("the request changed meanwhile; reload and retry") from exc
     return web.json_response(view(record))
+
+
+BLOCKED = {
+    TIER_LIMIT: "the {tier} seat-tier limit ({limit}) would still stop them first: approve "
+    'with "raise_tier_limit": true to raise it for every {tier} member, or raise it yourself',
+    ORG_LIMIT: "the organization's monthly limit ({limit}) would still stop them first: "
+    'approve with "raise_org_limit": true to raise it, or raise it yourself',
+    ORG_OFF: "extra usage is off for the organization: turn it on first",
+    BALANCE: "the prepaid balance would still stop them first: buy credit first",
+}
+
+
+async def _grant(
+    store: Store, org: str, actor: str, record: dict[str, Any], doc: dict[str, Any]
+) -> dict[str, Any]:
+    """Approve: the member may spend ``amount`` more this month (the amount asked for unless
+    the owner names another), their own limit raised by what it takes, and the tier's or the
+    org's limit too when the owner says so; refused (409, nothing written) when another limit
+    would still stop them, so that "approved" always means they can spend more."""
+    only(doc, {"amount", "raise_tier_limit", "raise_org_limit"})
+    if doc.get("amount") is not None:
+        grant = amount(doc["amount"], "amount", allow_zero=False)
+    elif record.get("amount"):
+        grant = int(record["amount"])
+    else:
+        raise InvalidRequest(
+            "amount: required, the request names no amount: how much more the member may "
+            'spend this month, such as "50.00"'
+        )
+    raise_tier = bool(boolean(doc, "raise_tier_limit", required=False, default=False))
+    raise_org = bool(boolean(doc, "raise_org_limit", required=False, default=False))
+    member = record["member"]
+    settings = await org_or_404(store, org)
+    fields = (await store.members(org)).get(member, {})
+    if Member.TIER not in fields:
+        raise NotFound(f"member {member!r} is no longer in the organization")
+    tier = fields[Member.TIER]
+    period = current_period(time.time())
+    plan = plan_grant(
+        org_state(settings, period),
+        member_state(settings, fields, tier, period),
+        grant,
+        raise_tier=raise_tier,
+        raise_org=raise_org,
+    )
+    if plan.blocked:
+        limit = settings.get(Org.tier_limit(tier) if plan.blocked == TIER_LIMIT else Org.LIMIT)
+        why = BLOCKED[plan.blocked].format(
+            tier=tier.title(), limit=f"${format_usd(int(limit))}" if limit else ""
+        )
+        raise Conflict(f"approving ${format_usd(grant)} would not let {member} spend more: {why}")
+    org_fields: dict[str, str] = {}
+    if plan.tier_limit is not None:
+        org_fields[Org.tier_limit(tier)] = str(plan.tier_limit)
+    if plan.org_limit is not None:
+        org_fields[Org.LIMIT] = str(plan.org_limit)
+    if org_fields:
+        await store.update(
+            org, "org", actor=actor, action="extra_usage.settings", fields=org_fields
+        )
+    if plan.member_limit is not None:
+        await store.update(
+            org,
+            "members",
+            actor=actor,
+            action="extra_usage.member",
+            fields={Member.field(member, Member.LIMIT): str(plan.member_limit)},
+            guards=[f"+{Member.field(member, Member.TIER)}"],
+        )
+    out: dict[str, Any] = {"granted": str(grant)}
+    for name, value in (
+        ("new_limit", plan.member_limit),
+        ("new_tier_limit", plan.tier_limit),
+        ("new_org_limit", plan.org_limit),
+    ):
+        if value is not None:
+            out[name] = str(value)
+    return out
 
 
 @routes.post("/admin/v1/orgs/{org}/extra-usage/requests/{request_id}/approve")
