@@ -3,14 +3,14 @@
 import { $, ApiError, apiClient, banners } from "./common.js";
 
 const TOKEN = "eup-admin-token";
-const state = { me: null, settings: null, usage: null, requests: [] };
+const state = { me: null, settings: null, usage: null, requests: [], credits: [] };
 
 function plainWords(err) {
   if (err.status === 401) return "Your admin token was not accepted. Sign in again with a valid token.";
   if (err.status === 403) return `You don't have permission to do that: ${err.message}`;
   if (err.status === 404) return `Not found: ${err.message}`;
   if (err.status >= 500) return `The service could not complete this right now (${err.message}). Try again in a moment.`;
-  return err.message;
+  return inPlainWords(err.message);
 }
 
 const api = apiClient(() => ({ authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` }));
@@ -25,6 +25,15 @@ function usd(v) {
   return `${sign}$${digits}${frac === undefined ? "" : "." + frac}`;
 }
 const money = (v) => (v === null || v === undefined ? "Unlimited" : usd(v));
+// nano-USD (a decimal string of an integer, as the audit log keeps it) as the API's USD
+// string: at least 2 decimals, exact (BigInt, never a float)
+function nanoUsd(n) {
+  const v = BigInt(n);
+  const a = v < 0n ? -v : v;
+  let frac = (a % 1000000000n).toString().padStart(9, "0").replace(/0+$/, "");
+  if (frac.length < 2) frac = frac.padEnd(2, "0");
+  return `${v < 0n ? "-" : ""}${a / 1000000000n}.${frac}`;
+}
 
 // what limits a spend now (the admin usage API's "binding"), in an owner's words
 const tierName = (t) => t.charAt(0).toUpperCase() + t.slice(1);
@@ -74,9 +83,43 @@ function spendAgainst(spent, binding, tier) {
 const org = () => state.me.org_id;
 const canChange = () => ["primary_owner", "owner"].includes(state.me.role);
 
-async function act(fn, done) {
+// the API's field names, in the page's words
+const FIELDS = {
+  "auto_reload.threshold": "Reload when balance reaches",
+  "auto_reload.amount": "Reload amount",
+  "auto_reload": "Auto-reload",
+  amount: "Amount",
+  monthly_limit: "Monthly limit",
+};
+function inPlainWords(message) {
+  const m = /^([\w.]+): (.*)$/.exec(message);
+  if (!m || !FIELDS[m[1]]) return message;
+  return `${FIELDS[m[1]]}: ${m[2].replace(/\bauto_reload\.amount\b/g, "a reload amount")}`;
+}
+
+// a change: its error shown next to its form (``where``: an element after which it goes), or
+// in the banner; a failed change puts every control back as the stored state has it
+async function act(fn, done, where) {
   showError(null);
-  try { await fn(); if (done) notice(done); await load(); } catch (err) { showError(err); }
+  fieldError(null);
+  try {
+    await fn();
+    if (done) notice(done);
+    await load();
+  } catch (err) {
+    if (where) { notice(""); fieldError(where, plainWords(err)); } else showError(err);
+    if (state.settings) render();  // a ticked box or a changed select goes back
+  }
+}
+
+function fieldError(where, text) {
+  for (const el of document.querySelectorAll(".field-error")) el.remove();
+  if (!where) return;
+  const p = document.createElement("p");
+  p.className = "error field-error";
+  p.setAttribute("role", "alert");
+  p.textContent = inPlainWords(text);
+  where.after(p);
 }
 
 // -- the limit dialog: one for the org, the tiers and the members ----------------------------
@@ -131,6 +174,7 @@ function render() {
   $("who").textContent = `${state.me.org_name} (${s.plan}) · signed in as ${state.me.member_id ?? "operator"}, ${state.me.role.replace("_", " ")}`;
   $("eu-enabled").checked = s.enabled;
   $("limit-value").textContent = money(s.monthly_limit);
+  $("read-only").hidden = canChange();
   $("org-binding").replaceChildren(spendAgainst(state.usage.totals.extra_usage, state.usage.totals.binding));
   $("team-credit").hidden = !team;
   $("team-members").hidden = !team;
@@ -139,6 +183,7 @@ function render() {
   $("requests").hidden = team;
   if (team) {
     $("balance").textContent = usd(s.balance);
+    renderCredits();
     $("reload-enabled").checked = s.auto_reload.enabled;
     $("reload-threshold").value = s.auto_reload.threshold ?? "";
     $("reload-amount").value = s.auto_reload.amount ?? "";
@@ -273,6 +318,23 @@ function renderRequests() {
   }
 }
 
+// purchases and confirmed reloads, from the audit log: when, how much, who, balance after
+function renderCredits() {
+  const list = $("credit-history");
+  list.replaceChildren();
+  $("no-credits").hidden = state.credits.length > 0;
+  for (const e of state.credits) {
+    const before = e.before?.balance ?? "0";
+    const after = e.after?.balance ?? "0";
+    const li = document.createElement("li");
+    const when = new Date(e.at * 1000).toISOString().slice(0, 16).replace("T", " ");
+    const kind = e.action === "credit.purchase" ? "Purchase" : "Auto-reload";
+    li.textContent = `${when} UTC · ${kind} of ${usd(nanoUsd(BigInt(after) - BigInt(before)))}`
+      + ` · completed · balance after ${usd(nanoUsd(after))}`;
+    list.append(li);
+  }
+}
+
 async function load() {
   state.me = await api("GET", "/admin/v1/me");
   if (!state.me.org_id) throw new ApiError(400, "The operator token has no organization: sign in with an owner's admin token.");
@@ -286,7 +348,13 @@ async function load() {
   state.usage = usage;
   state.requests = settings.plan === "enterprise"
     ? (await api("GET", `/admin/v1/orgs/${org()}/extra-usage/requests`)).requests : [];
+  state.credits = settings.plan === "team"
+    ? (await api("GET", `/admin/v1/orgs/${org()}/audit?limit=1000`)).entries
+      .filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm") : [];
   render();
+  const now = new Date();
+  $("updated").textContent = `updated ${String(now.getHours()).padStart(2, "0")}:`
+    + `${String(now.getMinutes()).padStart(2, "0")}`;
   $("signin").hidden = true;
   $("app").hidden = false;
   $("sign-out").hidden = false;
@@ -303,7 +371,18 @@ $("signin-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem(TOKEN, $("token").value.trim());
   $("token").value = "";
   showError(null);
-  start();
+  // live: the figures refresh every 30 s and when the tab comes back into focus — not while
+// the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)
+async function refresh() {
+  if (!state.me || $("app").hidden || $("limit-dialog").open || !$("buy-confirm").hidden) return;
+  const el = document.activeElement;
+  if (el && el.closest("#app") && ["INPUT", "SELECT"].includes(el.tagName)) return;
+  try { await load(); } catch (err) { showError(err); }
+}
+setInterval(refresh, 30000);
+window.addEventListener("focus", refresh);
+
+start();
 });
 $("sign-out").addEventListener("click", () => { sessionStorage.removeItem(TOKEN); location.reload(); });
 $("eu-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
@@ -312,21 +391,55 @@ $("eu-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
 $("adjust-limit").addEventListener("click", () => openLimitDialog("Adjust limit",
   state.settings.monthly_limit, (amount) => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`,
     { monthly_limit: amount })));
+// a purchase: confirmed first (amount, who pays), one idempotency key per confirmed purchase
+let pendingPurchase = null;
 $("buy-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const amount = $("buy-amount").value.trim();
-  act(() => api("POST", `/admin/v1/orgs/${org()}/extra-usage/purchases`,
-    { amount, idempotency_key: crypto.randomUUID() }), `Bought $${amount} of credit.`);
+  if (!/^\d+(\.\d{1,2})?$/.test(amount)) {
+    fieldError($("buy-form"), "Amount: enter dollars and cents, such as 100.00.");
+    return;
+  }
+  fieldError(null);
+  pendingPurchase = { amount, idempotency_key: crypto.randomUUID() };
+  $("buy-confirm-text").textContent = `Buy ${usd(amount)} of prepaid credit for ${state.me.org_name}? `
+    + "It is charged to the organization's payment method now.";
+  $("buy-confirm").hidden = false;
+  $("buy-confirm-yes").focus();
+});
+$("buy-confirm-yes").addEventListener("click", () => {
+  const p = pendingPurchase;
+  $("buy-confirm").hidden = true;
+  if (!p) return;
+  pendingPurchase = null;
+  act(() => api("POST", `/admin/v1/orgs/${org()}/extra-usage/purchases`, p),
+    `Bought ${usd(p.amount)} of credit.`, $("buy-form"));
   $("buy-amount").value = "";
+});
+$("buy-confirm-no").addEventListener("click", () => {
+  pendingPurchase = null;
+  $("buy-confirm").hidden = true;
 });
 $("reload-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const auto_reload = { enabled: $("reload-enabled").checked };
   if ($("reload-threshold").value.trim()) auto_reload.threshold = $("reload-threshold").value.trim();
   if ($("reload-amount").value.trim()) auto_reload.amount = $("reload-amount").value.trim();
-  act(() => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`, { auto_reload }), "Auto-reload saved.");
+  act(() => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`, { auto_reload }), "Auto-reload saved.",
+    $("reload-form"));
 });
 $("member-scope").addEventListener("change", (ev) => act(() => api("PATCH",
   `/admin/v1/orgs/${org()}/extra-usage`, { member_scope: ev.target.value })));
+
+// live: the figures refresh every 30 s and when the tab comes back into focus — not while
+// the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)
+async function refresh() {
+  if (!state.me || $("app").hidden || $("limit-dialog").open || !$("buy-confirm").hidden) return;
+  const el = document.activeElement;
+  if (el && el.closest("#app") && ["INPUT", "SELECT"].includes(el.tagName)) return;
+  try { await load(); } catch (err) { showError(err); }
+}
+setInterval(refresh, 30000);
+window.addEventListener("focus", refresh);
 
 start();

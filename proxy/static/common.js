@@ -23,15 +23,18 @@ export function apiClient(auth) {
 // the #error and #notice banners; errors in the page's own plain words
 export function banners(plainWords) {
   return {
+    // one banner at a time: an error clears the last notice, a notice the last error
     showError(err) {
       const box = $("error");
       box.textContent = err ? plainWords(err) : "";
       box.hidden = !err;
+      if (err) { $("notice").textContent = ""; $("notice").hidden = true; }
     },
     notice(text) {
       const box = $("notice");
       box.textContent = text;
       box.hidden = !text;
+      if (text) { $("error").textContent = ""; $("error").hidden = true; }
     },
   };
 }

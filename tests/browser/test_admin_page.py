@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,11 +220,33 @@ def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, 
     page.get_by_role("button", name="Set limit").click()
     expect(page.locator("#limit-error")).to_contain_text("must not be negative")
     page.keyboard.press("Escape")
-    # keyboard: buy credit with the keyboard only
+    # keyboard: buy credit with the keyboard only, confirmed first
+    page.get_by_label("Credit to buy (USD)").focus()
+    page.keyboard.type("5.505")
+    page.keyboard.press("Enter")
+    expect(page.locator(".field-error")).to_contain_text("dollars and cents")
+    expect(page.locator("#buy-confirm")).to_be_hidden()
+    page.get_by_label("Credit to buy (USD)").fill("")
     page.get_by_label("Credit to buy (USD)").focus()
     page.keyboard.type("5")
     page.keyboard.press("Enter")
+    expect(page.locator("#buy-confirm")).to_contain_text("Buy $5 of prepaid credit")
+    _, before = live.call("GET", "/admin/v1/orgs/browser-team/extra-usage")
+    assert before["balance"] == "9.997"  # nothing bought until it is confirmed
+    page.keyboard.press("Enter")  # the focused "Confirm purchase"
     expect(page.locator("#balance")).to_have_text("$14.997")
+    expect(page.locator("#credit-history li").first).to_contain_text(
+        "Purchase of $5.00 · completed · balance after $14.997"
+    )
+    assert page.locator("#credit-history li").count() == 2  # and the first $10.00
+    expect(page.locator("#updated")).to_have_text(re.compile(r"^updated \d\d:\d\d$"))
+    # a save the API refuses: the reason next to its form, in the page's words, and the
+    # checkbox back as it was
+    page.get_by_label("Auto-reload").check()
+    page.get_by_role("button", name="Save auto-reload").click()
+    expect(page.locator("#reload-form + .field-error")).to_contain_text("Reload amount")
+    expect(page.get_by_label("Auto-reload")).not_to_be_checked()
+    shot(page, "reload-error", "#team-credit")
     page.get_by_label("Auto-reload").check()
     page.get_by_label("Reload when balance reaches").fill("2.00")
     page.get_by_label("reload amount").fill("20.00")
