@@ -168,6 +168,92 @@ function cell(row, text, label) {
   return td;
 }
 
+// -- many members: search, sort, pages of 50, and changes to a selection at once ----------
+const PAGE = 50;
+const view = { q: "", sort: "name", page: 0, selected: new Set() };
+
+function visibleMembers() {
+  const q = view.q.trim().toLowerCase();
+  const all = state.usage.members.filter((m) => !q || m.member_id.toLowerCase().includes(q));
+  const spend = (m) => Number(m.extra_usage);
+  const by = {
+    name: (a, b) => a.member_id.localeCompare(b.member_id),
+    spend: (a, b) => spend(b) - spend(a) || a.member_id.localeCompare(b.member_id),
+    tier: (a, b) => a.tier.localeCompare(b.tier) || a.member_id.localeCompare(b.member_id),
+  }[view.sort];
+  all.sort(by);
+  const pages = Math.max(1, Math.ceil(all.length / PAGE));
+  view.page = Math.min(view.page, pages - 1);
+  return { all, pages, page: all.slice(view.page * PAGE, (view.page + 1) * PAGE) };
+}
+
+function selectBox(m) {
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.checked = view.selected.has(m.member_id);
+  box.setAttribute("aria-label", `Select ${m.member_id}`);
+  box.addEventListener("change", () => {
+    if (box.checked) view.selected.add(m.member_id); else view.selected.delete(m.member_id);
+    render();
+  });
+  return box;
+}
+
+function control(tag, props, label) {
+  const el = Object.assign(document.createElement(tag), props);
+  if (label) el.setAttribute("aria-label", label);
+  return el;
+}
+
+// the toolbar above a members table: search, sort, pages, select all, the bulk actions
+// (``actions``: [label, (member id) => a call] — or null for the limit dialog)
+function tools(box, shown, actions, bulk) {
+  const search = control("input", { type: "search", value: view.q, placeholder: "Search members" },
+    "Search members");
+  search.addEventListener("input", () => { view.q = search.value; view.page = 0; render(); $(box.id).querySelector("input[type=search]").focus(); });
+  const sort = control("select", {}, "Sort by");
+  for (const [v, t] of [["name", "Name"], ["spend", "Spend, highest first"], ["tier", "Tier"]]) {
+    sort.append(new Option(`Sort: ${t}`, v, false, view.sort === v));
+  }
+  sort.addEventListener("change", () => { view.sort = sort.value; view.page = 0; render(); });
+  const from = shown.all.length ? view.page * PAGE + 1 : 0;
+  const to = Math.min((view.page + 1) * PAGE, shown.all.length);
+  const where = control("span", { textContent: `${from}–${to} of ${shown.all.length}` });
+  const prev = control("button", { type: "button", textContent: "Previous", disabled: view.page === 0 });
+  const next = control("button", { type: "button", textContent: "Next", disabled: view.page >= shown.pages - 1 });
+  prev.addEventListener("click", () => { view.page -= 1; render(); });
+  next.addEventListener("click", () => { view.page += 1; render(); });
+  const all = control("input", { type: "checkbox" }, "Select all on this page");
+  all.checked = shown.page.length > 0 && shown.page.every((m) => view.selected.has(m.member_id));
+  all.addEventListener("change", () => {
+    for (const m of shown.page) { if (all.checked) view.selected.add(m.member_id); else view.selected.delete(m.member_id); }
+    render();
+  });
+  const allLabel = control("label", { textContent: " all on this page" });
+  allLabel.prepend(all);
+  const row1 = control("div", { className: "row" });
+  row1.append(search, sort, prev, where, next);
+  const row2 = control("div", { className: "row" });
+  row2.append(allLabel, control("span", { textContent: `${view.selected.size} selected` }));
+  for (const [label, call] of bulk ? actions : []) {
+    const b = control("button", { type: "button", textContent: label, disabled: !view.selected.size || !canChange() });
+    b.addEventListener("click", () => {
+      const ids = [...view.selected];
+      if (call === null) {
+        openLimitDialog(`Limit for ${ids.length} selected`, null, async (amount) => {
+          for (const id of ids) await api("PUT", `/admin/v1/orgs/${org()}/extra-usage/members/${id}`, { monthly_limit: amount });
+          view.selected.clear();
+        });
+      } else {
+        act(async () => { for (const id of ids) await call(id); view.selected.clear(); },
+          `${label.replace(" for selected", "")}d for ${ids.length} member${ids.length === 1 ? "" : "s"}.`);
+      }
+    });
+    row2.append(b);
+  }
+  box.replaceChildren(row1, row2);
+}
+
 function render() {
   const s = state.settings;
   const team = s.plan === "team";
@@ -190,8 +276,14 @@ function render() {
     $("member-scope").value = s.member_scope;
     const rows = $("team-member-rows");
     rows.replaceChildren();
-    for (const m of state.usage.members) {
+    const shown = visibleMembers();
+    tools($("team-tools"), shown, [
+      ["Enable for selected", (id) => api("PUT", `/admin/v1/orgs/${org()}/extra-usage/members/${id}`, { enabled: true })],
+      ["Disable for selected", (id) => api("PUT", `/admin/v1/orgs/${org()}/extra-usage/members/${id}`, { enabled: false })],
+    ], s.member_scope === "selected");
+    for (const m of shown.page) {
       const r = rows.insertRow();
+      cell(r, null, "Select").append(selectBox(m));
       cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
       cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
       const box = document.createElement("input");
@@ -215,8 +307,11 @@ function render() {
     }
     const users = $("user-rows");
     users.replaceChildren();
-    for (const m of state.usage.members) {
+    const shown = visibleMembers();
+    tools($("user-tools"), shown, [["Set a limit for selected…", null]], true);
+    for (const m of shown.page) {
       const r = users.insertRow();
+      cell(r, null, "Select").append(selectBox(m));
       cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
       cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
       cell(r, m.monthly_limit === "0.00" ? "Off" : money(m.monthly_limit), "Own limit");
@@ -227,7 +322,7 @@ function render() {
     renderRequests();
   }
   for (const el of document.querySelectorAll("#app input, #app select, #adjust-limit, #app form button")) {
-    if (!canChange()) el.disabled = true;
+    if (!canChange() && !el.closest(".members-tools")) el.disabled = true;  // finding stays
   }
 }
 

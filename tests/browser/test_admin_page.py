@@ -392,3 +392,42 @@ def test_what_binds_is_shown_for_the_org_and_every_member_at_both_widths(
         shot(page, f"binds-dialog-{width}")
     finally:
         context.close()
+
+
+def test_five_hundred_members_stay_usable(page: Page, live: Live) -> None:
+    """Search, sort, pages of 50 and a limit set for a selection at once, on 500 members."""
+    t = live.org("browser-many", "enterprise")
+    live.call("PATCH", "/admin/v1/orgs/browser-many/extra-usage", {"enabled": True})
+    period = time.strftime("%Y-%m", time.gmtime())
+    with redis_client.Redis.from_url(live.redis_url) as r:
+        fields: dict[str, str | int] = {}
+        for i in range(497):
+            fields[f"u{i:03d}|tier"] = "standard"
+            fields[f"u{i:03d}|role"] = "member"
+        fields["u123|spend_p"], fields["u123|spend"] = period, 99 * 10**9
+        r.hset("eup:{browser-many}:members", mapping=fields)
+    sign_in(page, live, t["olga_token"])
+    tools = page.locator("#user-tools")
+    expect(tools).to_contain_text("1–50 of 500")
+    assert page.locator("#user-rows tr").count() == 50
+    tools.get_by_role("button", name="Next").click()
+    expect(tools).to_contain_text("51–100 of 500")
+    tools.get_by_label("Sort by").select_option("spend")
+    expect(tools).to_contain_text("1–50 of 500")
+    expect(page.locator("#user-rows tr").first).to_contain_text("u123")
+    tools.get_by_label("Search members").fill("u12")
+    expect(tools).to_contain_text("1–10 of 10")
+    tools.get_by_label("Select all on this page").check()
+    expect(tools).to_contain_text("10 selected")
+    tools.get_by_role("button", name="Set a limit for selected…").click()
+    page.get_by_label("Monthly limit (USD)").fill("15.00")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#notice")).to_have_text("Limit set to $15.00.")
+    expect(tools).not_to_contain_text("10 selected")
+    _, usage = live.call("GET", "/admin/v1/orgs/browser-many/usage")
+    limited = {m["member_id"] for m in usage["members"] if m["monthly_limit"] == "15.00"}
+    assert limited == {f"u12{i}" for i in range(10)}
+    shot(page, "many-members")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "many-members-390")
