@@ -11,16 +11,16 @@ AMOUNT_IN = {
     "oneOf": [
         {
             "type": "string",
-            "pattern": r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,9})?$",
+            "pattern": r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?$",
             "examples": ["100.00"],
         },
         {"type": "integer", "minimum": 0, "maximum": 999999},
     ],
-    "description": "USD as a decimal string (at most 9 decimals) or whole dollars",
+    "description": "USD in whole cents as a decimal string (at most 2 decimals) or whole dollars",
 }
 POSITIVE_IN = {
     "oneOf": [
-        {"type": "string", "pattern": r"^[1-9][0-9]{0,5}(\.[0-9]{1,9})?$"},
+        {"type": "string", "pattern": r"^[1-9][0-9]{0,5}(\.[0-9]{1,2})?$"},
         {"type": "integer", "minimum": 1, "maximum": 999999},
     ],
     "description": "a positive USD amount",

@@ -3,7 +3,7 @@
 import { $, ApiError, apiClient, banners } from "./common.js";
 
 const TOKEN = "eup-admin-token";
-const state = { me: null, settings: null, usage: null, requests: [], credits: [] };
+const state = { me: null, settings: null, usage: null, requests: [], credits: [], audit: [] };
 
 function plainWords(err) {
   if (err.status === 401) return "Your admin token was not accepted. Sign in again with a valid token.";
@@ -27,6 +27,11 @@ function usd(v) {
 const money = (v) => (v === null || v === undefined ? "Unlimited" : usd(v));
 // nano-USD (a decimal string of an integer, as the audit log keeps it) as the API's USD
 // string: at least 2 decimals, exact (BigInt, never a float)
+function nanoOf(usdString) {
+  const [whole, frac = ""] = String(usdString).replace("-", "").split(".");
+  const v = BigInt(whole) * 1000000000n + BigInt(frac.padEnd(9, "0").slice(0, 9));
+  return String(usdString).startsWith("-") ? -v : v;
+}
 function nanoUsd(n) {
   const v = BigInt(n);
   const a = v < 0n ? -v : v;
@@ -104,8 +109,8 @@ async function act(fn, done, where) {
   fieldError(null);
   try {
     await fn();
+    await load();  // the figures first, then the notice: nothing redraws after it
     if (done) notice(done);
-    await load();
   } catch (err) {
     if (where) { notice(""); fieldError(where, plainWords(err)); } else showError(err);
     if (state.settings) render();  // a ticked box or a changed select goes back
@@ -261,6 +266,10 @@ function render() {
   $("eu-enabled").checked = s.enabled;
   $("limit-value").textContent = money(s.monthly_limit);
   $("read-only").hidden = canChange();
+  $("member-consent").value = s.member_consent;
+  $("requests-toggle").hidden = team;
+  if (!team) $("requests-enabled").checked = s.requests_enabled;
+  renderAudit();
   $("org-binding").replaceChildren(spendAgainst(state.usage.totals.extra_usage, state.usage.totals.binding));
   $("team-credit").hidden = !team;
   $("team-members").hidden = !team;
@@ -413,18 +422,31 @@ function renderRequests() {
   }
 }
 
+// the audit log as the API words it: when, who, what changed ("monthly limit $100.00 → Unlimited")
+function renderAudit() {
+  const list = $("audit-list");
+  list.replaceChildren();
+  for (const e of state.audit.slice(0, 50)) {
+    const li = document.createElement("li");
+    const when = new Date(e.at * 1000).toISOString().slice(0, 16).replace("T", " ");
+    const who = e.actor.replace(/^member:/, "");
+    li.textContent = `${when} UTC · ${who} · ${e.summary || e.action.replaceAll("_", " ").replace(".", ": ")}`;
+    list.append(li);
+  }
+}
+
 // purchases and confirmed reloads, from the audit log: when, how much, who, balance after
 function renderCredits() {
   const list = $("credit-history");
   list.replaceChildren();
   $("no-credits").hidden = state.credits.length > 0;
   for (const e of state.credits) {
-    const before = e.before?.balance ?? "0";
-    const after = e.after?.balance ?? "0";
+    const before = nanoOf(e.before?.balance ?? "0");
+    const after = nanoOf(e.after?.balance ?? "0");
     const li = document.createElement("li");
     const when = new Date(e.at * 1000).toISOString().slice(0, 16).replace("T", " ");
     const kind = e.action === "credit.purchase" ? "Purchase" : "Auto-reload";
-    li.textContent = `${when} UTC · ${kind} of ${usd(nanoUsd(BigInt(after) - BigInt(before)))}`
+    li.textContent = `${when} UTC · ${kind} of ${usd(nanoUsd(after - before))}`
       + ` · completed · balance after ${usd(nanoUsd(after))}`;
     list.append(li);
   }
@@ -443,9 +465,9 @@ async function load() {
   state.usage = usage;
   state.requests = settings.plan === "enterprise"
     ? (await api("GET", `/admin/v1/orgs/${org()}/extra-usage/requests`)).requests : [];
+  state.audit = (await api("GET", `/admin/v1/orgs/${org()}/audit?limit=1000`)).entries;
   state.credits = settings.plan === "team"
-    ? (await api("GET", `/admin/v1/orgs/${org()}/audit?limit=1000`)).entries
-      .filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm") : [];
+    ? state.audit.filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm") : [];
   render();
   const now = new Date();
   $("updated").textContent = `updated ${String(now.getHours()).padStart(2, "0")}:`
@@ -525,6 +547,13 @@ $("reload-form").addEventListener("submit", (ev) => {
 });
 $("member-scope").addEventListener("change", (ev) => act(() => api("PATCH",
   `/admin/v1/orgs/${org()}/extra-usage`, { member_scope: ev.target.value })));
+$("member-consent").addEventListener("change", (ev) => act(() => api("PATCH",
+  `/admin/v1/orgs/${org()}/extra-usage`, { member_consent: ev.target.value }),
+  ev.target.value === "required" ? "Members now continue only once they accept extra usage."
+    : "Members now continue on extra usage automatically."));
+$("requests-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
+  `/admin/v1/orgs/${org()}/extra-usage`, { requests_enabled: ev.target.checked }),
+  ev.target.checked ? "Members may ask for more." : "Members can no longer ask for more."));
 
 // live: the figures refresh every 30 s and when the tab comes back into focus — not while
 // the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)

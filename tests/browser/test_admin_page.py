@@ -324,6 +324,19 @@ def test_owner_edits_a_tier_limit_and_reviews_requests(page: Page, live: Live) -
     page.get_by_role("button", name="Raise the tier limit too and approve").click()
     expect(page.locator("#decided-list")).to_contain_text("tier limit now $85.50")
     expect(page.locator("#tier-rows")).to_contain_text("$85.50")
+    # consent and requests from the page, and the audit log in the API's words
+    page.get_by_label("At their seat limit, members continue").select_option("required")
+    expect(page.locator("#notice")).to_contain_text("only once they accept")
+    page.get_by_label("Members may ask for more extra usage").uncheck()
+    expect(page.locator("#notice")).to_have_text("Members can no longer ask for more.")
+    _, s2 = live.call("GET", "/admin/v1/orgs/browser-ent/extra-usage")
+    assert (s2["member_consent"], s2["requests_enabled"]) == ("required", False)
+    audit = page.locator("#audit-list")
+    expect(audit).to_contain_text("olga · requests enabled on → off")
+    expect(audit).to_contain_text("tier limits · standard $75.50 → $85.50")
+    expect(audit).to_contain_text("members · pat · monthly limit $5.00 → $25.00")
+    expect(audit).not_to_contain_text("tlimit")
+    shot(page, "audit", "#audit")
 
 
 def test_a_members_token_sees_no_data(page: Page, live: Live) -> None:

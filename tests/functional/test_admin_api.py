@@ -200,8 +200,10 @@ async def test_extra_usage_requests_flow(proxy_factory: ProxyFactory, aiohttp_se
         "extra_usage.member",
     ]
     change = log["entries"][2]
-    assert change["before"] == {"rita|limit": str(20 * 10**9)}
-    assert change["after"] == {"rita|limit": str(50 * 10**9)}
+    # in the API's words: the field as the API names it, the amount as it shows it
+    assert change["before"] == {"members.rita.monthly_limit": "20.00"}
+    assert change["after"] == {"members.rita.monthly_limit": "50.00"}
+    assert change["summary"] == "members · rita · monthly limit $20.00 → $50.00"
     assert change["actor"] == "operator"
 
 
