@@ -9,6 +9,9 @@ function plainWords(err) {
   if (err.status === 401) return "Your admin token was not accepted. Sign in again with a valid token.";
   if (err.status === 403) return `You don't have permission to do that: ${err.message}`;
   if (err.status === 404) return `Not found: ${err.message}`;
+  if (err.status === 503 && /ledger|database|PostgreSQL/i.test(err.message)) {
+    return "Statements come from the ledger database, which cannot be reached right now. Try again in a moment.";
+  }
   if (err.status >= 500) return `The service could not complete this right now (${err.message}). Try again in a moment.`;
   return inPlainWords(err.message);
 }
@@ -266,6 +269,7 @@ function render() {
   $("eu-enabled").checked = s.enabled;
   $("limit-value").textContent = money(s.monthly_limit);
   $("read-only").hidden = canChange();
+  fillMonths();
   $("member-consent").value = s.member_consent;
   $("requests-toggle").hidden = team;
   if (!team) $("requests-enabled").checked = s.requests_enabled;
@@ -488,18 +492,7 @@ $("signin-form").addEventListener("submit", (ev) => {
   sessionStorage.setItem(TOKEN, $("token").value.trim());
   $("token").value = "";
   showError(null);
-  // live: the figures refresh every 30 s and when the tab comes back into focus — not while
-// the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)
-async function refresh() {
-  if (!state.me || $("app").hidden || $("limit-dialog").open || !$("buy-confirm").hidden) return;
-  const el = document.activeElement;
-  if (el && el.closest("#app") && ["INPUT", "SELECT"].includes(el.tagName)) return;
-  try { await load(); } catch (err) { showError(err); }
-}
-setInterval(refresh, 30000);
-window.addEventListener("focus", refresh);
-
-start();
+  start();
 });
 $("sign-out").addEventListener("click", () => { sessionStorage.removeItem(TOKEN); location.reload(); });
 $("eu-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
@@ -554,6 +547,66 @@ $("member-consent").addEventListener("change", (ev) => act(() => api("PATCH",
 $("requests-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
   `/admin/v1/orgs/${org()}/extra-usage`, { requests_enabled: ev.target.checked }),
   ev.target.checked ? "Members may ask for more." : "Members can no longer ask for more."));
+
+// -- statements: this month (open) and the months before (closed, frozen) -----------------
+function months() {
+  const out = [];
+  const d = new Date();
+  for (let i = 0; i < 12; i += 1) {
+    const m = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() - i, 1));
+    out.push(`${m.getUTCFullYear()}-${String(m.getUTCMonth() + 1).padStart(2, "0")}`);
+  }
+  return out;
+}
+function fillMonths() {
+  const sel = $("statement-period");
+  if (sel.options.length) return;
+  for (const m of months()) sel.append(new Option(m, m));
+}
+function statementPath() { return `/admin/v1/orgs/${org()}/statements/${$("statement-period").value}`; }
+
+$("statement-view").addEventListener("click", async () => {
+  const box = $("statement");
+  box.replaceChildren();
+  try {
+    const doc = await api("GET", statementPath());
+    const t = doc.totals;
+    const head = document.createElement("p");
+    head.textContent = `${doc.period} (${doc.status}): ${t.requests} requests · included usage `
+      + `${usd(t.included_usage)} · extra usage ${usd(t.extra_usage)}`
+      + (t.estimated !== "0.00" ? ` (of which estimated ${usd(t.estimated)})` : "")
+      + (doc.invoice ? ` · amount due ${usd(doc.invoice.amount_due)}` : "")
+      + (doc.closing_balance ? ` · balance ${usd(doc.opening_balance)} → ${usd(doc.closing_balance)}` : "");
+    box.append(head);
+    const table = document.createElement("table");
+    const hr = table.createTHead().insertRow();
+    for (const h of ["Member", "Model", "Mode", "Requests", "Cost"]) {
+      const th = document.createElement("th"); th.scope = "col"; th.textContent = h; hr.append(th);
+    }
+    const body = table.createTBody();
+    for (const l of doc.lines) {
+      const r = body.insertRow();
+      cell(r, l.member_id, "Member"); cell(r, l.model, "Model");
+      cell(r, l.mode === "extra_usage" ? "extra usage" : "included", "Mode");
+      cell(r, String(l.requests), "Requests"); cell(r, usd(l.cost), "Cost");
+    }
+    if (!doc.lines.length) box.append(Object.assign(document.createElement("p"), { textContent: "No usage this month." }));
+    else box.append(table);
+  } catch (err) {
+    box.append(Object.assign(document.createElement("p"), { className: "error", textContent: plainWords(err) }));
+  }
+});
+$("statement-csv").addEventListener("click", async () => {
+  // the token goes in a header, never a URL: fetched, then saved from memory
+  try {
+    const resp = await fetch(`${statementPath()}.csv`, { headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` } });
+    if (!resp.ok) throw new ApiError(resp.status, (await resp.json().catch(() => ({})))?.error?.message || resp.statusText);
+    const url = URL.createObjectURL(await resp.blob());
+    const a = Object.assign(document.createElement("a"), { href: url, download: `statement-${org()}-${$("statement-period").value}.csv` });
+    document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) { showError(err); }
+});
 
 // live: the figures refresh every 30 s and when the tab comes back into focus — not while
 // the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)

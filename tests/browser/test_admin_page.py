@@ -21,7 +21,7 @@ import redis as redis_client
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from proxy.tools.embedded import RedisServer
-from tests.servers import free_port
+from tests.servers import PostgresServer, free_port
 
 BIN = Path(sys.executable).parent / "extra-usage-proxy"
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +31,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 class Live:
-    def __init__(self, base: str, redis_url: str) -> None:
+    def __init__(self, base: str, redis_url: str, env: dict[str, str]) -> None:
         self.base = base
         self.redis_url = redis_url
+        self.env = env  # the proxy's: REDIS_URL, DATABASE_URL …
 
     def call(
         self,
@@ -114,6 +115,7 @@ def _wait_port(port: int) -> None:
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     redis = RedisServer().start()
+    pg = PostgresServer().start()
     mock_port, port = free_port(), free_port()
     mock = subprocess.Popen(
         [str(BIN), "mock-upstream", "--port", str(mock_port)],
@@ -126,7 +128,9 @@ def live() -> Iterator[Live]:
         "OPERATOR_TOKEN": OPERATOR,
         "UPSTREAM_URL": f"http://127.0.0.1:{mock_port}",
         "UPSTREAM_API_KEY": "k",
+        "DATABASE_URL": pg.url,
     }
+    subprocess.run([str(BIN), "migrate"], env=env, check=True, capture_output=True)
     proxy = subprocess.Popen(
         [str(BIN), "serve", "--port", str(port)],
         env=env,
@@ -136,12 +140,13 @@ def live() -> Iterator[Live]:
     try:
         _wait(f"http://127.0.0.1:{port}/healthz")
         _wait_port(mock_port)  # the mock starts beside the proxy, and can be the slower one
-        yield Live(f"http://127.0.0.1:{port}", redis.url)
+        yield Live(f"http://127.0.0.1:{port}", redis.url, env)
     finally:
         for p in (proxy, mock):
             p.terminate()
             p.wait(20)
         redis.cleanup()
+        pg.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -444,3 +449,32 @@ def test_five_hundred_members_stay_usable(page: Page, live: Live) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "many-members-390")
+
+
+def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
+    t = live.org("browser-stmt", "team")
+    live.call("PATCH", "/admin/v1/orgs/browser-stmt/extra-usage", {"enabled": True})
+    live.call(
+        "POST",
+        "/admin/v1/orgs/browser-stmt/extra-usage/purchases",
+        {"amount": "10.00", "idempotency_key": "s1"},
+    )
+    assert live.message(t["mia_key"], 300_000)[0] == 200  # included, past the allowance
+    assert live.message(t["mia_key"], 100)[0] == 200  # extra usage: $0.0015
+    subprocess.run(
+        [str(BIN), "ledger-sink", "--once"], env=live.env, check=True, capture_output=True
+    )
+    sign_in(page, live, t["olga_token"])
+    page.get_by_role("button", name="View statement").click()
+    box = page.locator("#statement")
+    expect(box).to_contain_text("(open): 2 requests")
+    expect(box).to_contain_text("extra usage $0.0015")
+    expect(box.locator("tr", has_text="extra usage")).to_contain_text("mia")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    path = download.value.path()
+    text = Path(path).read_text()
+    assert download.value.suggested_filename.startswith("statement-browser-stmt-")
+    assert "mia" in text and "extra_usage" in text
+    assert t["olga_token"] not in page.url
+    shot(page, "statements", "#statements")
