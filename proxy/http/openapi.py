@@ -471,6 +471,17 @@ def document() -> dict[str, Any]:
                     extra=UNAVAILABLE,
                 )
             },
+            base + "/usage/daily": {
+                "get": op(
+                    "Extra usage by day, member and model (the durable ledger)",
+                    ANY,
+                    params=[
+                        ORG,
+                        {"name": "period", "in": "query", "required": False, "schema": PERIOD},
+                    ],
+                    extra=UNAVAILABLE,
+                )
+            },
             base + "/statements/{period}": {
                 "get": op(
                     "A month's statement",

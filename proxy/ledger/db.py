@@ -226,6 +226,23 @@ class LedgerDB:
         rows = await self.pool.fetch("SELECT op_id FROM ledger_entries WHERE org_id = $1", org)
         return {r["op_id"] for r in rows}
 
+    async def daily_extra_usage(self, org: str, period: str) -> list[dict[str, Any]]:
+        """The month's extra usage by UTC day, member and model (nano-USD)."""
+        rows = await self.pool.fetch(
+            """
+                SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, member_id, model,
+                       sum(cost_nano) AS cost
+                FROM ledger_entries
+                WHERE org_id = $1 AND period = $2 AND kind = 'usage' AND mode = 'extra_usage'
+                GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+            org,
+            period,
+        )
+        return [
+            {"day": r["day"], "member": r["member_id"], "model": r["model"], "cost": int(r["cost"])}
+            for r in rows
+        ]
+
     async def spend_by_member(self, org: str, period: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for r in await self.pool.fetch(

@@ -176,6 +176,84 @@ function cell(row, text, label) {
   return td;
 }
 
+// a member's seat windows: used against the allowance, and when each resets
+const at = (epoch) => new Date(epoch * 1000).toISOString().slice(5, 16).replace("T", " ");
+function windowBars(w) {
+  const box = document.createElement("div");
+  box.className = "windows";
+  if (!w) return box;
+  for (const [key, label] of [["five_hour", "5-hour"], ["seven_day", "7-day"]]) {
+    const x = w[key];
+    const line = document.createElement("div");
+    const bar = document.createElement("meter");
+    bar.min = 0; bar.max = Math.max(Number(x.allowance), 1e-9);
+    bar.value = Math.min(Number(x.used), bar.max);
+    bar.low = bar.max * 0.75; bar.high = bar.max * 0.999; bar.optimum = 0;
+    bar.setAttribute("aria-label", `${label} window: ${usd(x.used)} of ${usd(x.allowance)}`);
+    line.append(`${label} ${usd(x.used)} of ${usd(x.allowance)} `, bar,
+      x.resets_at ? ` resets ${at(x.resets_at)} UTC` : " not started");
+    box.append(line);
+  }
+  return box;
+}
+
+// -- this month's extra usage by day: plain SVG (a few dozen bars need no chart library and
+// nothing to download at install time), each day's split by member or model beside it
+function renderDaily() {
+  const chart = $("daily-chart");
+  chart.replaceChildren();
+  const days = state.daily?.days ?? [];
+  if (state.dailyError) { chart.textContent = state.dailyError; return; }
+  if (!days.length) { chart.textContent = "No extra usage this month yet."; }
+  const now = new Date();
+  const ndays = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 0)).getUTCDate();
+  const byDay = Object.fromEntries(days.map((d) => [Number(d.day.slice(8, 10)), d]));
+  const top = Math.max(...days.map((d) => Number(d.extra_usage)), 1e-9);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${ndays * 10} 64`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Extra usage by day this month: ${days.map((d) => `${d.day} ${usd(d.extra_usage)}`).join(", ") || "none"}`);
+  svg.classList.add("daily");
+  for (let i = 1; i <= ndays; i += 1) {
+    const d = byDay[i];
+    const h = d ? Math.max(1, (Number(d.extra_usage) / top) * 50) : 0;
+    const rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", String((i - 1) * 10 + 1)); rect.setAttribute("width", "8");
+    rect.setAttribute("y", String(52 - h)); rect.setAttribute("height", String(h));
+    const title = document.createElementNS(ns, "title");
+    title.textContent = d ? `${d.day}: ${usd(d.extra_usage)}` : `day ${i}: none`;
+    rect.append(title);
+    svg.append(rect);
+  }
+  // the baseline, a day label each week, and the tallest bar's amount
+  const text = (x, y, t, anchor = "middle") => {
+    const el = document.createElementNS(ns, "text");
+    el.setAttribute("x", String(x)); el.setAttribute("y", String(y));
+    el.setAttribute("text-anchor", anchor); el.textContent = t;
+    svg.append(el);
+  };
+  const base = document.createElementNS(ns, "line");
+  base.setAttribute("x1", "0"); base.setAttribute("x2", String(ndays * 10));
+  base.setAttribute("y1", "52.5"); base.setAttribute("y2", "52.5");
+  svg.append(base);
+  for (const day of [1, 8, 15, 22, 29]) if (day <= ndays) text((day - 1) * 10 + 5, 62, String(day));
+  const highest = days.reduce((a, d) => (nanoOf(d.extra_usage) > nanoOf(a.extra_usage) ? d : a), days[0]);
+  if (highest) text(0, 7, `highest day ${usd(highest.extra_usage)}`, "start");
+  chart.append(svg);
+  const split = $("daily-split").value;
+  $("daily-split-name").textContent = split === "by_member" ? "Member" : "Model";
+  const totals = {};
+  for (const d of days) for (const [k, v] of Object.entries(d[split])) totals[k] = (totals[k] ?? 0n) + nanoOf(v);
+  const rows = $("daily-split-rows");
+  rows.replaceChildren();
+  for (const [k, v] of Object.entries(totals).sort((a, b) => (b[1] > a[1] ? 1 : b[1] < a[1] ? -1 : 0))) {
+    const r = rows.insertRow();
+    cell(r, k, split === "by_member" ? "Member" : "Model"); cell(r, usd(nanoUsd(v)), "Extra usage this month");
+  }
+}
+$("daily-split").addEventListener("change", renderDaily);
+
 // -- many members: search, sort, pages of 50, and changes to a selection at once ----------
 const PAGE = 50;
 const view = { q: "", sort: "name", page: 0, selected: new Set() };
@@ -270,6 +348,7 @@ function render() {
   $("limit-value").textContent = money(s.monthly_limit);
   $("read-only").hidden = canChange();
   fillMonths();
+  renderDaily();
   $("member-consent").value = s.member_consent;
   $("requests-toggle").hidden = team;
   if (!team) $("requests-enabled").checked = s.requests_enabled;
@@ -299,6 +378,7 @@ function render() {
       cell(r, null, "Select").append(selectBox(m));
       cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
       cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
+      cell(r, null, "Seat allowance").append(windowBars(m.windows));
       const box = document.createElement("input");
       box.type = "checkbox";
       box.checked = s.member_scope === "all" || m.extra_usage_enabled;
@@ -327,6 +407,7 @@ function render() {
       cell(r, null, "Select").append(selectBox(m));
       cell(r, m.member_id, "Member"); cell(r, tierName(m.tier), "Tier");
       cell(r, null, "This month").append(spendAgainst(m.extra_usage, m.binding, m.tier));
+      cell(r, null, "Seat allowance").append(windowBars(m.windows));
       cell(r, m.monthly_limit === "0.00" ? "Off" : money(m.monthly_limit), "Own limit");
       r.insertCell().append(pencil(`Edit limit for ${m.member_id}`, `Limit for ${m.member_id}`,
         m.monthly_limit, (amount) => api("PUT",
@@ -470,6 +551,13 @@ async function load() {
   state.requests = settings.plan === "enterprise"
     ? (await api("GET", `/admin/v1/orgs/${org()}/extra-usage/requests`)).requests : [];
   state.audit = (await api("GET", `/admin/v1/orgs/${org()}/audit?limit=1000`)).entries;
+  try {
+    state.daily = await api("GET", `/admin/v1/orgs/${org()}/usage/daily`);
+    state.dailyError = "";
+  } catch (err) {
+    state.daily = null;
+    state.dailyError = plainWords(err);  // the ledger database may be down: the rest works
+  }
   state.credits = settings.plan === "team"
     ? state.audit.filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm") : [];
   render();

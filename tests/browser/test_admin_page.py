@@ -400,7 +400,7 @@ def test_what_binds_is_shown_for_the_org_and_every_member_at_both_widths(
         )
         expect(page.locator("#user-rows")).not_to_contain_text("Unlimited (tier")
         # pat's and olga's (Premium: the tier's $200 binds her); mia's extra usage is off
-        assert page.locator("#user-rows meter").count() == 2
+        assert page.locator("#user-rows .spend meter").count() == 2
         shot(page, f"binds-{width}")
         overflow = page.evaluate("document.documentElement.scrollWidth")
         assert overflow <= width, f"the page is {overflow} px wide at {width}"
@@ -465,6 +465,21 @@ def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
         [str(BIN), "ledger-sink", "--once"], env=live.env, check=True, capture_output=True
     )
     sign_in(page, live, t["olga_token"])
+    # this month by day (plain SVG: one bar per day), split by member, then by model
+    today = int(time.strftime("%d", time.gmtime()))
+    bar = page.locator("svg.daily rect").nth(today - 1)
+    expect(bar.locator("title")).to_have_text(
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}: $0.0015"
+    )
+    expect(page.locator("#daily-split-rows")).to_contain_text("mia$0.0015")
+    page.get_by_label("Split by").select_option("by_model")
+    expect(page.locator("#daily-split-rows")).to_contain_text("claude-sonnet-4-5$0.0015")
+    # and each member's seat windows: mia's 5-hour window is used up
+    mia = page.locator("#team-member-rows tr", has_text="mia")
+    expect(mia).to_contain_text("5-hour $4.50 of $4.00")
+    expect(mia).to_contain_text("7-day $4.50 of $40.00")
+    shot(page, "daily", "#daily")
+    shot(page, "windows", "#team-members")
     page.get_by_role("button", name="View statement").click()
     box = page.locator("#statement")
     expect(box).to_contain_text("(open): 2 requests")

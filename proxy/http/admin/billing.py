@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.config import TierConfig
 from proxy.core.errors import InvalidRequest
 from proxy.core.limits import Binding, MemberState, OrgState, member_binding, org_binding
 from proxy.core.money import format_usd
@@ -104,6 +105,7 @@ async def usage(request: web.Request) -> web.Response:
     now_period = current_period(time.time())
     period = _period(request.query.get("period", now_period))
     members = await store.members(org)
+    tiers = request.app[CONFIG].tiers
     history: dict[str, dict[str, int]] = {}
     if period != now_period:
         history = await (await request.app[LEDGER].get()).spend_by_member(org, period)
@@ -137,6 +139,10 @@ async def usage(request: web.Request) -> web.Response:
                 "monthly_limit": _usd(fields.get(Member.LIMIT)),
                 "tier_limit": _usd(settings.get(Org.tier_limit(tier))),
                 "extra_usage_enabled": fields.get(Member.EU) == ON,
+                # the seat allowance's two windows now (the month to date only)
+                "windows": None
+                if the_org is None
+                else _windows(fields, tiers.get(tier), int(time.time())),
                 # what limits their extra usage now (the month to date only)
                 "binding": None
                 if the_org is None
@@ -160,6 +166,58 @@ async def usage(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+@routes.get("/admin/v1/orgs/{org}/usage/daily")
+async def daily(request: web.Request) -> web.Response:
+    """A month's extra usage by day, with each day's split by member and by model, from the
+    durable ledger (what the sink has moved: seconds behind Redis)."""
+    org = org_id(request)
+    await actor_for(request, org)
+    await org_or_404(request.app[STORE], org)
+    period = _period(request.query.get("period", current_period(time.time())))
+    rows = await (await request.app[LEDGER].get()).daily_extra_usage(org, period)
+    days: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        d = days.setdefault(r["day"], {"total": 0, "by_member": {}, "by_model": {}})
+        d["total"] += r["cost"]
+        for key, name in (("by_member", r["member"]), ("by_model", r["model"])):
+            d[key][name] = d[key].get(name, 0) + r["cost"]
+    return web.json_response(
+        {
+            "org_id": org,
+            "period": period,
+            "days": [
+                {
+                    "day": day,
+                    "extra_usage": format_usd(d["total"]),
+                    "by_member": {k: format_usd(v) for k, v in sorted(d["by_member"].items())},
+                    "by_model": {k: format_usd(v) for k, v in sorted(d["by_model"].items())},
+                }
+                for day, d in sorted(days.items())
+            ],
+        }
+    )
+
+
+def _windows(fields: dict[str, str], tier: TierConfig | None, now: int) -> dict[str, Any] | None:
+    """A member's seat windows now: used against the allowance, and when each resets (None:
+    no window open — the next request opens one)."""
+    if tier is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, end_f, used_f, allowance in (
+        ("five_hour", Member.SESSION_END, Member.SESSION_USED, tier.session_allowance),
+        ("seven_day", Member.WEEK_END, Member.WEEK_USED, tier.weekly_allowance),
+    ):
+        end = int(fields.get(end_f) or 0)
+        open_ = now < end
+        out[name] = {
+            "used": format_usd(int(fields.get(used_f) or 0) if open_ else 0),
+            "allowance": format_usd(allowance),
+            "resets_at": end if open_ else None,
+        }
+    return out
 
 
 def _opt(v: str | None) -> int | None:
