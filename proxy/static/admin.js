@@ -344,7 +344,9 @@ function render() {
   const s = state.settings;
   const team = s.plan === "team";
   $("who").textContent = `${state.me.org_name} (${s.plan}) · signed in as ${state.me.member_id ?? "operator"}, ${state.me.role.replace("_", " ")}`;
-  $("eu-enabled").checked = s.enabled;
+  $("eu-state").textContent = s.enabled ? "Extra usage is on." : "Extra usage is off.";
+  $("eu-enable").hidden = s.enabled;
+  $("eu-disable").hidden = !s.enabled;
   $("limit-value").textContent = money(s.monthly_limit);
   $("read-only").hidden = canChange();
   fillMonths();
@@ -583,9 +585,95 @@ $("signin-form").addEventListener("submit", (ev) => {
   start();
 });
 $("sign-out").addEventListener("click", () => { sessionStorage.removeItem(TOKEN); location.reload(); });
-$("eu-enabled").addEventListener("change", (ev) => act(() => api("PATCH",
-  `/admin/v1/orgs/${org()}/extra-usage`, { enabled: ev.target.checked }),
-  ev.target.checked ? "Extra usage is on." : "Extra usage is off."));
+$("eu-disable").addEventListener("click", () => act(() => api("PATCH",
+  `/admin/v1/orgs/${org()}/extra-usage`, { enabled: false }), "Extra usage is off."));
+
+// -- Enable, step by step, as the help-center article walks an owner through it: Team asks
+// for the first credit purchase (confirmed), then offers auto-reload, a monthly limit and
+// who may use it; Enterprise asks for the organization's and the seat tiers' limits
+const CENTS = /^\d+(\.\d{1,2})?$/;
+const flow = { steps: [], at: 0, bought: false, buyKey: null, confirming: false };
+function showStep() {
+  const step = flow.steps[flow.at];
+  for (const el of document.querySelectorAll("#enable-dialog [data-step]")) el.hidden = el.dataset.step !== step;
+  $("enable-step").textContent = `Step ${flow.at + 1} of ${flow.steps.length}`;
+  $("enable-error").textContent = "";
+  const last = flow.at === flow.steps.length - 1;
+  $("enable-next").textContent = step === "buy" && flow.confirming && !flow.bought ? "Confirm purchase"
+    : last ? "Turn on extra usage" : "Continue";
+}
+$("eu-enable").addEventListener("click", () => {
+  const team = state.settings.plan === "team";
+  Object.assign(flow, { steps: team ? ["buy", "reload", "limit", "who"] : ["limits"], at: 0,
+    bought: false, buyKey: crypto.randomUUID(), confirming: false });
+  $("enable-buy-confirm").hidden = true;
+  $("enable-buy-amount").disabled = false;
+  const tiers = $("enable-tiers");
+  tiers.replaceChildren();
+  for (const [tier, current] of Object.entries(state.settings.tier_limits ?? {})) {
+    const id = `enable-tier-${tier}`;
+    const label = control("label", { htmlFor: id, textContent: `${tierName(tier)} seat tier, per member (USD)` });
+    const input = control("input", { id, inputMode: "decimal", placeholder: "Unlimited", value: current ?? "" });
+    input.dataset.tier = tier;
+    tiers.append(label, input);
+  }
+  showStep();
+  $("enable-dialog").showModal();
+});
+$("enable-cancel").addEventListener("click", () => $("enable-dialog").close());
+const cents = (id, label, empty) => {
+  const v = $(id).value.trim();
+  if (v === "" && empty) return null;
+  if (!CENTS.test(v)) throw new ApiError(400, `${label}: enter dollars and cents, such as 100.00.`);
+  return v;
+};
+$("enable-next").addEventListener("click", async () => {
+  const step = flow.steps[flow.at];
+  const base = `/admin/v1/orgs/${org()}/extra-usage`;
+  try {
+    if (step === "buy" && !flow.bought) {
+      const amount = cents("enable-buy-amount", "Credit to buy", false);
+      if (!flow.confirming) {
+        flow.confirming = true;
+        $("enable-buy-confirm").textContent = `Buy ${usd(amount)} of prepaid credit for ${state.me.org_name}? It is charged to the organization's payment method now.`;
+        $("enable-buy-confirm").hidden = false;
+        showStep();
+        return;
+      }
+      const paid = await api("POST", `${base}/purchases`, { amount, idempotency_key: flow.buyKey, buy_ahead: true });
+      flow.bought = true;
+      $("enable-buy-confirm").textContent = `Payment accepted: ${usd(paid.amount)} added, balance ${usd(paid.balance)}.`;
+      $("enable-buy-amount").disabled = true;
+      showStep();  // the provider's answer stays in view until the owner goes on
+      return;
+    } else if (step === "reload" && $("enable-reload-on").checked) {
+      await api("PATCH", base, { auto_reload: { enabled: true,
+        threshold: cents("enable-reload-threshold", "Reload when balance reaches", false),
+        amount: cents("enable-reload-amount", "Reload amount", false) } });
+    } else if (step === "limit") {
+      await api("PATCH", base, { monthly_limit: cents("enable-limit", "Monthly organization limit", true) });
+    } else if (step === "who") {
+      await api("PATCH", base, { member_scope: $("enable-scope").value, enabled: true });
+    } else if (step === "limits") {
+      const org_limit = cents("enable-org-limit", "Organization", true);
+      for (const input of $("enable-tiers").querySelectorAll("input")) {
+        const v = cents(input.id, `${tierName(input.dataset.tier)} seat tier`, true);
+        await api("PUT", `${base}/tiers/${input.dataset.tier}`, { monthly_limit: v });
+      }
+      await api("PATCH", base, { monthly_limit: org_limit, enabled: true });
+    }
+    if (flow.at === flow.steps.length - 1) {
+      $("enable-dialog").close();
+      await load();
+      notice("Extra usage is on.");
+      return;
+    }
+    flow.at += 1;
+    showStep();
+  } catch (err) {
+    $("enable-error").textContent = plainWords(err);
+  }
+});
 $("adjust-limit").addEventListener("click", () => openLimitDialog("Adjust limit",
   state.settings.monthly_limit, (amount) => api("PATCH", `/admin/v1/orgs/${org()}/extra-usage`,
     { monthly_limit: amount })));
@@ -599,8 +687,11 @@ $("buy-form").addEventListener("submit", (ev) => {
     return;
   }
   fieldError(null);
-  pendingPurchase = { amount, idempotency_key: crypto.randomUUID() };
-  $("buy-confirm-text").textContent = `Buy ${usd(amount)} of prepaid credit for ${state.me.org_name}? `
+  const ahead = !state.settings.enabled;  // credit bought while it is off waits: said first
+  pendingPurchase = { amount, idempotency_key: crypto.randomUUID(), ...(ahead ? { buy_ahead: true } : {}) };
+  $("buy-confirm-text").textContent = (ahead
+    ? `Extra usage is off: this credit is not used until you turn it on. Buy ${usd(amount)} ahead anyway for ${state.me.org_name}? `
+    : `Buy ${usd(amount)} of prepaid credit for ${state.me.org_name}? `)
     + "It is charged to the organization's payment method now.";
   $("buy-confirm").hidden = false;
   $("buy-confirm-yes").focus();
@@ -699,7 +790,8 @@ $("statement-csv").addEventListener("click", async () => {
 // live: the figures refresh every 30 s and when the tab comes back into focus — not while
 // the owner is typing, confirming or in the limit dialog (a refresh would redraw the controls)
 async function refresh() {
-  if (!state.me || $("app").hidden || $("limit-dialog").open || !$("buy-confirm").hidden) return;
+  if (!state.me || $("app").hidden || $("limit-dialog").open || $("enable-dialog").open
+    || !$("buy-confirm").hidden) return;
   const el = document.activeElement;
   if (el && el.closest("#app") && ["INPUT", "SELECT"].includes(el.tagName)) return;
   try { await load(); } catch (err) { showError(err); }

@@ -493,3 +493,78 @@ def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
     assert "mia" in text and "extra_usage" in text
     assert t["olga_token"] not in page.url
     shot(page, "statements", "#statements")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_enable_walks_a_team_owner_through_the_article_steps(
+    browser: Browser, live: Live, width: int
+) -> None:
+    org = f"browser-enable-{width}"
+    t = live.org(org, "team")
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, live, t["olga_token"])
+        expect(page.locator("#eu-state")).to_have_text("Extra usage is off.")
+        # buying credit while it is off is said to be buying ahead
+        page.locator("#buy-amount").fill("1.00")
+        page.get_by_role("button", name="Buy credit").click()
+        expect(page.locator("#buy-confirm")).to_contain_text("Buy $1.00 ahead anyway")
+        page.locator("#buy-confirm-no").click()
+        page.get_by_role("button", name="Enable").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("Step 1 of 4")
+        dialog.get_by_label("Amount of the first purchase (USD)").fill("12.345")
+        dialog.get_by_role("button", name="Continue").click()
+        expect(dialog.locator("#enable-error")).to_contain_text("dollars and cents")
+        dialog.get_by_label("Amount of the first purchase (USD)").fill("20.00")
+        dialog.get_by_role("button", name="Continue").click()
+        expect(dialog).to_contain_text("Buy $20.00 of prepaid credit")
+        _, before = live.call("GET", f"/admin/v1/orgs/{org}/extra-usage")
+        assert before["balance"] == "0.00"  # nothing bought until confirmed
+        shot(page, f"enable-buy-{width}")
+        box = dialog.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+        dialog.get_by_role("button", name="Confirm purchase").click()
+        expect(dialog).to_contain_text("Payment accepted: $20.00 added, balance $20.00.")
+        dialog.get_by_role("button", name="Continue").click()
+        expect(dialog).to_contain_text("Step 2 of 4")
+        dialog.get_by_label("Reload automatically").check()
+        dialog.get_by_label("When the balance falls to (USD)").fill("5.00")
+        dialog.get_by_label("add (USD)").fill("20.00")
+        dialog.get_by_role("button", name="Continue").click()
+        expect(dialog).to_contain_text("Step 3 of 4")
+        dialog.get_by_label("Monthly organization limit (USD)").fill("100.00")
+        dialog.get_by_role("button", name="Continue").click()
+        expect(dialog).to_contain_text("Step 4 of 4")
+        dialog.get_by_role("button", name="Turn on extra usage").click()
+        expect(page.locator("#notice")).to_have_text("Extra usage is on.")
+        expect(page.locator("#eu-state")).to_have_text("Extra usage is on.")
+        _, s = live.call("GET", f"/admin/v1/orgs/{org}/extra-usage")
+        assert (s["enabled"], s["balance"], s["monthly_limit"], s["member_scope"]) == (
+            True,
+            "20.00",
+            "100.00",
+            "all",
+        )
+        assert s["auto_reload"]["enabled"] and s["auto_reload"]["amount"] == "20.00"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        shot(page, f"enabled-{width}")
+    finally:
+        context.close()
+
+
+def test_enable_asks_an_enterprise_owner_for_the_limits(page: Page, live: Live) -> None:
+    t = live.org("browser-enable-ent", "enterprise")
+    sign_in(page, live, t["olga_token"])
+    page.get_by_role("button", name="Enable").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Step 1 of 1")
+    dialog.get_by_label("Organization (USD)").fill("500.00")
+    dialog.get_by_label("Standard seat tier, per member (USD)").fill("50.00")
+    shot(page, "enable-enterprise", "#enable-dialog")
+    dialog.get_by_role("button", name="Turn on extra usage").click()
+    expect(page.locator("#notice")).to_have_text("Extra usage is on.")
+    _, s = live.call("GET", "/admin/v1/orgs/browser-enable-ent/extra-usage")
+    assert (s["enabled"], s["monthly_limit"]) == (True, "500.00")
+    assert s["tier_limits"] == {"standard": "50.00", "premium": None}

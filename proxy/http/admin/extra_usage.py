@@ -252,12 +252,20 @@ async def purchase(request: web.Request) -> web.Response:
     org = org_id(request)
     actor = await actor_for(request, org, change=True)
     doc = await json_object(request)
-    only(doc, {"amount", "idempotency_key"})
+    only(doc, {"amount", "idempotency_key", "buy_ahead"})
     if "amount" not in doc:
         raise InvalidRequest('amount: field required (a decimal string such as "100.00")')
     nano = amount(doc["amount"], "amount", allow_zero=False)
     key = string(doc, "idempotency_key", max_len=128)
+    ahead = boolean(doc, "buy_ahead", required=False, default=False)
     store = request.app[STORE]
+    settings = await org_or_404(store, org)
+    if settings.get(Org.PLAN) == TEAM and settings.get(Org.EU_ON) != ON and not ahead:
+        # credit bought while extra usage is off waits unused: only when the owner says so
+        raise Conflict(
+            "extra usage is off for this organization: credit bought now is not used until "
+            'it is turned on; send "buy_ahead": true to buy it ahead anyway'
+        )
     try:
         result = await store.purchase(org, key or "", nano, actor.name)
     except StoreRefusal as exc:
