@@ -417,8 +417,9 @@ function render() {
     }
     renderRequests();
   }
-  for (const el of document.querySelectorAll("#app input, #app select, #adjust-limit, #app form button")) {
-    if (!canChange() && !el.closest(".members-tools")) el.disabled = true;  // finding stays
+  // an admin sees everything and changes nothing; finding, statements and the chart stay open
+  for (const el of document.querySelectorAll("#app input, #app select, #app button")) {
+    if (!canChange() && !el.closest(".members-tools, #statements, #daily")) el.disabled = true;
   }
 }
 
@@ -526,7 +527,13 @@ function renderAudit() {
 function renderCredits() {
   const list = $("credit-history");
   list.replaceChildren();
-  $("no-credits").hidden = state.credits.length > 0;
+  const pending = state.settings.auto_reload?.pending_reload_id;
+  $("no-credits").hidden = state.credits.length > 0 || Boolean(pending);
+  if (pending) {
+    list.append(Object.assign(document.createElement("li"), {
+      textContent: `Auto-reload of ${usd(state.settings.auto_reload.amount ?? "0")} requested · pending the payment provider's confirmation`,
+    }));
+  }
   for (const e of state.credits) {
     const before = nanoOf(e.before?.balance ?? "0");
     const after = nanoOf(e.after?.balance ?? "0");

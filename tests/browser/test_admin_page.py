@@ -568,3 +568,22 @@ def test_enable_asks_an_enterprise_owner_for_the_limits(page: Page, live: Live) 
     _, s = live.call("GET", "/admin/v1/orgs/browser-enable-ent/extra-usage")
     assert (s["enabled"], s["monthly_limit"]) == (True, "500.00")
     assert s["tier_limits"] == {"standard": "50.00", "premium": None}
+
+
+def test_an_admin_sees_the_settings_and_is_told_only_owners_change_them(
+    page: Page, live: Live
+) -> None:
+    t = live.org("browser-admin", "team")
+    live.call(
+        "PUT", "/admin/v1/orgs/browser-admin/members/ada", {"role": "admin", "tier": "standard"}
+    )
+    _, tok = live.call("POST", "/admin/v1/orgs/browser-admin/members/ada/admin-tokens")
+    sign_in(page, live, tok["token"])
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#read-only")).to_contain_text("Only owners can change these settings")
+    expect(page.get_by_role("button", name="Adjust limit")).to_be_disabled()
+    expect(page.get_by_role("button", name="Enable")).to_be_disabled()
+    expect(page.get_by_role("button", name="View statement")).to_be_enabled()
+    expect(page.get_by_label("Search members").first).to_be_enabled()  # finding stays open
+    shot(page, "admin-read-only")
+    assert t["olga_token"]  # the owner's token was issued and not used here
