@@ -587,3 +587,26 @@ def test_an_admin_sees_the_settings_and_is_told_only_owners_change_them(
     expect(page.get_by_label("Search members").first).to_be_enabled()  # finding stays open
     shot(page, "admin-read-only")
     assert t["olga_token"]  # the owner's token was issued and not used here
+
+
+def test_figures_refresh_on_focus_with_the_time_of_the_update(page: Page, live: Live) -> None:
+    """An open tab does not show a balance from before the traffic: coming back to the tab
+    reloads the figures (and every 30 s)."""
+    t = live.org("browser-live", "team")
+    live.call("PATCH", "/admin/v1/orgs/browser-live/extra-usage", {"enabled": True})
+    live.call(
+        "POST",
+        "/admin/v1/orgs/browser-live/extra-usage/purchases",
+        {"amount": "10.00", "idempotency_key": "l1"},
+    )
+    sign_in(page, live, t["olga_token"])
+    expect(page.locator("#balance")).to_have_text("$10.00")
+    live.call(
+        "POST",
+        "/admin/v1/orgs/browser-live/extra-usage/purchases",
+        {"amount": "1000.00", "idempotency_key": "l2"},
+    )
+    expect(page.locator("#balance")).to_have_text("$10.00")  # nothing has told the tab yet
+    page.evaluate("window.dispatchEvent(new Event('focus'))")
+    expect(page.locator("#balance")).to_have_text("$1,010.00")  # with its separator
+    expect(page.locator("#updated")).to_have_text(re.compile(r"^updated \d\d:\d\d$"))
