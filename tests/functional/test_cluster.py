@@ -139,6 +139,7 @@ async def test_calls_are_pipelined_per_master_and_follow_a_moved_slot(
     finally:
         client.get_node_from_key = real  # type: ignore[method-assign]
     assert status == 200, body
+    await proxy.settled()  # the settlement's reply is handled after the answer
     assert pipeliner.redirected >= 2  # the admission and the settlement
     # a client that has not met the cluster yet: its first calls go through redis-py, which
     # learns the map; the next are pipelined
