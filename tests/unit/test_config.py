@@ -61,6 +61,12 @@ def test_api_key_env_names_the_variable() -> None:
         ({"nonsense": {}}, "nonsense is not a known section"),
         ({"policy": {"reservation_ttl_s": 10}}, "policy.reservation_ttl_s must be longer than"),
         ({"pricing": {"unknown_model": "gpt"}}, "pricing.unknown_model must name a family"),
+        (
+            {"policy": {"op_retention_s": 604800}},
+            "policy.op_retention_s was replaced by replay_window_s",
+        ),
+        ({"policy": {"replay_window_s": 0}}, "policy.replay_window_s must be greater than 0"),
+        ({"policy": {"journal_in_flight": "no"}}, "policy.journal_in_flight must be"),
     ],
 )
 def test_errors_name_the_field(doc: dict[str, object], message: str) -> None:
