@@ -53,8 +53,15 @@ async def test_fail_closed_is_a_clear_503_and_reaches_nothing(
         assert 'eup_redis_errors_total{script="admit"}' in await r.text()
 
 
-async def test_a_journal_an_earlier_version_was_replaying_is_replayed(
-    proxy_factory: ProxyFactory, tmp_path: Path
+@pytest.mark.parametrize(
+    "name",
+    [
+        "journal-99999.jsonl",  # an earlier version's file, one per pid (no lock)
+        "journal-99999.jsonl.99998.replaying",  # one it was replaying when it stopped
+    ],
+)
+async def test_a_journal_an_earlier_version_left_is_replayed(
+    proxy_factory: ProxyFactory, tmp_path: Path, name: str
 ) -> None:
     proxy = await proxy_factory(policy={"journal_dir": str(tmp_path)})
     org = await proxy.org("team")
@@ -67,7 +74,7 @@ async def test_a_journal_an_earlier_version_was_replaying_is_replayed(
         "model": "claude-sonnet-4-5",
         "usage": usage,
     }
-    legacy = tmp_path / "journal-99999.jsonl.99998.replaying"
+    legacy = tmp_path / name
     legacy.write_bytes(orjson.dumps(entry) + b"\n")
 
     async def replayed() -> bool:
@@ -80,32 +87,6 @@ async def test_a_journal_an_earlier_version_was_replaying_is_replayed(
         10 * 3000 + 20 * 15000,
         "journal",
     )
-
-
-async def test_a_legacy_journal_an_earlier_version_was_replaying_is_replayed(
-    proxy_factory: ProxyFactory, tmp_path: Path
-) -> None:
-    proxy = await proxy_factory(policy={"journal_dir": str(tmp_path)})
-    org = await proxy.org("team")
-    key = await proxy.member(org, "old")
-    usage = Usage(input_tokens=10, output_tokens=20).as_dict()
-    entry = {
-        "rid": "legacy-1",
-        "org": org,
-        "key": hash_secret(key),
-        "model": "claude-sonnet-4-5",
-        "usage": usage,
-    }
-    legacy = tmp_path / "journal-99999.jsonl.99998.replaying"
-    legacy.write_bytes(orjson.dumps(entry) + b"\n")
-
-    async def replayed() -> bool:
-        return not legacy.exists() and len(await proxy.store.ledger(org)) == 1
-
-    await eventually(replayed, within=5)
-    (row,) = await proxy.store.ledger(org)
-    assert (row["op"], int(row["cost"])) == ("legacy-1", 10 * 3000 + 20 * 15000)
-    assert row["source"] == "journal"
 
 
 async def test_fail_open_journals_under_load_and_replays_exactly_once(
