@@ -74,7 +74,8 @@ local function charge_extra(rec, held, o, mm, period, now_s, p)
   add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
   local balance = num(o[2])
   if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
-  balance = redis.call('HINCRBY', org_k, 'balance', '-' .. cost_s)
+  -- the draw: "-<cost>", never "-0" (HINCRBY refuses it, after this script's writes)
+  balance = redis.call('HINCRBY', org_k, 'balance', cost_s == '0' and '0' or '-' .. cost_s)
   local threshold, ramount = opt(o[5]), num(o[6])
   if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
       and balance <= threshold then

@@ -214,3 +214,16 @@ async def test_requests_in_flight_are_recorded_unless_turned_off(
         kinds = [orjson.loads(line)["k"] for line in lines]
         assert (kinds[:1] + kinds[-1:] == ["a", "d"]) if on else kinds == []
         assert len(await proxy.store.ledger(org)) == 1
+
+
+async def test_a_settlement_of_nothing_on_extra_usage_draws_nothing(proxy: Proxy) -> None:
+    """A check API settlement of zero tokens on a Team member's extra usage: charged $0, the
+    balance as it was (the script writes the draw as a decimal string: never "-0")."""
+    org, _ = await extra_usage_org(proxy)
+    store = proxy.store
+    before = (await store.org_settings(org))["balance"]
+    await store.admit(org, "req-zero", who="m", credential="ann", max_cost=10**9, est_cost=10**8)
+    result = await store.settle(org, "req-zero", cost=0, model="m", usage={})[0]
+    assert (result["mode"], result["cost"], result["balance"]) == ("extra_usage", "0", before)
+    assert (await store.org_settings(org))["balance"] == before
+    assert int((await store.member_fields(org, "ann", ("eu_res",)))["eu_res"]) == 0
