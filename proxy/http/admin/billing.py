@@ -235,6 +235,17 @@ def org_state(s: dict[str, str], period: str) -> OrgState:
     )
 
 
+# the member's fields member_state reads (a member's own read, without the whole hash)
+MEMBER_STATE_FIELDS = (
+    Member.TIER,
+    Member.EU,
+    Member.SPEND_PERIOD,
+    Member.SPEND,
+    Member.EU_RESERVED,
+    Member.LIMIT,
+)
+
+
 def member_state(s: dict[str, str], f: dict[str, str], tier: str, period: str) -> MemberState:
     selected = s.get(Org.SCOPE, DEFAULT_SCOPE) == SCOPE_SELECTED and s.get(Org.PLAN) == TEAM
     return MemberState(

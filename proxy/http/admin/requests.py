@@ -16,7 +16,7 @@ from proxy.core.limits import BALANCE, ORG_LIMIT, ORG_OFF, TIER_LIMIT, plan_gran
 from proxy.core.money import format_usd
 from proxy.core.statements import current_period
 from proxy.core.validate import amount, boolean, only, string
-from proxy.http.admin.billing import member_state, org_state
+from proxy.http.admin.billing import MEMBER_STATE_FIELDS, member_state, org_state
 from proxy.http.admin.orgs import actor_for, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
 from proxy.http.auth import member_of_key
@@ -185,7 +185,7 @@ async def _grant(
     raise_org = bool(boolean(doc, "raise_org_limit", required=False, default=False))
     member = record["member"]
     settings = await org_or_404(store, org)
-    fields = (await store.members(org)).get(member, {})
+    fields = await store.member_fields(org, member, MEMBER_STATE_FIELDS)
     if Member.TIER not in fields:
         raise NotFound(f"member {member!r} is no longer in the organization")
     tier = fields[Member.TIER]
