@@ -46,6 +46,12 @@ def format_usd(nano: int) -> str:
     return f"{sign}{whole}.{digits}"
 
 
+def stored_usd(value: str | None) -> str | None:
+    """A stored amount (a decimal string of nano-USD) as the APIs show it; None when it is
+    absent or empty (no limit, nothing asked)."""
+    return None if value in (None, "") else format_usd(int(value))
+
+
 def usd_per_mtok_to_nano_per_token(value: object, *, field: str) -> int:
     """A price in USD per million tokens as an exact integer of nano-USD per token.
 

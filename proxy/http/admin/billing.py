@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.config import TierConfig
 from proxy.core.errors import InvalidRequest
 from proxy.core.limits import Binding, MemberState, OrgState, member_binding, org_binding
-from proxy.core.money import format_usd
+from proxy.core.money import format_usd, stored_usd
 from proxy.core.statements import (
     PERIOD,
     current_period,
@@ -91,10 +91,6 @@ async def get_statement_csv(request: web.Request) -> web.Response:
     )
 
 
-def _usd(v: str | None) -> str | None:
-    return None if v in (None, "") else format_usd(int(v))
-
-
 @routes.get("/admin/v1/orgs/{org}/usage")
 async def usage(request: web.Request) -> web.Response:
     """Spend by member for a period: month to date from Redis, earlier months from the ledger."""
@@ -136,8 +132,8 @@ async def usage(request: web.Request) -> web.Response:
                 "included_usage": format_usd(inc),
                 # of both: charged on the estimate rule (answers cut before their usage came)
                 "estimated_usage": format_usd(est),
-                "monthly_limit": _usd(fields.get(Member.LIMIT)),
-                "tier_limit": _usd(settings.get(Org.tier_limit(tier))),
+                "monthly_limit": stored_usd(fields.get(Member.LIMIT)),
+                "tier_limit": stored_usd(settings.get(Org.tier_limit(tier))),
                 "extra_usage_enabled": fields.get(Member.EU) == ON,
                 # the seat allowance's two windows now (the month to date only)
                 "windows": None
@@ -161,7 +157,7 @@ async def usage(request: web.Request) -> web.Response:
                 "extra_usage": format_usd(total_extra),
                 "included_usage": format_usd(total_included),
                 "estimated_usage": format_usd(total_estimated),
-                "monthly_limit": _usd(settings.get(Org.LIMIT)),
+                "monthly_limit": stored_usd(settings.get(Org.LIMIT)),
                 "binding": None if the_org is None else _binding_view(org_binding(the_org)),
             },
         }

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.core.errors import Conflict, InvalidRequest, NotFound
-from proxy.core.money import format_usd
+from proxy.core.money import format_usd, stored_usd
 from proxy.core.validate import amount, boolean, choice, limit, only, string
 from proxy.http.admin.orgs import actor_for, member_id, org_id, org_or_404
 from proxy.http.appkeys import CONFIG, PAYMENTS, STORE
@@ -43,17 +43,13 @@ TEAM_ONLY = ("member_scope", "auto_reload")
 ENTERPRISE_ONLY = ("requests_enabled",)
 
 
-def _usd(v: str | None) -> str | None:
-    return format_usd(int(v)) if v not in (None, "") else None
-
-
 def extra_usage_view(s: dict[str, str], tiers: list[str]) -> dict[str, Any]:
     plan = s.get(Org.PLAN)
     doc: dict[str, Any] = {
         "plan": plan,
         "enabled": s.get(Org.EU_ON) == ON,
         "member_consent": consent_of(s),
-        "monthly_limit": _usd(s.get(Org.LIMIT)),
+        "monthly_limit": stored_usd(s.get(Org.LIMIT)),
         "reservation_policy": s.get(Org.POLICY) or None,
         "period": s.get(Org.SPEND_PERIOD) or None,
     }
@@ -62,13 +58,13 @@ def extra_usage_view(s: dict[str, str], tiers: list[str]) -> dict[str, Any]:
         doc["balance"] = format_usd(int(s.get(Org.BALANCE) or 0))
         doc["auto_reload"] = {
             "enabled": s.get(Org.AUTO_RELOAD_ON) == ON,
-            "threshold": _usd(s.get(Org.AUTO_RELOAD_THRESHOLD)),
-            "amount": _usd(s.get(Org.AUTO_RELOAD_AMOUNT)),
+            "threshold": stored_usd(s.get(Org.AUTO_RELOAD_THRESHOLD)),
+            "amount": stored_usd(s.get(Org.AUTO_RELOAD_AMOUNT)),
             "pending_reload_id": s.get(Org.RELOAD_PENDING) or None,
         }
     else:
         doc["requests_enabled"] = s.get(Org.REQUESTS_ON, DEFAULT_REQUESTS_ON) != OFF
-        doc["tier_limits"] = {t: _usd(s.get(Org.tier_limit(t))) for t in tiers}
+        doc["tier_limits"] = {t: stored_usd(s.get(Org.tier_limit(t))) for t in tiers}
     return doc
 
 
@@ -201,7 +197,7 @@ async def put_tier_limit(request: web.Request) -> web.Response:
         guards=[f"={Org.PLAN}={ENTERPRISE}"],
     )
     return web.json_response(
-        {"tier": tier, "monthly_limit": _usd(str(value) if value is not None else None)}
+        {"tier": tier, "monthly_limit": stored_usd(str(value) if value is not None else None)}
     )
 
 

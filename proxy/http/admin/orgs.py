@@ -23,7 +23,7 @@ from proxy.core.credentials import (
 )
 from proxy.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from proxy.core.ids import MEMBER_ID, ORG_ID
-from proxy.core.money import format_usd
+from proxy.core.money import stored_usd
 from proxy.core.validate import boolean, choice, env_name, only, string
 from proxy.http.appkeys import CONFIG, STORE
 from proxy.http.auth import Actor, admin_actor
@@ -169,7 +169,7 @@ def _shown(value: Any, kind: str) -> Any:
     if kind == "flag":
         return value == ON
     try:
-        return format_usd(int(value))
+        return stored_usd(value)
     except (TypeError, ValueError):
         return value
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from proxy.core.limits import BALANCE, ORG_LIMIT, ORG_OFF, TIER_LIMIT, plan_grant
-from proxy.core.money import format_usd
+from proxy.core.money import format_usd, stored_usd
 from proxy.core.statements import current_period
 from proxy.core.validate import amount, boolean, only, string
 from proxy.http.admin.billing import MEMBER_STATE_FIELDS, member_state, org_state
@@ -32,15 +32,15 @@ def view(r: dict[str, Any]) -> dict[str, Any]:
         "id": r["id"],
         "member_id": r["member"],
         "state": r["state"],
-        "amount": format_usd(int(r["amount"])) if r.get("amount") else None,
+        "amount": stored_usd(r.get("amount")),
         "message": r.get("message"),
         "created_at": r["created"],
         "decided_by": r.get("decided_by"),
         "decided_at": r.get("decided_at"),
-        "new_limit": format_usd(int(r["new_limit"])) if r.get("new_limit") else None,
-        "granted": format_usd(int(r["granted"])) if r.get("granted") else None,
-        "new_tier_limit": format_usd(int(r["new_tier_limit"])) if r.get("new_tier_limit") else None,
-        "new_org_limit": format_usd(int(r["new_org_limit"])) if r.get("new_org_limit") else None,
+        "new_limit": stored_usd(r.get("new_limit")),
+        "granted": stored_usd(r.get("granted")),
+        "new_tier_limit": stored_usd(r.get("new_tier_limit")),
+        "new_org_limit": stored_usd(r.get("new_org_limit")),
     }
 
 
