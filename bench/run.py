@@ -226,7 +226,9 @@ class Stack:
         with redis.Redis(port=self.redis.port) as c:
             stats = c.info("commandstats")
             info = c.info("stats")
-        evals = sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_evalsha"))
+        evals = sum(
+            v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall")
+        )
         return int(info["total_commands_processed"]), int(evals)
 
     def roles(self) -> dict[str, list[int]]:

@@ -16,37 +16,39 @@
 -- Idempotent: adding the same id with the same hash again, or revoking twice, changes nothing
 -- more.
 
-local cred_k, mem_k, audit_k = KEYS[1], KEYS[2], KEYS[3]
-local op, kind, hash, mid, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now = tonumber(ARGV[7])
-if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
+local function credential(KEYS, ARGV)
+  local cred_k, mem_k, audit_k = KEYS[1], KEYS[2], KEYS[3]
+  local op, kind, hash, mid, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local now = tonumber(ARGV[7])
+  if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
 
-if op == 'add' then
-  if redis.call('HEXISTS', mem_k, mid .. '|tier') == 0 then return fail('unknown_member', mid) end
-  local existing = redis.call('HGET', cred_k, kind .. 'id:' .. id)
-  if existing then
-    if existing == hash then return cjson.encode({ ok = 1, replay = '1' }) end
-    return fail('exists', id)
+  if op == 'add' then
+    if redis.call('HEXISTS', mem_k, mid .. '|tier') == 0 then return fail('unknown_member', mid) end
+    local existing = redis.call('HGET', cred_k, kind .. 'id:' .. id)
+    if existing then
+      if existing == hash then return cjson.encode({ ok = 1, replay = '1' }) end
+      return fail('exists', id)
+    end
+    -- the member's generation goes with it: removing the member moves it on
+    local gen = redis.call('HGET', mem_k, mid .. '|gen') or ''
+    redis.call('HSET', cred_k, kind .. ':' .. hash, mid .. '|' .. id .. '|' .. gen,
+      kind .. 'id:' .. id, hash)
+    redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[6],
+      'action', kind == 'k' and 'key.issue' or 'admin_token.issue',
+      'before', '{}', 'after', cjson.encode({ member = mid, id = id }))
+    return cjson.encode({ ok = 1 })
   end
-  -- the member's generation goes with it: removing the member moves it on
-  local gen = redis.call('HGET', mem_k, mid .. '|gen') or ''
-  redis.call('HSET', cred_k, kind .. ':' .. hash, mid .. '|' .. id .. '|' .. gen,
-    kind .. 'id:' .. id, hash)
+
+  local h = redis.call('HGET', cred_k, kind .. 'id:' .. id)
+  if not h then return fail('unknown_credential', id) end
+  local owner = redis.call('HGET', cred_k, kind .. ':' .. h)
+  if owner then
+    local omid = split3(owner)
+    if mid ~= '' and omid ~= mid then return fail('unknown_credential', id) end
+  end
+  redis.call('HDEL', cred_k, kind .. ':' .. h, kind .. 'id:' .. id)
   redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[6],
-    'action', kind == 'k' and 'key.issue' or 'admin_token.issue',
-    'before', '{}', 'after', cjson.encode({ member = mid, id = id }))
+    'action', kind == 'k' and 'key.revoke' or 'admin_token.revoke',
+    'before', cjson.encode({ member = mid, id = id }), 'after', '{}')
   return cjson.encode({ ok = 1 })
 end
-
-local h = redis.call('HGET', cred_k, kind .. 'id:' .. id)
-if not h then return fail('unknown_credential', id) end
-local owner = redis.call('HGET', cred_k, kind .. ':' .. h)
-if owner then
-  local omid = split3(owner)
-  if mid ~= '' and omid ~= mid then return fail('unknown_credential', id) end
-end
-redis.call('HDEL', cred_k, kind .. ':' .. h, kind .. 'id:' .. id)
-redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[6],
-  'action', kind == 'k' and 'key.revoke' or 'admin_token.revoke',
-  'before', cjson.encode({ member = mid, id = id }), 'after', '{}')
-return cjson.encode({ ok = 1 })

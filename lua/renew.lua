@@ -13,16 +13,18 @@
 -- (its record is kept, so that its settlement still finds it).
 -- Idempotent: renewing twice sets the same later expiry.
 
-local org_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3]
-local rid = ARGV[1]
-local raw = redis.call('GET', op_k)
-if not raw then return fail('unknown_reservation') end
-local a, _, _, mid = reserved(raw)
-if not a then return '{"ok":1,"exp":""}' end
-local now = clock_now(org_k, ARGV[3])
-local ttl = tonumber(ARGV[2])
-redis.call('EXPIRE', op_k, ttl + tonumber(ARGV[4]))
-local exp_s = fmt(now + ttl)
-local entry = a .. '|' .. mid .. '|' .. rid
-if a ~= '0' and redis.call('ZSCORE', due_k, entry) then redis.call('ZADD', due_k, exp_s, entry) end
-return '{"ok":1,"exp":"' .. exp_s .. '"}'
+local function renew(KEYS, ARGV)
+  local org_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3]
+  local rid = ARGV[1]
+  local raw = redis.call('GET', op_k)
+  if not raw then return fail('unknown_reservation') end
+  local a, _, _, mid = reserved(raw)
+  if not a then return '{"ok":1,"exp":""}' end
+  local now = clock_now(org_k, ARGV[3])
+  local ttl = tonumber(ARGV[2])
+  redis.call('EXPIRE', op_k, ttl + tonumber(ARGV[4]))
+  local exp_s = fmt(now + ttl)
+  local entry = a .. '|' .. mid .. '|' .. rid
+  if a ~= '0' and redis.call('ZSCORE', due_k, entry) then redis.call('ZADD', due_k, exp_s, entry) end
+  return '{"ok":1,"exp":"' .. exp_s .. '"}'
+end

@@ -11,38 +11,40 @@
 -- Reply: JSON {ok=1, before={...}, after={...}} or {ok=0, err, detail=<field>}.
 -- Idempotent: writing the same values twice leaves the same state (the audit notes both).
 
-local key, audit_k = KEYS[1], KEYS[2]
-for line in string.gmatch(ARGV[4], '[^\n]+') do
-  local kind, rest = string.sub(line, 1, 1), string.sub(line, 2)
-  if kind == '+' then
-    if redis.call('HEXISTS', key, rest) == 0 then return fail('not_found', rest) end
-  elseif kind == '-' then
-    if redis.call('HEXISTS', key, rest) == 1 then return fail('exists', rest) end
-  elseif kind == '=' then
-    local f, v = string.match(rest, '^([^=]*)=(.*)$')
-    local cur = redis.call('HGET', key, f)
-    if cur ~= v then return fail('conflict', f) end
+local function write(KEYS, ARGV)
+  local key, audit_k = KEYS[1], KEYS[2]
+  for line in string.gmatch(ARGV[4], '[^\n]+') do
+    local kind, rest = string.sub(line, 1, 1), string.sub(line, 2)
+    if kind == '+' then
+      if redis.call('HEXISTS', key, rest) == 0 then return fail('not_found', rest) end
+    elseif kind == '-' then
+      if redis.call('HEXISTS', key, rest) == 1 then return fail('exists', rest) end
+    elseif kind == '=' then
+      local f, v = string.match(rest, '^([^=]*)=(.*)$')
+      local cur = redis.call('HGET', key, f)
+      if cur ~= v then return fail('conflict', f) end
+    end
   end
-end
 
-local before, after = {}, {}
-local sets, dels = {}, {}
-for i = 5, #ARGV, 2 do
-  local f, v = ARGV[i], ARGV[i + 1]
-  before[f] = redis.call('HGET', key, f) or cjson.null
-  if v == '\0' then
-    dels[#dels + 1] = f
-    after[f] = cjson.null
-  else
-    sets[#sets + 1] = f
-    sets[#sets + 1] = v
-    after[f] = v
+  local before, after = {}, {}
+  local sets, dels = {}, {}
+  for i = 5, #ARGV, 2 do
+    local f, v = ARGV[i], ARGV[i + 1]
+    before[f] = redis.call('HGET', key, f) or cjson.null
+    if v == '\0' then
+      dels[#dels + 1] = f
+      after[f] = cjson.null
+    else
+      sets[#sets + 1] = f
+      sets[#sets + 1] = v
+      after[f] = v
+    end
   end
+  if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
+  if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
+  local now = tonumber(ARGV[3])
+  if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
+  redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[1], 'action', ARGV[2],
+    'before', cjson.encode(before), 'after', cjson.encode(after))
+  return cjson.encode({ ok = 1, before = before, after = after })
 end
-if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
-if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
-local now = tonumber(ARGV[3])
-if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
-redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[1], 'action', ARGV[2],
-  'before', cjson.encode(before), 'after', cjson.encode(after))
-return cjson.encode({ ok = 1, before = before, after = after })

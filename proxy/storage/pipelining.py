@@ -1,11 +1,12 @@
 """Auto-pipelining of script calls on one multiplexed connection.
 
-The EVALSHAs that requests make in the same turn of the event loop go out in one write on one
-long-lived connection, and their replies, which Redis sends in order, are matched to the
-callers in order. Each request still makes exactly its two script calls; under concurrency
-they share writes, reads and wake-ups. The connection speaks RESP itself (hiredis parses the
-replies): redis-py's per-call machinery — a pool checkout, a timeout scope and a coroutine
-per reply — was most of the client's CPU per request.
+The script calls (FCALL, or EVALSHA: ``proxy.storage.functions``) that requests make in the same
+turn of the event loop go out in one write on one long-lived connection, and their replies,
+which Redis sends in order, are matched to the callers in order. Each request still makes
+exactly its two script calls; under concurrency they share writes, reads and wake-ups. The
+connection speaks RESP itself (hiredis parses the replies): redis-py's per-call machinery — a
+pool checkout, a timeout scope and a coroutine per reply — was most of the client's CPU per
+request.
 
 One connection per process also orders a process's calls: Redis runs them in the order they
 were written.
@@ -14,9 +15,9 @@ Failures keep redis-py's contract: a connection that breaks or a reply slower th
 timeout fails the connection, and every unanswered call is sent again on a fresh one, twice
 at most (every script is idempotent, so a call that ran but whose reply was lost is
 harmless); after that the callers get ``ConnectionError``/``TimeoutError``. An error reply
-fails only its own call. NOSCRIPT (a restarted or flushed Redis) loads the script and sends
-the call again on the same connection, ahead of anything queued since, so the order holds; a
-second NOSCRIPT for the same call falls back to redis-py's ``Script`` call.
+fails only its own call. A missing function or script (NOSCRIPT: a restarted or flushed
+Redis) loads the library and sends the call again on the same connection, ahead of anything
+queued since, so the order holds; a second miss for the same call falls back to redis-py.
 
 Plain TCP and Unix sockets, with AUTH and SELECT from the URL; on a Redis Cluster one such
 connection per master (``ClusterPipeliner``). TLS (``rediss://``) uses redis-py's calls one
@@ -33,10 +34,11 @@ from typing import Any, TypeGuard, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from proxy.storage.functions import Library, LuaScript, is_missing, is_unsupported
 
 RETRIES = 2  # sends of an unanswered call after the first, as make_client's Retry
 BACKOFF_S = (0.01, 0.02)
@@ -59,8 +61,8 @@ def _elements(args: tuple[str | int | bytes, ...]) -> bytes:
     return packed[packed.index(b"\n") + 1 :]
 
 
-class EvalshaPacker:
-    """EVALSHA commands in RESP, with what repeats packed once.
+class CallPacker:
+    """FCALL and EVALSHA commands in RESP, with what repeats packed once.
 
     hiredis formats each argument's header with ``sprintf``: about 1,400 instructions an
     argument, 30,000 for an admission. The head of a call (command, script, keys) is the same
@@ -73,22 +75,23 @@ class EvalshaPacker:
     LIMIT = 4096  # entries of each cache; cleared when full (orgs come and go)
 
     def __init__(self) -> None:
-        self.heads: dict[tuple[str, tuple[str, ...]], bytes] = {}
+        self.heads: dict[tuple[tuple[str, str], tuple[str, ...]], bytes] = {}
         self.tails: dict[tuple[str | int, ...], bytes] = {}
 
     def __call__(
         self,
-        sha: str,
+        command: tuple[str, str],
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
         own: int = 0,
     ) -> bytes:
+        """``command``: ("FCALL", function) or ("EVALSHA", digest)."""
         shared = keys[: len(keys) - own]
-        head = self.heads.get((sha, shared))
+        head = self.heads.get((command, shared))
         if head is None:
-            head = _elements(("EVALSHA", sha, len(keys), *shared))
-            self._keep(self.heads, (sha, shared), head)
+            head = _elements((*command, len(keys), *shared))
+            self._keep(self.heads, (command, shared), head)
         end = self.tails.get(tail) if tail else b""
         if end is None:
             end = _elements(tail)
@@ -108,7 +111,7 @@ class _Call:
 
     def __init__(
         self,
-        script: AsyncScript | None,
+        script: LuaScript | None,
         keys: Sequence[str],
         args: Sequence[str | int],
         packed: bytes,
@@ -144,22 +147,22 @@ class _Protocol(asyncio.Protocol):
 class Pipeliner:
     """Script calls multiplexed on one connection. ``call`` is what ``Store`` awaits."""
 
-    def __init__(self, client: aioredis.Redis, scripts: Sequence[AsyncScript]) -> None:
-        self._setup(client.connection_pool.connection_kwargs, scripts)
+    def __init__(self, client: aioredis.Redis, library: Library) -> None:
+        self._setup(client.connection_pool.connection_kwargs, library)
 
     @classmethod
     def to_node(
-        cls, host: str, port: int, kw: dict[str, Any], scripts: Sequence[AsyncScript]
+        cls, host: str, port: int, kw: dict[str, Any], library: Library
     ) -> Pipeliner:
         """One master of a Redis Cluster (``kw``: the cluster client's connection settings)."""
         self = cls.__new__(cls)
-        self._setup({**kw, "host": host, "port": port, "path": None, "db": 0}, scripts)
+        self._setup({**kw, "host": host, "port": port, "path": None, "db": 0}, library)
         return self
 
-    def _setup(self, kw: dict[str, Any], scripts: Sequence[AsyncScript]) -> None:
-        # every script the store calls: a NOSCRIPT (Redis restarted or flushed) loads them all
-        # at once, so that the next call of another script does not meet one too
-        self.scripts = list(scripts)
+    def _setup(self, kw: dict[str, Any], library: Library) -> None:
+        # every script the store calls: a miss (Redis restarted or flushed) loads them all at
+        # once, so that the next call of another script does not meet one too
+        self.library = library
         self.host: str = kw.get("host", "localhost")
         self.port: int = int(kw.get("port", 6379))
         self.path: str | None = kw.get("path")
@@ -174,13 +177,13 @@ class Pipeliner:
         self.pending: deque[_Call] = deque()  # written, waiting for their replies in order
         self.flush_scheduled = False
         self.waiters: list[asyncio.Future[bool]] = []  # for sent()
-        self.reloads: list[_Call] = []  # met NOSCRIPT in the replies being read
+        self.reloads: list[_Call] = []  # found their script missing, in the replies being read
         self.watchdog: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.writes = 0  # writes to Redis, for tests and benchmarks
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None  # bound at the first call
-        self.packer = EvalshaPacker()
+        self.packer = CallPacker()
 
     @staticmethod
     def supports(client: Any) -> TypeGuard[aioredis.Redis]:
@@ -192,21 +195,21 @@ class Pipeliner:
 
     def call(
         self,
-        script: AsyncScript,
+        script: LuaScript,
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
         own: int = 0,
     ) -> asyncio.Future[Any]:
-        """Queue one EVALSHA of ``args`` then ``tail`` (arguments from a small set of
-        values, packed once: see EvalshaPacker; ``own``: how many of the last keys are this
+        """Queue one call of ``script`` with ``args`` then ``tail`` (arguments from a small
+        set of values, packed once: see CallPacker; ``own``: how many of the last keys are this
         call's own); the future gets its reply (or the error)."""
         loop = self._loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self.closed:
             fut.set_exception(RedisConnectionError("the script connection is closed"))
             return fut
-        packed = self.packer(script.sha, keys, args, tail, own)
+        packed = self.packer(script.head, keys, args, tail, own)
         self.queue.append(_Call(script, keys, args + tail, packed, fut))
         if not self.pending and not self.flush_scheduled and self._writable() is not None:
             # nothing in flight: Redis is idle for this connection, and a batch would only
@@ -350,7 +353,11 @@ class Pipeliner:
                     c.fut.set_exception(RedisConnectionError(f"Redis handshake failed: {msg}"))
                 self._drop(proto)
                 return
-            if msg.startswith("NOSCRIPT"):
+            if is_unsupported(msg):  # no FCALL on this server: EVALSHA from now on
+                self.library.evalsha_only()
+                self._spawn(self._load_and_run(c))
+                return
+            if is_missing(msg):
                 if c.reloaded:
                     self._spawn(self._load_and_run(c))
                 else:
@@ -365,13 +372,9 @@ class Pipeliner:
                 c.fut.set_result(reply)
 
     def _send_reloads(self) -> None:
-        """SCRIPT LOAD of every script, then the calls that met NOSCRIPT, in their order,
-        before the rest."""
-        again = [
-            _Call(None, (), (), pack(("SCRIPT", "LOAD", script.script)), None)
-            for script in self.scripts
-            if isinstance(script.script, str | bytes)
-        ]
+        """Load the library (or every script), then the calls that found theirs missing, in
+        their order, before the rest."""
+        again = [_Call(None, (), (), pack(load), None) for load in self.library.load_commands()]
         again += self.reloads
         self.reloads = []
         self.queue[:0] = again
@@ -463,9 +466,9 @@ class ClusterPipeliner:
     refreshes the map, so the calls after it go to the new master. Every script is
     idempotent, and a redirected call did not run where it was refused."""
 
-    def __init__(self, client: RedisCluster, scripts: Sequence[AsyncScript]) -> None:
+    def __init__(self, client: RedisCluster, library: Library) -> None:
         self.client = client
-        self.scripts = list(scripts)
+        self.library = library
         self.nodes: dict[str, Pipeliner] = {}
         self.last: Pipeliner | None = None  # where the latest call went (sent())
         self.redirected = 0  # calls refused with MOVED or ASK, for tests and benchmarks
@@ -493,13 +496,13 @@ class ClusterPipeliner:
         if p is None:
             kw = dict(self.client.get_connection_kwargs())
             p = self.nodes[node.name] = Pipeliner.to_node(
-                node.host, int(node.port), kw, self.scripts
+                node.host, int(node.port), kw, self.library
             )
         return p
 
     def call(
         self,
-        script: AsyncScript,
+        script: LuaScript,
         keys: tuple[str, ...],
         args: tuple[str | int, ...],
         tail: tuple[str | int, ...] = (),
@@ -515,7 +518,7 @@ class ClusterPipeliner:
     async def _routed(
         self,
         fut: asyncio.Future[Any],
-        script: AsyncScript,
+        script: LuaScript,
         keys: tuple[str, ...],
         argv: tuple[str | int, ...],
     ) -> Any:

@@ -13,6 +13,7 @@ a fraction of that.
 
 from __future__ import annotations
 
+import hashlib
 import keyword
 import operator
 import re
@@ -251,12 +252,43 @@ FAILURE_FIELDS = REPLY_STATUS  # {"ok": 0, "err": <a code of model.REFUSALS>, "d
 WRITE_TARGETS = ("org", "members", "requests")
 
 
-def script_source(name: str) -> str:
-    """What is registered for a script: the parts of lib.lua it uses, the data model's
-    defaults, the script."""
+# the scripts that only read: registered as such, so that Redis runs them where it refuses
+# writes (a replica, a server out of memory)
+READ_ONLY = frozenset({"whois"})
+
+
+def _sources() -> tuple[str, str, dict[str, str]]:
     pkg = resources.files("proxy.lua")
-    script = pkg.joinpath(f"{name}.lua").read_text("utf-8")
-    return prelude_for(pkg.joinpath("lib.lua").read_text("utf-8"), script) + lua_prelude() + script
+    scripts = {name: pkg.joinpath(f"{name}.lua").read_text("utf-8") for name in SPECS}
+    return pkg.joinpath("lib.lua").read_text("utf-8"), lua_prelude(), scripts
+
+
+def script_source(name: str) -> str:
+    """A script as EVAL runs it: the parts of lib.lua it uses, the data model's defaults, the
+    script's function, and its call. Each ``lua/<name>.lua`` defines ``local function
+    <name>(KEYS, ARGV)``."""
+    lib, defaults, scripts = _sources()
+    script = scripts[name]
+    return prelude_for(lib, script) + defaults + script + f"return {name}(KEYS, ARGV)\n"
+
+
+def library_source() -> tuple[str, str]:
+    """Every script as one Redis Functions library: (its name, its code for FUNCTION LOAD).
+    lib.lua's definitions and each script's function are made once, when the library is
+    loaded, where a script made every one of its closures again on each call (about 20,000
+    instructions an admission). The name carries a digest of the code, so that two versions
+    of the proxy (a rolling upgrade) each call their own; each function is
+    "<library>_<script>"."""
+    lib, defaults, scripts = _sources()
+    body = prelude_for(lib, "\n".join(scripts.values())) + defaults + "".join(scripts.values())
+    name = "eup_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+    registrations = "".join(
+        f"redis.register_function{{function_name='{name}_{s}', callback={s}"
+        + (", flags={'no-writes'}" if s in READ_ONLY else "")
+        + "}\n"
+        for s in scripts
+    )
+    return name, f"#!lua name={name}\n" + body + registrations
 
 
 # a function of lib.lua (to its "end" at the start of a line), or a one-line constant
@@ -265,9 +297,9 @@ _DEFINITION = re.compile(r"^local function (\w+).*?^end$|^local (\w+) = [^\n]*$"
 
 def prelude_for(lib: str, script: str) -> str:
     """lib.lua's definitions that ``script`` uses, directly or through another one, in lib's
-    order (without lib's comments: the file is the documented copy). A script runs its whole
-    text on every call, and each function it defines costs a closure there, so only what is
-    used is defined."""
+    order (without lib's comments: the file is the documented copy). A script (EVAL) runs its
+    whole text on every call, and each function it defines costs a closure there, so only
+    what is used is defined."""
     blocks = {m.group(1) or m.group(2): m.group(0) for m in _DEFINITION.finditer(lib)}
     used: set[str] = set()
     pending = [script]

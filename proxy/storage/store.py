@@ -2,10 +2,11 @@
 
 Scripts live in ``lua/`` (one file per atomic operation, shipped in the package as
 ``proxy.lua``), get the shared prelude ``lib.lua`` and the data model's defaults prepended
-(``proxy.storage.scripts.script_source``), are registered once, and are called as their spec
-(``proxy.storage.scripts``) builds the call, with EVALSHA: on a single Redis through the
-process's multiplexed connection (``proxy.storage.pipelining``), on a cluster or over TLS
-through redis-py's ``Script``; both load a script again on NOSCRIPT. Redis errors become
+(``proxy.storage.scripts``), are loaded as one Redis Functions library (or one by one, where
+the server has no functions: ``proxy.storage.functions``), and are called as their spec
+builds the call, with FCALL (or EVALSHA): on a single Redis through the process's
+multiplexed connection (``proxy.storage.pipelining``), on a cluster or over TLS through
+redis-py; both load the library again when a call finds it missing. Redis errors become
 ``StoreUnavailable`` here and nowhere else; a script's own "no" becomes ``StoreRefusal``.
 """
 
@@ -21,7 +22,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,6 +32,7 @@ from proxy.core.errors import StoreUnavailable
 from proxy.core.statements import calendar_month
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
+from proxy.storage.functions import Library, LuaScript
 from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
 from proxy.storage.model import DELETE, ENCODING_FIELD, ENCODING_VALUE, OFF, ON, Member, Op
 from proxy.storage.pipelining import ClusterPipeliner, Pipeliner
@@ -42,7 +43,6 @@ from proxy.storage.scripts import (
     RELEASE,
     RENEW,
     SETTLE,
-    SPECS,
     WHOIS,
     WRITE,
     WRITE_TARGETS,
@@ -129,6 +129,7 @@ class Store:
         metrics: Metrics | None = None,
         pipelining: bool = False,
         owns_client: bool = False,
+        functions: bool = True,
     ) -> None:
         self.client = client
         self.metrics = metrics
@@ -139,17 +140,16 @@ class Store:
         # test-only: a pinned epoch second passed to every script instead of Redis TIME
         self.pinned_now = 0
         self._month: tuple[str, int, int] = ("", 0, 0)
-        self.scripts: dict[str, AsyncScript] = {
-            name: client.register_script(script_source(name)) for name in SPECS
-        }
+        # the scripts, as one Redis Functions library (or EVALSHA: ``functions``)
+        self.library = Library(client, functions)
+        self.scripts: dict[str, LuaScript] = self.library.scripts
         # one write for the script calls of one event-loop turn (on a cluster, one per
         # master: every key of a call is in its org's slot)
-        scripts = list(self.scripts.values())
         self.pipeliner: Pipeliner | ClusterPipeliner | None = None
         if pipelining and Pipeliner.supports(client):
-            self.pipeliner = Pipeliner(client, scripts)
+            self.pipeliner = Pipeliner(client, self.library)
         elif pipelining and ClusterPipeliner.supports(client):
-            self.pipeliner = ClusterPipeliner(client, scripts)
+            self.pipeliner = ClusterPipeliner(client, self.library)
 
     def keys(self, org: str) -> OrgKeys:
         return org_keys(self.prefix, org)
@@ -233,9 +233,8 @@ class Store:
             raise StoreUnavailable(unavailable(exc)) from exc
 
     async def load_scripts(self) -> None:
-        """Load every script (readiness); EVALSHA would also reload them on NOSCRIPT."""
-        for script in self.scripts.values():
-            await self._cmd(self.client.script_load(script.script))
+        """Load every script (readiness); a call would also load them when missing."""
+        await self._cmd(self.library.load())
 
     async def ping(self) -> bool:
         return bool(await self._cmd(self.client.ping()))

@@ -12,7 +12,8 @@ from redis.crc import key_slot
 
 from proxy.storage.keys import org_keys
 from proxy.storage.pipelining import ClusterPipeliner
-from proxy.storage.scripts import WHOIS, script_source
+from proxy.storage.functions import Library
+from proxy.storage.scripts import WHOIS
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message
 from tests.functional.helpers import eventually, ledger_sum, member_counters
@@ -144,8 +145,9 @@ async def test_calls_are_pipelined_per_master_and_follow_a_moved_slot(
     # a client that has not met the cluster yet: its first calls go through redis-py, which
     # learns the map; the next are pipelined
     client = AsyncCluster.from_url(cluster.url, protocol=2)
-    whois = client.register_script(script_source("whois"))
-    fresh = ClusterPipeliner(client, [whois])
+    library = Library(client)
+    whois = library.scripts["whois"]
+    fresh = ClusterPipeliner(client, library)
     try:
         keys = WHOIS.keys_of(org_keys("eup", org))
         assert fresh._node(keys[0]) is None

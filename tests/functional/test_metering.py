@@ -135,14 +135,28 @@ async def test_strings_that_need_escaping_are_answered_as_json(proxy: Proxy) -> 
     assert (await member_counters(store, org, odd))["s_used"] == 10
 
 
-async def test_a_flushed_script_cache_is_survived(proxy: Proxy) -> None:
+async def test_a_flushed_library_and_script_cache_are_survived(proxy: Proxy) -> None:
+    """A restarted Redis keeps nothing: the library is loaded again by the first call that
+    finds its function missing, and the call goes through; the same in EVALSHA mode."""
     org = await proxy.org("team")
     key = await proxy.member(org, "cid")
-    await proxy.store.client.script_flush()
-    assert await proxy.store.client.script_exists(proxy.store.scripts["admit"].sha) == [False]
+    store = proxy.store
+    assert store.library.functions
+    await store.client.function_flush()
+    await store.client.script_flush()
+    assert not await store.client.function_list(library=store.library.name)
     status, _, body = await proxy.post(key, message())
     assert status == 200, body
-    assert len(await proxy.store.ledger(org)) == 1
+    await proxy.settled()
+    assert await store.client.function_list(library=store.library.name)
+    # a server without functions: EVALSHA, and NOSCRIPT loads the script
+    store.library.evalsha_only()
+    await store.client.script_flush()
+    status, _, body = await proxy.post(key, message())
+    assert status == 200, body
+    await proxy.settled()
+    assert await store.client.script_exists(store.scripts["admit"].sha) == [True]
+    assert len(await store.ledger(org)) == 2
 
 
 async def test_200_concurrent_requests_counters_equal_ledger(proxy: Proxy) -> None:
@@ -215,7 +229,7 @@ async def test_windows_reset_when_they_close(proxy: Proxy) -> None:
 
 
 async def test_lua_calendar_months_match_python(proxy: Proxy) -> None:
-    lib = script_source("admit").split("\nlocal org_k")[0]
+    lib = script_source("admit").split("\nlocal function admit(")[0]
     snippet = lib + "\nlocal p, e = month_of(tonumber(ARGV[1]))\nreturn {p, fmt(e)}"
     probe = proxy.store.client.register_script(snippet)
     moments = [
@@ -245,15 +259,17 @@ async def test_a_metered_request_is_exactly_two_script_calls(proxy: Proxy, strea
     await proxy.post(key, message())  # warm: the first admission of a key is no different
     await proxy.settled()
 
-    async def evalsha_calls() -> int:
+    async def calls() -> tuple[int, int]:
         stats = await proxy.store.client.info("commandstats")
-        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+        fcall, evalsha = stats.get("cmdstat_fcall", {}), stats.get("cmdstat_evalsha", {})
+        return int(fcall.get("calls", 0)), int(evalsha.get("calls", 0))
 
-    before = await evalsha_calls()
+    fcalls, evalshas = await calls()
     status, _, _ = await proxy.post(key, message(stream=stream))
     await proxy.settled()
     assert status == 200
-    assert await evalsha_calls() - before == 2  # admit, settle: nothing else
+    # admit, settle: nothing else, and both the library's functions
+    assert await calls() == (fcalls + 2, evalshas)
 
 
 async def test_each_window_says_its_status_and_the_threshold_it_passed(proxy: Proxy) -> None:

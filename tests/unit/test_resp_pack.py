@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.connection import PythonRespSerializer
 
-from proxy.storage.pipelining import EvalshaPacker, pack
+from proxy.storage.pipelining import CallPacker, pack
 
 
 def _encode(value: str | int | bytes) -> bytes:
@@ -44,29 +44,32 @@ KEYS = ("eup:{acme}:org", "eup:{acme}:members", "eup:{acme}:op:req_1")
         (("", "\r\n inside", 10**15), ("0",)),
     ],
 )
-def test_evalsha_packer_matches_one_pack_of_the_whole_command(
+def test_call_packer_matches_one_pack_of_the_whole_command(
     args: tuple[str | int, ...], tail: tuple[str | int, ...]
 ) -> None:
-    packer = EvalshaPacker()
-    whole = reference(("EVALSHA", "a" * 40, len(KEYS), *KEYS, *args, *tail))
-    assert packer("a" * 40, KEYS, args, tail) == whole
-    assert packer("a" * 40, KEYS, args, tail) == whole  # from the kept head and tail
-    assert packer("b" * 40, KEYS, args, tail) != whole  # another script: its own head
+    packer = CallPacker()
+    sha = ("EVALSHA", "a" * 40)
+    whole = reference((*sha, len(KEYS), *KEYS, *args, *tail))
+    assert packer(sha, KEYS, args, tail) == whole
+    assert packer(sha, KEYS, args, tail) == whole  # from the kept head and tail
+    assert packer(("EVALSHA", "b" * 40), KEYS, args, tail) != whole  # another script
+    fcall = ("FCALL", "eup_0123456789ab_admit")
+    assert packer(fcall, KEYS, args, tail) == reference((*fcall, len(KEYS), *KEYS, *args, *tail))
     # the last key the call's own: packed per call, the head kept without it
-    assert packer("a" * 40, KEYS, args, tail, own=1) == whole
+    assert packer(sha, KEYS, args, tail, own=1) == whole
     other = (*KEYS[:-1], "eup:{acme}:op:req_2")
-    assert packer("a" * 40, other, args, tail, own=1) == reference(
-        ("EVALSHA", "a" * 40, len(other), *other, *args, *tail)
+    assert packer(sha, other, args, tail, own=1) == reference(
+        (*sha, len(other), *other, *args, *tail)
     )
-    assert ("a" * 40, KEYS[:-1]) in packer.heads and ("a" * 40, other) not in packer.heads
+    assert (sha, KEYS[:-1]) in packer.heads and (sha, other) not in packer.heads
 
 
-def test_evalsha_packer_keeps_a_bounded_number_of_heads_and_tails() -> None:
-    packer = EvalshaPacker()
+def test_call_packer_keeps_a_bounded_number_of_heads_and_tails() -> None:
+    packer = CallPacker()
     packer.LIMIT = 3
     for org in range(10):
         keys = (f"eup:{{o{org}}}:org",)
         for pinned in range(5):
-            got = packer("a" * 40, keys, ("req",), (pinned, "proxy"))
+            got = packer(("EVALSHA", "a" * 40), keys, ("req",), (pinned, "proxy"))
             assert got == reference(("EVALSHA", "a" * 40, 1, *keys, "req", pinned, "proxy"))
             assert len(packer.heads) <= 3 and len(packer.tails) <= 3

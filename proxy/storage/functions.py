@@ -1,0 +1,113 @@
+"""How the product's Lua is called: as Redis Functions (FCALL of one library), or script by
+script (EVALSHA) where the server has no functions (before Redis 7).
+
+A script called with EVALSHA runs its whole text on every call: every function it defines is
+made again (a closure, with its upvalues) and collected afterwards. A library is run once,
+when it is loaded, and FCALL calls one of its functions: about 20,000 Redis instructions less
+an admission (``bench/script_instructions.py``). Functions are kept by Redis like data (in
+its RDB and AOF, and replicated), but a server that keeps nothing on disk forgets them when
+it restarts: a call that finds its function missing loads the library and is sent again, as
+a call that meets NOSCRIPT loads its script. A server that does not know FCALL (Redis 6) puts
+the whole library in EVALSHA mode, once.
+
+The same Lua runs either way (``proxy.storage.scripts``: ``library_source`` and
+``script_source``), so the two modes cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from proxy.storage.scripts import SPECS, library_source, script_source
+
+
+def is_missing(message: str) -> bool:
+    """A reply saying the script or function is not loaded (a restarted or flushed Redis)."""
+    return message.startswith("NOSCRIPT") or message.startswith("ERR Function not found")
+
+
+def is_unsupported(message: str) -> bool:
+    """A reply saying the server has no FCALL (before Redis 7)."""
+    return message.startswith("ERR unknown command") and "fcall" in message.lower()
+
+
+class Library:
+    """Every script of ``SPECS`` on one client: ``scripts[name]`` is what ``Store`` and the
+    pipeliners call. ``functions``: FCALL (the default), or EVALSHA."""
+
+    def __init__(self, client: Any, functions: bool = True) -> None:
+        self.client = client
+        self.functions = functions
+        self.name, self.code = library_source()
+        self.scripts = {name: LuaScript(self, name) for name in SPECS}
+
+    def evalsha_only(self) -> None:
+        """The server has no functions: every script is called with EVALSHA from now on."""
+        self.functions = False
+
+    def load_commands(self) -> list[tuple[str, ...]]:
+        """What loads every script: one FUNCTION LOAD, or a SCRIPT LOAD each."""
+        if self.functions:
+            return [("FUNCTION", "LOAD", "REPLACE", self.code)]
+        return [("SCRIPT", "LOAD", s.source) for s in self.scripts.values()]
+
+    async def load(self) -> None:
+        """Load every script (at start: readiness). A server without FCALL (its FUNCTION
+        LOAD is an unknown command) turns the library to EVALSHA."""
+        if self.functions:
+            try:
+                await self.client.function_load(self.code, replace=True)
+                return
+            except ResponseError as exc:
+                if not str(exc).startswith("ERR unknown command"):
+                    raise
+                self.evalsha_only()
+        for script in self.scripts.values():
+            await self.client.script_load(script.source)
+
+
+class LuaScript:
+    """One script of the library: ``head`` is how a call of it begins (the pipeliners pack
+    it); calling it (``await script(keys=..., args=...)``) goes through redis-py, loading
+    what is missing once."""
+
+    __slots__ = ("evalscript", "fname", "library", "name", "source")
+
+    def __init__(self, library: Library, name: str) -> None:
+        self.library = library
+        self.name = name
+        self.fname = f"{library.name}_{name}"
+        self.source = script_source(name)
+        self.evalscript: AsyncScript = library.client.register_script(self.source)
+
+    @property
+    def sha(self) -> str:
+        """The EVALSHA digest of the script on its own."""
+        return str(self.evalscript.sha)
+
+    @property
+    def head(self) -> tuple[str, str]:
+        """("FCALL", function) or ("EVALSHA", digest): what comes before the number of keys."""
+        if self.library.functions:
+            return ("FCALL", self.fname)
+        return ("EVALSHA", self.sha)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        library = self.library
+        if library.functions:
+            client = library.client
+            try:
+                return await client.fcall(self.fname, len(keys), *keys, *args)
+            except ResponseError as exc:
+                message = str(exc)
+                if is_missing(message):
+                    await client.function_load(library.code, replace=True)
+                    return await client.fcall(self.fname, len(keys), *keys, *args)
+                if not is_unsupported(message):
+                    raise
+                library.evalsha_only()
+        # redis-py's Script loads the script on NOSCRIPT
+        return await self.evalscript(keys=keys, args=args)
