@@ -43,6 +43,132 @@
 -- (renew.lua moves it on while the request runs); what it holds is in model.py (Op).
 -- Numbers stay decimal strings where only compared (dlt): a conversion costs a strtod.
 
+-- Helpers are made once (the library is loaded once): what a call knows comes in as arguments.
+
+-- a request id seen before: the answer it got, or the refusal of a spent id (nil: new).
+-- `member`: the member the check API names ("m"), nil for a proxy key
+local function admit_replayed(op_k, member)
+  local prior = redis.call('GET', op_k)
+  if not prior then return nil end
+  local _, _, _, m, nl = reserved(prior)
+  local done = nil
+  if not m then
+    done = settled(prior)
+    m = done and done[13]
+  end
+  -- the check API names the member: a request id is its member's, never another's
+  if member and m and m ~= member then return fail('request_id_taken') end
+  -- the decision as answered, kept in the record until it is settled or released
+  if nl then return string.sub(prior, 1, nl - 2) .. ',"replay":"1"}' end
+  -- already settled or released: this request id is spent
+  return fail('duplicate_id', done and 'settled' or 'released')
+end
+
+-- who asks: (member id, key id, the member's generation the key was issued in; nil for a
+-- member id, which the check API names itself), or nil and the refusal
+local function identify(cred_k, who, credential)
+  if who ~= 'k' then return credential, '', nil end
+  local v = redis.call('HGET', cred_k, 'k:' .. credential)
+  if not v then return nil, fail('unknown_key') end
+  return split3(v)
+end
+
+-- give back the reservations of crashed proxies that are past their TTL (at most 16 a call),
+-- looked for only once the org's "rc" (no reservation expires before it) has passed. Each
+-- entry of "due" names its amount and member: its record is not read (a settlement that
+-- finds its entry gone knows it was reclaimed). Returns the org's reserved total less what
+-- it gave back, the org's "rc" ('' for none held) and whether it changed.
+local function reclaim(org_k, mem_k, due_k, now_s, org_res, rc)
+  if rc == false then return org_res, '', false end
+  if dlt(now_s, rc) then return org_res, rc, false end
+  local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now_s, 'LIMIT', '0', '16')
+  for _, entry in ipairs(due) do
+    local a, m = string.match(entry, '^(%d+)|([^|]*)|')
+    if a then  -- (an entry of another form holds nothing: it is only taken out)
+      redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
+      org_res = org_res - tonumber(a)
+    end
+  end
+  if #due > 0 then
+    redis.call('ZREM', due_k, unpack(due))
+    redis.call('HSET', org_k, 'eu_res', fmt(org_res))
+  end
+  local first = redis.call('ZRANGE', due_k, '0', '0', 'WITHSCORES')
+  return org_res, first[2] or '', true
+end
+
+-- the seat allowance: each window opens with the first admitted request when none is open.
+-- The tier's numbers are found by name (";<tier>,"), not by parsing every tier. Every value
+-- is also returned as the string the answer carries: the stored one where it is unchanged
+-- (every number in these hashes is a plain integer), so no formatting per request. Returns
+-- nil when the tier is not configured, else (session allowance, weekly allowance, each
+-- window's used and reset, whether each is open, whether the seat allows).
+local function windows(tiers, now_s, tier, m)
+  local at = string.find(tiers, ';' .. tier .. ',', 1, true)
+  if not at then return nil end
+  local sa_s, wa_s, sl_s, wl_s = string.match(tiers, '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
+  if not sa_s then return nil end
+  local s_open, w_open = m[4] and dlt(now_s, m[4]), m[6] and dlt(now_s, m[6])
+  local s_used_s = s_open and (m[5] or '0') or '0'
+  local w_used_s = w_open and (m[7] or '0') or '0'
+  local s_reset_s = s_open and m[4] or fmt(tonumber(now_s) + tonumber(sl_s))
+  local w_reset_s = w_open and m[6] or fmt(tonumber(now_s) + tonumber(wl_s))
+  return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
+    dlt(s_used_s, sa_s) and dlt(w_used_s, wa_s)
+end
+
+-- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
+local function eu_condition(plan, o, m, member_limit)
+  if o[2] ~= '1' then return 'org_level_disabled' end
+  if plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
+    return 'member_level_disabled'
+  end
+  if plan == 'enterprise' and member_limit == 0 then return 'member_level_disabled' end
+  return ''
+end
+
+-- condition 4: every applicable limit and the balance. Returns the least room left under
+-- any of them (nil: unlimited), the first one that refuses ('' none) and whether a strict
+-- maximum (`max_cost`, nano-USD) fits ('1'/'0').
+local function limits_and_balance(policy, limits, max_cost)
+  local remaining, limit_reason, fits = nil, '', '1'
+  for _, l in ipairs(limits) do
+    local room
+    if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
+    if remaining == nil or room < remaining then remaining = room end
+    if limit_reason == '' then
+      if room <= 0 then
+        limit_reason = l[1]
+      elseif policy == 'strict' and room < max_cost then
+        limit_reason, fits = l[1], '0'
+      end
+    end
+  end
+  return remaining, limit_reason, fits
+end
+
+-- the decision: (decision, mode, reason, amount to reserve); `max_s`/`est_s`: the strict
+-- and estimate amounts as sent, `force`: "1" for a request that already ran
+local function decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining, max_s,
+                      est_s, force)
+  if seat_ok then return 'allow', 'included', '', 0 end
+  if eu_available then
+    local amount = 0
+    if policy == 'strict' then
+      amount = tonumber(max_s)
+    elseif policy == 'estimate' then
+      amount = tonumber(est_s)
+      if remaining ~= nil and remaining < amount then amount = remaining end
+    end
+    return 'allow', 'extra_usage', '', amount
+  end
+  if force == '1' then  -- forced: the request already ran
+    return 'allow', (eu_reason == '') and 'extra_usage' or 'included', '', 0
+  end
+  return 'deny', '', eu_disabled, 0
+end
+
+-- the admission: each step above, in order
 local function admit(KEYS, ARGV)
   local org_k, mem_k, cred_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   local rid = ARGV[1]
@@ -50,157 +176,8 @@ local function admit(KEYS, ARGV)
     period_hint, period_start, period_end, tiers = string.match(ARGV[6], ADMIT_TAIL)
   local reserve = reserve_s == '1'
 
-  -- a request id seen before: the answer it got, or the refusal of a spent id (nil: new)
-  local function replayed()
-    local prior = redis.call('GET', op_k)
-    if not prior then return nil end
-    local _, _, _, m, nl = reserved(prior)
-    local done = nil
-    if not m then
-      done = settled(prior)
-      m = done and done[13]
-    end
-    -- the check API names the member: a request id is its member's, never another's
-    if ARGV[2] == 'm' and m and m ~= ARGV[3] then return fail('request_id_taken') end
-    -- the decision as answered, kept in the record until it is settled or released
-    if nl then return string.sub(prior, 1, nl - 2) .. ',"replay":"1"}' end
-    -- already settled or released: this request id is spent
-    return fail('duplicate_id', done and 'settled' or 'released')
-  end
-
-  -- who asks: (member id, key id, the member's generation the key was issued in; nil for a
-  -- member id, which the check API names itself), or nil and the refusal
-  local function identify()
-    if ARGV[2] ~= 'k' then return ARGV[3], '', nil end
-    local v = redis.call('HGET', cred_k, 'k:' .. ARGV[3])
-    if not v then return nil, fail('unknown_key') end
-    return split3(v)
-  end
-
-  -- give back the reservations of crashed proxies that are past their TTL (at most 16 a call),
-  -- looked for only once the org's "rc" (no reservation expires before it) has passed. Each
-  -- entry of "due" names its amount and member: its record is not read (a settlement that
-  -- finds its entry gone knows it was reclaimed). Returns the org's reserved total less what
-  -- it gave back, the org's "rc" ('' for none held) and whether it changed.
-  local function reclaim(now_s, org_res, rc)
-    if rc == false then return org_res, '', false end
-    if dlt(now_s, rc) then return org_res, rc, false end
-    local due = redis.call('ZRANGEBYSCORE', due_k, '-inf', now_s, 'LIMIT', '0', '16')
-    for _, entry in ipairs(due) do
-      local a, m = string.match(entry, '^(%d+)|([^|]*)|')
-      if a then  -- (an entry of another form holds nothing: it is only taken out)
-        redis.call('HINCRBY', mem_k, m .. '|eu_res', '-' .. a)
-        org_res = org_res - tonumber(a)
-      end
-    end
-    if #due > 0 then
-      redis.call('ZREM', due_k, unpack(due))
-      redis.call('HSET', org_k, 'eu_res', fmt(org_res))
-    end
-    local first = redis.call('ZRANGE', due_k, '0', '0', 'WITHSCORES')
-    return org_res, first[2] or '', true
-  end
-
-  -- the seat allowance: each window opens with the first admitted request when none is open.
-  -- The tier's numbers are found by name (";<tier>,"), not by parsing every tier. Every value
-  -- is also returned as the string the answer carries: the stored one where it is unchanged
-  -- (every number in these hashes is a plain integer), so no formatting per request. Returns
-  -- nil when the tier is not configured, else (session allowance, weekly allowance, each
-  -- window's used and reset, whether each is open, whether the seat allows).
-  local function windows(now_s, tier, m)
-    local at = string.find(tiers, ';' .. tier .. ',', 1, true)
-    if not at then return nil end
-    local sa_s, wa_s, sl_s, wl_s = string.match(tiers, '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
-    if not sa_s then return nil end
-    local s_open, w_open = m[4] and dlt(now_s, m[4]), m[6] and dlt(now_s, m[6])
-    local s_used_s = s_open and (m[5] or '0') or '0'
-    local w_used_s = w_open and (m[7] or '0') or '0'
-    local s_reset_s = s_open and m[4] or fmt(tonumber(now_s) + tonumber(sl_s))
-    local w_reset_s = w_open and m[6] or fmt(tonumber(now_s) + tonumber(wl_s))
-    return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
-      dlt(s_used_s, sa_s) and dlt(w_used_s, wa_s)
-  end
-
-  -- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
-  local function eu_condition(plan, o, m, member_limit)
-    if o[2] ~= '1' then return 'org_level_disabled' end
-    if plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
-      return 'member_level_disabled'
-    end
-    if plan == 'enterprise' and member_limit == 0 then return 'member_level_disabled' end
-    return ''
-  end
-
-  -- condition 4: every applicable limit and the balance. Returns the least room left under
-  -- any of them (nil: unlimited), the first one that refuses ('' none) and whether a strict
-  -- maximum fits ('1'/'0').
-  local function limits_and_balance(policy, limits)
-    local remaining, limit_reason, fits = nil, '', '1'
-    for _, l in ipairs(limits) do
-      local room
-      if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
-      if remaining == nil or room < remaining then remaining = room end
-      if limit_reason == '' then
-        if room <= 0 then
-          limit_reason = l[1]
-        elseif policy == 'strict' and room < tonumber(ARGV[4]) then
-          limit_reason, fits = l[1], '0'
-        end
-      end
-    end
-    return remaining, limit_reason, fits
-  end
-
-  -- the decision: (decision, mode, reason, amount to reserve)
-  local function decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
-    if seat_ok then return 'allow', 'included', '', 0 end
-    if eu_available then
-      local amount = 0
-      if policy == 'strict' then
-        amount = tonumber(ARGV[4])
-      elseif policy == 'estimate' then
-        amount = tonumber(ARGV[5])
-        if remaining ~= nil and remaining < amount then amount = remaining end
-      end
-      return 'allow', 'extra_usage', '', amount
-    end
-    if force == '1' then  -- forced: the request already ran
-      return 'allow', (eu_reason == '') and 'extra_usage' or 'included', '', 0
-    end
-    return 'deny', '', eu_disabled, 0
-  end
-
-  -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
-  -- the answer kept beside it (encoded once; settlement reads only the small record)
-  local function reserve_it(now_s, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount,
-                            org_res, m_res, mid, tier, answer, rc, rc_moved)
-    local ow, mw = {}, {}
-    if advanced then put(ow, 'clock', now_s) end
-    -- a window opened now ends at its reset, as answered
-    if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
-    if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
-    local ttl = tonumber(ttl_s)
-    local amount_s = '0'
-    if mode == 'extra_usage' and amount > 0 then
-      amount_s = fmt(amount)
-      put(ow, 'eu_res', fmt(org_res + amount))
-      put(mw, p .. 'eu_res', fmt(m_res + amount))
-      local exp = tonumber(now_s) + ttl
-      redis.call('ZADD', due_k, exp, amount_s .. '|' .. mid .. '|' .. rid)
-      if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
-    end
-    if rc_moved then
-      if rc == '' then redis.call('HDEL', org_k, 'rc') else put(ow, 'rc', rc) end
-    end
-    hset_all(org_k, ow)
-    hset_all(mem_k, mw)
-    redis.call('SET', op_k, answer .. '\nr|' .. amount_s .. '|' .. mode .. '|' .. tier .. '|' .. mid,
-      'EX', ttl + tonumber(window_s))
-  end
-
-  -- the admission: each step above, in order
   if reserve then
-    local prior = replayed()
+    local prior = admit_replayed(op_k, ARGV[2] == 'm' and ARGV[3] or nil)
     if prior then return prior end
   end
 
@@ -211,12 +188,12 @@ local function admit(KEYS, ARGV)
   if not plan then return fail('unknown_org') end
   if o[12] == '0' then return fail('org_disabled') end
 
-  local mid, kid, kgen = identify()
+  local mid, kid, kgen = identify(cred_k, ARGV[2], ARGV[3])
   if not mid then return kid end
 
   local now_s, advanced = clock_str(o[15], pinned)
   local period, month_end_s = period_at(now_s, period_hint, period_start, period_end)
-  local org_res, rc, rc_moved = reclaim(now_s, num(o[7]), o[16])
+  local org_res, rc, rc_moved = reclaim(org_k, mem_k, due_k, now_s, num(o[7]), o[16])
 
   local p = mid .. '|'
   local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
@@ -228,7 +205,7 @@ local function admit(KEYS, ARGV)
   if kgen and kgen ~= (m[14] or '') then return fail('unknown_key') end
   if m[3] == '0' then return fail('member_disabled', mid) end
   local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok =
-    windows(now_s, tier, m)
+    windows(tiers, now_s, tier, m)
   if not sa_s then return fail('unknown_tier', tier) end
 
   -- extra usage: the conditions, then every applicable limit and the balance
@@ -242,15 +219,20 @@ local function admit(KEYS, ARGV)
   if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
   local org_limit = opt(o[5])
   local balance = num(o[6])
-  local consent_mode = o[4] or (plan == 'team' and DEFAULT_CONSENT_TEAM or DEFAULT_CONSENT_ENTERPRISE)
+  local consent_mode = o[4]
+    or (plan == 'team' and DEFAULT_CONSENT_TEAM or DEFAULT_CONSENT_ENTERPRISE)
   local eu_reason = eu_condition(plan, o, m, member_limit)
 
   local limits = {}
-  if member_limit then limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res } end
-  if tier_limit then limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res } end
+  if member_limit then
+    limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res }
+  end
+  if tier_limit then
+    limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res }
+  end
   if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
   if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
-  local remaining, limit_reason, fits = limits_and_balance(policy, limits)
+  local remaining, limit_reason, fits = limits_and_balance(policy, limits, tonumber(ARGV[4]))
 
   -- condition 3: consent
   local consent_ok = consent_mode ~= 'required' or m[13] == '1' or accept == '1'
@@ -259,8 +241,8 @@ local function admit(KEYS, ARGV)
   if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
   if eu_disabled == '' then eu_disabled = limit_reason end
 
-  local decision, mode, reason, amount =
-    decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, remaining)
+  local decision, mode, reason, amount = decide(policy, seat_ok, eu_available, eu_reason,
+    eu_disabled, remaining, ARGV[4], ARGV[5], force)
   -- strict bounds every cost: a request whose server tools have no bound cannot run on it
   if mode == 'extra_usage' and policy == 'strict' and unbounded == '1' and force ~= '1' then
     return fail('unbounded_server_tool')
@@ -285,17 +267,43 @@ local function admit(KEYS, ARGV)
     .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
     .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
     .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
-    .. w_reset_s .. '","eu_available":"' .. (eu_available and '1' or '0') .. '","eu_reason":"' .. eu_disabled
-    .. '","eu_reset":"' .. month_end_s .. '","spend":"' .. m_spend_s .. '","org_spend":"'
-    .. org_spend_s .. '","member_limit":"' .. (member_limit and fmt(member_limit) or '')
-    .. '","tier_limit":"' .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
+    .. w_reset_s .. '","eu_available":"' .. (eu_available and '1' or '0')
+    .. '","eu_reason":"' .. eu_disabled .. '","eu_reset":"' .. month_end_s .. '","spend":"'
+    .. m_spend_s .. '","org_spend":"' .. org_spend_s .. '","member_limit":"'
+    .. (member_limit and fmt(member_limit) or '') .. '","tier_limit":"'
+    .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
     .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
 
-  if decision == 'allow' and reserve then
-    reserve_it(now_s, advanced, p, s_open, s_reset_s, w_open, w_reset_s, mode, amount, org_res,
-      m_res, mid, tier, answer, rc, rc_moved)
-  elseif rc_moved then
-    if rc == '' then redis.call('HDEL', org_k, 'rc') else redis.call('HSET', org_k, 'rc', rc) end
+  if decision ~= 'allow' or not reserve then
+    if rc_moved then
+      if rc == '' then redis.call('HDEL', org_k, 'rc') else redis.call('HSET', org_k, 'rc', rc) end
+    end
+    return answer
   end
+
+  -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
+  -- the answer kept beside it (encoded once; settlement reads only the small record)
+  local ow, mw = {}, {}
+  if advanced then put(ow, 'clock', now_s) end
+  -- a window opened now ends at its reset, as answered
+  if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
+  if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
+  local ttl = tonumber(ttl_s)
+  local amount_s = '0'
+  if mode == 'extra_usage' and amount > 0 then
+    amount_s = fmt(amount)
+    put(ow, 'eu_res', fmt(org_res + amount))
+    put(mw, p .. 'eu_res', fmt(m_res + amount))
+    local exp = tonumber(now_s) + ttl
+    redis.call('ZADD', due_k, exp, amount_s .. '|' .. mid .. '|' .. rid)
+    if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
+  end
+  if rc_moved then
+    if rc == '' then redis.call('HDEL', org_k, 'rc') else put(ow, 'rc', rc) end
+  end
+  hset_all(org_k, ow)
+  hset_all(mem_k, mw)
+  redis.call('SET', op_k, answer .. '\nr|' .. amount_s .. '|' .. mode .. '|' .. tier .. '|' .. mid,
+    'EX', ttl + tonumber(window_s))
   return answer
 end

@@ -27,6 +27,73 @@
 -- extra usage goes to the member, tier and org monthly spend and, on Team, the balance. The
 -- ledger entry is written in the same script, so counters always equal the ledger's sum.
 
+-- Helpers are made once (the library is loaded once): what a call knows comes in as arguments.
+
+-- a settled record's result, as settling answered it (model.py, Op.SETTLED_FIELDS), marked
+-- as a replay
+local function settle_replayed(v)
+  return '{"ok":1,"mode":"' .. v[1] .. '","cost":"' .. v[2] .. '","overshoot":"' .. v[3]
+    .. '","reserved":"' .. v[4] .. '","balance":"' .. v[5] .. '","period":"' .. v[6]
+    .. '","tier":"' .. jstr(v[7]) .. '","reload_id":"' .. jstr(v[8]) .. '","reload_amount":"'
+    .. v[9] .. '","entry":"' .. v[10] .. '","expired":"' .. v[11] .. '","estimated":"'
+    .. v[12] .. '","member":"' .. jstr(v[13]) .. '","replay":"1"}'
+end
+
+-- the reservation's record: (amount, mode, tier, member), or nil and the answer (a replay's
+-- result, or the refusal)
+local function reservation(op_k)
+  local raw = redis.call('GET', op_k)
+  if not raw then return nil, fail('unknown_reservation') end
+  local a, mode, tier, mid = reserved(raw)
+  if a then return a, mode, tier, mid end
+  local done = settled(raw)
+  if done then return nil, settle_replayed(done) end
+  if raw == 'R' then return nil, fail('released') end
+  return nil, fail('unknown_reservation')
+end
+
+-- extra usage: release what was held (`a`: the reservation as recorded, `held`: what it
+-- still holds), add `cost_s` to the member, tier and org month and, on Team, draw the
+-- balance, and ask for one reload when it fell to or below the threshold (the pending id
+-- blocks the next until it is confirmed). Returns (overshoot, balance delta, balance, reload
+-- id, reload amount).
+local function charge_extra(org_k, mem_k, op_k, rid, cost_s, a, tier, held, o, mm, period,
+                            now_s, p)
+  local cost = tonumber(cost_s)
+  local overshoot = 0
+  if cost > held then overshoot = cost - held end  -- an expired reservation holds nothing
+  if held > 0 then
+    redis.call('HINCRBY', mem_k, p .. 'eu_res', '-' .. a)
+    redis.call('HINCRBY', org_k, 'eu_res', '-' .. a)
+  end
+  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost_s)
+  add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost_s)
+  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
+  local balance = num(o[2])
+  if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
+  -- the draw: "-<cost>", never "-0" (HINCRBY refuses it, after this script's writes)
+  balance = redis.call('HINCRBY', org_k, 'balance', cost_s == '0' and '0' or '-' .. cost_s)
+  local threshold, ramount = opt(o[5]), num(o[6])
+  if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
+      and balance <= threshold then
+    local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
+    -- the reload's own operation key, beside this one (same prefix, same slot); pending
+    -- until it is confirmed, and only one at a time (ar_pending)
+    redis.call('SET', string.sub(op_k, 1, #op_k - #rid) .. 'reload:' .. reload_id,
+      cjson.encode({ amount = reload_amount, state = 'pending', created = now_s }))
+    redis.call('HSET', org_k, 'ar_pending', reload_id)
+    return overshoot, -cost, balance, reload_id, reload_amount
+  end
+  return overshoot, -cost, balance, '', ''
+end
+
+-- included usage: the seat windows still open, and the month's included total
+local function charge_included(mem_k, cost_s, mm, period, now_s, p)
+  if mm[1] and dlt(now_s, mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
+  if mm[2] and dlt(now_s, mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
+  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
+end
+
 local function settle(KEYS, ARGV)
   local org_k, mem_k, due_k, ledger_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   local rid = ARGV[1]
@@ -34,81 +101,16 @@ local function settle(KEYS, ARGV)
   local pinned, window_s, source, est_flag, period_hint, period_start, period_end =
     string.match(ARGV[5], SETTLE_TAIL)
 
-  -- a settled record's result, as settling answered it (model.py, Op.SETTLED_FIELDS), marked
-  -- as a replay
-  local function replayed(v)
-    return '{"ok":1,"mode":"' .. v[1] .. '","cost":"' .. v[2] .. '","overshoot":"' .. v[3]
-      .. '","reserved":"' .. v[4] .. '","balance":"' .. v[5] .. '","period":"' .. v[6]
-      .. '","tier":"' .. jstr(v[7]) .. '","reload_id":"' .. jstr(v[8]) .. '","reload_amount":"'
-      .. v[9] .. '","entry":"' .. v[10] .. '","expired":"' .. v[11] .. '","estimated":"'
-      .. v[12] .. '","member":"' .. jstr(v[13]) .. '","replay":"1"}'
-  end
-
-  -- the reservation's record (amount, mode, tier, member), or nil and the answer (a replay's
-  -- result, or the refusal)
-  local function reservation()
-    local raw = redis.call('GET', op_k)
-    if not raw then return nil, fail('unknown_reservation') end
-    local a, mode, tier, mid = reserved(raw)
-    if a then return { a = a, mode = mode, t = tier, m = mid } end
-    local done = settled(raw)
-    if done then return nil, replayed(done) end
-    if raw == 'R' then return nil, fail('released') end
-    return nil, fail('unknown_reservation')
-  end
-
-  -- extra usage: release what was held, add to the member, tier and org month and, on Team,
-  -- draw the balance, and ask for one reload when it fell to or below the threshold (the
-  -- pending id blocks the next until it is confirmed). Returns (overshoot, balance delta,
-  -- balance, reload id, reload amount).
-  local function charge_extra(rec, held, o, mm, period, now_s, p)
-    local tier = rec.t
-    local cost = tonumber(cost_s)
-    local overshoot = 0
-    if cost > held then overshoot = cost - held end  -- an expired reservation holds nothing
-    if held > 0 then
-      redis.call('HINCRBY', mem_k, p .. 'eu_res', '-' .. rec.a)
-      redis.call('HINCRBY', org_k, 'eu_res', '-' .. rec.a)
-    end
-    add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost_s)
-    add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost_s)
-    add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
-    local balance = num(o[2])
-    if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
-    -- the draw: "-<cost>", never "-0" (HINCRBY refuses it, after this script's writes)
-    balance = redis.call('HINCRBY', org_k, 'balance', cost_s == '0' and '0' or '-' .. cost_s)
-    local threshold, ramount = opt(o[5]), num(o[6])
-    if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
-        and balance <= threshold then
-      local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
-      -- the reload's own operation key, beside this one (same prefix, same slot); pending
-      -- until it is confirmed, and only one at a time (ar_pending)
-      redis.call('SET', string.sub(op_k, 1, #op_k - #rid) .. 'reload:' .. reload_id,
-        cjson.encode({ amount = reload_amount, state = 'pending', created = now_s }))
-      redis.call('HSET', org_k, 'ar_pending', reload_id)
-      return overshoot, -cost, balance, reload_id, reload_amount
-    end
-    return overshoot, -cost, balance, '', ''
-  end
-
-  -- included usage: the seat windows still open, and the month's included total
-  local function charge_included(mm, period, now_s, p)
-    if mm[1] and dlt(now_s, mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
-    if mm[2] and dlt(now_s, mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
-    add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
-  end
-
   -- the settlement: each step above, in order
-  local rec, answer = reservation()
-  if not rec then return answer end
+  local a, mode, tier, mid = reservation(op_k)
+  if not a then return mode end  -- (the answer)
 
-  local mid, tier, mode = rec.m, rec.t, rec.mode
   local p = mid .. '|'
   -- held while its entry is in "due" (an admission past its expiry took it out: reclaimed)
   local expired, held = '0', 0
-  if rec.a ~= '0' then
-    if redis.call('ZREM', due_k, rec.a .. '|' .. mid .. '|' .. rid) == 1 then
-      held = tonumber(rec.a)
+  if a ~= '0' then
+    if redis.call('ZREM', due_k, a .. '|' .. mid .. '|' .. rid) == 1 then
+      held = tonumber(a)
     else
       expired = '1'
     end
@@ -126,10 +128,10 @@ local function settle(KEYS, ARGV)
   if mode == 'extra_usage' then
     local overshoot, balance_delta, balance
     overshoot, balance_delta, balance, reload_id, reload_amount =
-      charge_extra(rec, held, o, mm, period, now_s, p)
+      charge_extra(org_k, mem_k, op_k, rid, cost_s, a, tier, held, o, mm, period, now_s, p)
     overshoot_s, delta_s, balance_s = fmt(overshoot), fmt(balance_delta), fmt(balance)
   else
-    charge_included(mm, period, now_s, p)
+    charge_included(mem_k, cost_s, mm, period, now_s, p)
   end
   if plan ~= 'team' then balance_s = '' end
 
@@ -154,12 +156,12 @@ local function settle(KEYS, ARGV)
   -- serves replays of the admission: not kept)
   local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
   local est_s = estimated and '1' or '0'
-  redis.call('SET', op_k, 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. rec.a
+  redis.call('SET', op_k, 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. a
     .. '|' .. balance_s .. '|' .. period .. '|' .. tier .. '|' .. reload_id .. '|'
     .. reload_amount .. '|' .. entry .. '|' .. expired .. '|' .. est_s .. '|' .. mid,
     'EX', window_s)
   return '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
-    .. overshoot_s .. '","reserved":"' .. rec.a .. '","balance":"' .. balance_s
+    .. overshoot_s .. '","reserved":"' .. a .. '","balance":"' .. balance_s
     .. '","period":"' .. period .. '","member":"' .. mid_j .. '","tier":"' .. tier_j
     .. '","reload_id":"' .. reload_j .. '","reload_amount":"' .. reload_amount
     .. '","entry":"' .. entry .. '","expired":"' .. expired .. '","estimated":"' .. est_s .. '"}'

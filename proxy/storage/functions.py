@@ -24,14 +24,20 @@ from redis.exceptions import ResponseError
 from proxy.storage.scripts import SPECS, library_source, script_source
 
 
+def _text(message: str) -> str:
+    """An error reply without its "ERR " (redis-py takes it off; the raw reply has it)."""
+    return message[4:] if message.startswith("ERR ") else message
+
+
 def is_missing(message: str) -> bool:
     """A reply saying the script or function is not loaded (a restarted or flushed Redis)."""
-    return message.startswith("NOSCRIPT") or message.startswith("ERR Function not found")
+    return message.startswith("NOSCRIPT") or _text(message).startswith("Function not found")
 
 
 def is_unsupported(message: str) -> bool:
-    """A reply saying the server has no FCALL (before Redis 7)."""
-    return message.startswith("ERR unknown command") and "fcall" in message.lower()
+    """A reply saying the server has no FCALL or FUNCTION (before Redis 7)."""
+    text = _text(message).lower()
+    return text.startswith("unknown command") and ("fcall" in text or "function" in text)
 
 
 class Library:
@@ -62,7 +68,7 @@ class Library:
                 await self.client.function_load(self.code, replace=True)
                 return
             except ResponseError as exc:
-                if not str(exc).startswith("ERR unknown command"):
+                if not is_unsupported(str(exc)):
                     raise
                 self.evalsha_only()
         for script in self.scripts.values():

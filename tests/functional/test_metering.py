@@ -11,7 +11,7 @@ import pytest
 from proxy.core.decision import unified_headers
 from proxy.storage.keys import op_key
 from proxy.storage.model import Op
-from proxy.storage.store import StoreRefusal, script_source
+from proxy.storage.store import Store, StoreRefusal, script_source
 from tests.conftest import Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
 from tests.functional.test_extra_usage import exhaust_seat
@@ -292,3 +292,18 @@ async def test_each_window_says_its_status_and_the_threshold_it_passed(proxy: Pr
         assert headers["anthropic-ratelimit-unified-5h-status"] == util_status
         assert headers["anthropic-ratelimit-unified-5h-surpassed-threshold"] == passed
         assert headers["anthropic-ratelimit-unified-7d-status"] == "allowed"  # $4 of $40
+
+
+@pytest.mark.parametrize("functions", [True, False])
+async def test_redis_py_calls_load_what_is_missing(proxy: Proxy, functions: bool) -> None:
+    """Without the pipeliner (a cluster's first calls, TLS, the tools), a call that finds
+    the library or its script missing loads it and goes through, in either mode."""
+    org = await proxy.org("team")
+    main = proxy.store
+    store = Store(main.client, prefix=main.prefix, tiers={}, policy=main.policy, functions=functions)
+    await store.client.function_flush()
+    await store.client.script_flush()
+    with pytest.raises(StoreRefusal, match="unknown_credential"):
+        await store.whois(org, "k", "0" * 64)
+    library = await store.client.function_list(library=store.library.name)
+    assert bool(library) is functions
