@@ -173,7 +173,7 @@ local function admit(KEYS, ARGV)
   local org_k, mem_k, cred_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   local rid = ARGV[1]
   local policy_default, ttl_s, accept, reserve_s, pinned, window_s, force, lean, unbounded,
-    period_hint, period_start, period_end, tiers = string.match(ARGV[6], ADMIT_TAIL)
+    period_hint, period_start, period_end, tiers = unpack(tail_of(ADMIT_TAILS, ARGV[6], ADMIT_TAIL))
   local reserve = reserve_s == '1'
 
   if reserve then

@@ -99,7 +99,7 @@ local function settle(KEYS, ARGV)
   local rid = ARGV[1]
   local cost_s = ARGV[2]  -- a decimal integer as the caller wrote it: every counter takes it
   local pinned, window_s, source, est_flag, period_hint, period_start, period_end =
-    string.match(ARGV[5], SETTLE_TAIL)
+    unpack(tail_of(SETTLE_TAILS, ARGV[5], SETTLE_TAIL))
 
   -- the settlement: each step above, in order
   local a, mode, tier, mid = reservation(op_k)
