@@ -47,6 +47,7 @@ from proxy.config import parse_config  # noqa: E402
 from proxy.core.pricing import PriceTable, usage_from_mapping  # noqa: E402
 from proxy.core.usage import tokens_of_chars  # noqa: E402
 from proxy.storage.keys import org_keys  # noqa: E402
+from proxy.storage.store import stream_entries  # noqa: E402
 from proxy.tools.embedded import RedisServer, free_port  # noqa: E402
 from proxy.tools.mock_upstream import MockUpstream, build_mock_app  # noqa: E402
 
@@ -213,8 +214,7 @@ class Stack:
         return name, keys
 
     async def ledger(self, org: str) -> list[dict[str, str]]:
-        rows = await self.client.xrange(org_keys("eup", org).ledger)
-        return [{k.decode(): v.decode() for k, v in d.items()} for _, d in rows]
+        return stream_entries(await self.client.xrange(org_keys("eup", org).ledger))
 
     async def spends(self, org: str) -> dict[str, int]:
         """Every monthly extra-usage counter and the balance, by name."""

@@ -135,20 +135,16 @@ local function settle(KEYS, ARGV)
   end
   if plan ~= 'team' then balance_s = '' end
 
+  -- the ledger entry: "u" packs what every charge has (model.py, Ledger.PACKED_FIELDS; the
+  -- member last), the model and the usage as sent stay fields of their own
   local estimated = est_flag == '1'
-  local entry
   if estimated then
     add_in_period(mem_k, p .. 'est_p', p .. 'est', redis.call('HGET', mem_k, p .. 'est_p'), period,
       cost_s)
-    entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', now_s,
-      'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-      'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', source,
-      'estimated', '1')
-  else
-    entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'kind', 'usage', 'ts', now_s,
-      'period', period, 'member', mid, 'tier', tier, 'mode', mode, 'model', ARGV[3],
-      'cost', cost_s, 'balance_delta', delta_s, 'usage', ARGV[4], 'source', source)
   end
+  local entry = redis.call('XADD', ledger_k, '*', 'op', rid, 'u', now_s .. '|' .. period .. '|'
+    .. mode .. '|' .. cost_s .. '|' .. delta_s .. '|' .. source .. '|' .. est_flag .. '|' .. tier
+    .. '|' .. mid, 'model', ARGV[3], 'usage', ARGV[4])
 
   -- the result, written out as JSON (see jstr; the amount comes from the record admit.lua
   -- wrote: an integer), and the settled record: the same values joined by "|", in the order

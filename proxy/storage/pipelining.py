@@ -151,9 +151,7 @@ class Pipeliner:
         self._setup(client.connection_pool.connection_kwargs, library)
 
     @classmethod
-    def to_node(
-        cls, host: str, port: int, kw: dict[str, Any], library: Library
-    ) -> Pipeliner:
+    def to_node(cls, host: str, port: int, kw: dict[str, Any], library: Library) -> Pipeliner:
         """One master of a Redis Cluster (``kw``: the cluster client's connection settings)."""
         self = cls.__new__(cls)
         self._setup({**kw, "host": host, "port": port, "path": None, "db": 0}, library)

@@ -34,7 +34,16 @@ from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.functions import Library, LuaScript
 from proxy.storage.keys import OrgKeys, op_key, org_keys, orgs_index
-from proxy.storage.model import DELETE, ENCODING_FIELD, ENCODING_VALUE, OFF, ON, Member, Op
+from proxy.storage.model import (
+    DELETE,
+    ENCODING_FIELD,
+    ENCODING_VALUE,
+    OFF,
+    ON,
+    Ledger,
+    Member,
+    Op,
+)
 from proxy.storage.pipelining import ClusterPipeliner, Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
@@ -534,9 +543,10 @@ def as_str(v: bytes | str) -> str:
 
 
 def stream_entries(rows: Sequence[Any]) -> list[dict[str, str]]:
-    """Stream entries as dicts with their id (an entry deleted meanwhile has no fields)."""
+    """Stream entries as dicts with their id (an entry deleted meanwhile has no fields), a
+    packed ledger entry unpacked (``Ledger.unpack``)."""
     return [
-        {"id": as_str(i), **{as_str(f): as_str(v) for f, v in d.items()}}
+        Ledger.unpack({"id": as_str(i), **{as_str(f): as_str(v) for f, v in d.items()}})
         for i, d in rows
         if d is not None
     ]

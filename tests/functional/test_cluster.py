@@ -10,9 +10,9 @@ import redis
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.crc import key_slot
 
+from proxy.storage.functions import Library
 from proxy.storage.keys import org_keys
 from proxy.storage.pipelining import ClusterPipeliner
-from proxy.storage.functions import Library
 from proxy.storage.scripts import WHOIS
 from tests.cluster import RedisCluster
 from tests.conftest import SERVICE, ProxyFactory, message

@@ -300,7 +300,9 @@ async def test_redis_py_calls_load_what_is_missing(proxy: Proxy, functions: bool
     the library or its script missing loads it and goes through, in either mode."""
     org = await proxy.org("team")
     main = proxy.store
-    store = Store(main.client, prefix=main.prefix, tiers={}, policy=main.policy, functions=functions)
+    store = Store(
+        main.client, prefix=main.prefix, tiers={}, policy=main.policy, functions=functions
+    )
     await store.client.function_flush()
     await store.client.script_flush()
     with pytest.raises(StoreRefusal, match="unknown_credential"):

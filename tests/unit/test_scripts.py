@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.core.admission import FULL_FIELDS, LEAN_FIELDS
-from proxy.storage.model import Op, vocabulary
+from proxy.storage.model import Ledger, Op, vocabulary
 from proxy.storage.scripts import ADMIT, FAILURE_FIELDS, SPECS, ScriptSpec
 
 LUA = Path(__file__).parents[2] / "lua"
@@ -155,3 +155,34 @@ def test_the_spec_builds_argv_by_name() -> None:
     with pytest.raises(TypeError, match="other"):
         spec.tail_of(pinned_now=0, window_s=60, reservation_ttl_s=9, other=1)
     assert SPECS["admit"].args_of.__code__.co_varnames == tuple(a.name for a in ADMIT.args)
+
+
+def test_a_packed_ledger_entry_reads_as_the_fields_it_packs() -> None:
+    """settle.lua packs a charge in "u"; read, it is the entry an earlier version wrote field
+    by field, which is itself read unchanged (a rolling upgrade mixes both)."""
+    fields = {
+        "op": "req_1",
+        "kind": "usage",
+        "ts": "1796600000",
+        "period": "2026-12",
+        "member": "ann",
+        "tier": "premium",
+        "mode": "extra_usage",
+        "model": "claude-x|y",
+        "cost": "774000",
+        "balance_delta": "-774000",
+        "usage": '{"input_tokens":1}',
+        "source": "proxy",
+    }
+    packed = {
+        "id": "1-0",
+        "op": "req_1",
+        "u": "1796600000|2026-12|extra_usage|774000|-774000|proxy|0|premium|ann",
+        "model": "claude-x|y",
+        "usage": '{"input_tokens":1}',
+    }
+    assert Ledger.unpack(dict(packed)) == {"id": "1-0", **fields}
+    assert Ledger.unpack({"id": "1-0", **fields}) == {"id": "1-0", **fields}
+    estimated = {**packed, "u": packed["u"].replace("|proxy|0|", "|proxy|1|")}
+    assert Ledger.unpack(estimated) == {"id": "1-0", **fields, "estimated": "1"}
+    assert set(Ledger.PACKED_FIELDS) | {"op", "kind", "model", "usage"} == set(Ledger.FIELDS)
