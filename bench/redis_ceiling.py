@@ -81,10 +81,19 @@ async def provision(url: str, orgs: list[str], cluster: bool) -> None:
         await store.client.aclose()
 
 
-def make_store(url: str, cluster: bool, pipelining: bool, window_s: int = 3600) -> Store:
+def make_store(
+    url: str, cluster: bool, pipelining: bool, window_s: int = 3600, functions: bool = True
+) -> Store:
     cfg = RedisConfig(url=url, cluster=cluster, max_connections=64)
     policy = PolicyConfig(reservation="estimate", replay_window_s=window_s)
-    return Store(make_client(cfg), prefix="eup", tiers=TIERS, policy=policy, pipelining=pipelining)
+    return Store(
+        make_client(cfg),
+        prefix="eup",
+        tiers=TIERS,
+        policy=policy,
+        pipelining=pipelining,
+        functions=functions,
+    )
 
 
 async def drive(
@@ -96,10 +105,12 @@ async def drive(
     window_s: int,
     tag: str,
     pipelining: bool = True,
+    functions: bool = True,
 ) -> int:
     """Admit + settle pairs until ``seconds`` pass or ``total`` pairs are done (0: no cap);
-    the number of pairs."""
-    store = make_store(url, cluster, pipelining=pipelining, window_s=window_s)
+    the number of pairs. ``functions``: the scripts as a Redis Functions library (FCALL), or
+    each on its own (EVALSHA: the baseline)."""
+    store = make_store(url, cluster, pipelining=pipelining, window_s=window_s, functions=functions)
     done = 0
     deadline = time.monotonic() + seconds
     hashes = [[hash_secret(key_of(o, f"m{i}")) for i in range(MEMBERS)] for o in orgs]
@@ -133,7 +144,7 @@ async def drive(
     return done
 
 
-def client_process(args: tuple[str, bool, list[str], float, int, int, str, bool]) -> int:
+def client_process(args: tuple[str, bool, list[str], float, int, int, str, bool, bool]) -> int:
     uvloop.install()
     return asyncio.run(drive(*args))
 
@@ -165,11 +176,13 @@ def run_clients(
     total: int = 0,
     window_s: int = 3600,
     pipelining: bool = True,
+    functions: bool = True,
 ) -> tuple[int, float]:
     """(pairs done, wall seconds) of ``clients`` processes."""
     per = total // clients if total else 0
+    tag = time.time_ns()
     jobs = [
-        (url, cluster, orgs, seconds, per, window_s, f"{time.time_ns()}-{c}", pipelining)
+        (url, cluster, orgs, seconds, per, window_s, f"{tag}-{c}", pipelining, functions)
         for c in range(clients)
     ]
     started = time.perf_counter()
@@ -178,31 +191,55 @@ def run_clients(
     return pairs, time.perf_counter() - started
 
 
-def one_core(seconds: float, clients: int) -> dict[str, Any]:
+def one_core(seconds: float, clients: int, rounds: int = 3) -> dict[str, Any]:
+    """The candidate (FCALL of the library) and the baseline (the same Lua, EVALSHA script by
+    script), in interleaved rounds on one server; each mode's median round."""
     server = RedisServer().start()
+    runs: dict[str, list[dict[str, Any]]] = {"evalsha": [], "functions": []}
     try:
         asyncio.run(provision(server.url, ["bench"], cluster=False))
-        run_clients(server.url, False, ["bench"], 2.0, clients)  # warm-up
-        with redis.Redis(port=server.port) as c:
-            c.config_resetstat()
+        for functions in (False, True):  # warm-up
+            run_clients(server.url, False, ["bench"], 2.0, clients, functions=functions)
         assert server.proc is not None
-        cpu0 = cpu_s(server.proc.pid)
-        pairs, wall = run_clients(server.url, False, ["bench"], seconds, clients)
-        cpu = cpu_s(server.proc.pid) - cpu0
-        calls, usec = script_usec(server.port)
+        for _ in range(rounds):
+            for mode, functions in (("evalsha", False), ("functions", True)):
+                with redis.Redis(port=server.port) as c:
+                    c.config_resetstat()
+                cpu0 = cpu_s(server.proc.pid)
+                pairs, wall = run_clients(
+                    server.url, False, ["bench"], seconds / rounds, clients, functions=functions
+                )
+                cpu = cpu_s(server.proc.pid) - cpu0
+                calls, usec = script_usec(server.port)
+                per_pair_us = cpu * 1e6 / pairs
+                runs[mode].append(
+                    {
+                        "pairs": pairs,
+                        "pairs_per_s_reached": round(pairs / wall),
+                        "redis_cpu_us_per_pair": round(per_pair_us, 1),
+                        "ceiling_pairs_per_s_one_core": round(1e6 / per_pair_us),
+                        "script_call_us_each": round(usec / calls, 1) if calls else None,
+                        "redis_busy_share": round(cpu / wall, 2),
+                    }
+                )
         with redis.Redis(port=server.port) as c:
             live = c.zcard("eup:{bench}:reserved")
     finally:
         server.cleanup()
-    per_pair_us = cpu * 1e6 / pairs
+
+    def median(mode: str) -> dict[str, Any]:
+        ordered = sorted(runs[mode], key=lambda r: r["redis_cpu_us_per_pair"])
+        return ordered[len(ordered) // 2]
+
+    candidate, baseline = median("functions"), median("evalsha")
     return {
-        "pairs": pairs,
-        "pairs_per_s_reached": round(pairs / wall),
-        "redis_cpu_us_per_pair": round(per_pair_us, 1),
-        "ceiling_pairs_per_s_one_core": round(1e6 / per_pair_us),
-        "script_call_us_each": round(usec / calls, 1) if calls else None,
-        "redis_busy_share": round(cpu / wall, 2),
+        **candidate,
         "due_entries_after": live,
+        "baseline_evalsha": baseline,
+        "cpu_per_pair_vs_baseline": round(
+            candidate["redis_cpu_us_per_pair"] / baseline["redis_cpu_us_per_pair"], 3
+        ),
+        "rounds": runs,
     }
 
 
