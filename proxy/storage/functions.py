@@ -21,7 +21,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from proxy.storage.scripts import SPECS, library_source, script_source
+from proxy.storage.scripts import LIBRARY_PREFIX, SPECS, library_source, script_source
 
 
 def _text(message: str) -> str:
@@ -73,6 +73,40 @@ class Library:
                 self.evalsha_only()
         for script in self.scripts.values():
             await self.client.script_load(script.source)
+
+    async def libraries(self) -> list[str]:
+        """The product's libraries on the server (on a cluster, on any master), this
+        build's among them once it has loaded it: every version of the proxy that ran
+        against it left its own (``prune``)."""
+        reply = await self.client.function_list(library=f"{LIBRARY_PREFIX}*")
+        names: set[str] = set()
+        for entries in reply.values() if isinstance(reply, dict) else [reply]:
+            for entry in entries or ():
+                names.add(_library_name(entry))
+        return sorted(names)
+
+    async def prune(self) -> list[str]:
+        """Delete the product's libraries other than this build's (the versions before a
+        finished rollout: a proxy still running one would load it again on its next call);
+        the names deleted."""
+        gone = [name for name in await self.libraries() if name != self.name]
+        for name in gone:
+            try:
+                await self.client.function_delete(name)
+            except ResponseError as exc:  # a cluster master that never had it
+                if "library not found" not in str(exc).lower():
+                    raise
+        return gone
+
+
+def _library_name(entry: Any) -> str:
+    """The name in one entry of FUNCTION LIST (a map, or RESP2's flat list of pairs)."""
+    if isinstance(entry, dict):
+        value = entry.get(b"library_name", entry.get("library_name", b""))
+    else:
+        pairs = dict(zip(entry[::2], entry[1::2], strict=True))
+        value = pairs.get(b"library_name", pairs.get("library_name", b""))
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class LuaScript:

@@ -252,6 +252,8 @@ FAILURE_FIELDS = REPLY_STATUS  # {"ok": 0, "err": <a code of model.REFUSALS>, "d
 WRITE_TARGETS = ("org", "members", "requests")
 
 
+# the name of every library of the product begins with it (a digest of the code follows)
+LIBRARY_PREFIX = "eup_"
 # the scripts that only read: registered as such, so that Redis runs them where it refuses
 # writes (a replica, a server out of memory)
 READ_ONLY = frozenset({"whois"})
@@ -281,7 +283,7 @@ def library_source() -> tuple[str, str]:
     "<library>_<script>"."""
     lib, defaults, scripts = _sources()
     body = prelude_for(lib, "\n".join(scripts.values())) + defaults + "".join(scripts.values())
-    name = "eup_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+    name = LIBRARY_PREFIX + hashlib.sha1(body.encode()).hexdigest()[:12]
     registrations = "".join(
         f"redis.register_function{{function_name='{name}_{s}', callback={s}"
         + (", flags={'no-writes'}" if s in READ_ONLY else "")

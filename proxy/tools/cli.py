@@ -262,6 +262,33 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_functions(args: argparse.Namespace) -> int:
+    """The product's Redis Functions libraries: which are there, which this build calls, and
+    (``--prune``) deleting the others once a rollout is over."""
+    from redis.exceptions import RedisError
+
+    config = _config_or_exit(args.config)
+
+    async def go() -> int:
+        store = _store(config)
+        library = store.library
+        try:
+            if args.prune:
+                for name in await library.prune():
+                    sys.stdout.write(f"deleted {name}\n")
+            for name in await library.libraries():
+                mark = "  (this build)" if name == library.name else ""
+                sys.stdout.write(f"{name}{mark}\n")
+            return 0
+        except RedisError as exc:
+            sys.stderr.write(f"functions: Redis: {exc}\n")
+            return 1
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     """The built-in mock of the Messages API, alone (benchmarks, browser tests, trying out)."""
     from aiohttp import web as aioweb
@@ -318,6 +345,10 @@ def parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="rewrite the derived counters from the ledger"
     )
     r.set_defaults(func=cmd_reconcile)
+    f = sub.add_parser("functions", help="the proxy's Redis Functions libraries on Redis")
+    f.add_argument("--config")
+    f.add_argument("--prune", action="store_true", help="delete every library but this build's")
+    f.set_defaults(func=cmd_functions)
     u = sub.add_parser("mock-upstream", help="run the built-in mock of the Messages API")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=8089)

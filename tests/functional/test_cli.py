@@ -191,3 +191,31 @@ async def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     assert proc.returncode == 0
     assert b'"stream":"complete"' in err
     assert b"shutting down" in err
+
+
+def test_functions_lists_the_libraries_and_prunes_the_old_ones(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each build loads its own library (a rolling upgrade runs two side by side); once a
+    rollout is over, ``functions --prune`` deletes the others and keeps this build's."""
+    import redis
+
+    from proxy.storage.functions import _library_name
+    from proxy.storage.scripts import library_source
+
+    name, code = library_source()
+    old = "#!lua name=eup_000000000000\nredis.register_function('eup_0_f', function() end)"
+    other = "#!lua name=theirs\nredis.register_function('theirs_f', function() end)"
+    with redis.Redis(port=redis_server.port) as c:
+        c.function_flush()
+        c.function_load(code)
+        c.function_load(old)
+        c.function_load(other)
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    assert main(["functions"]) == 0
+    assert capsys.readouterr().out == f"eup_000000000000\n{name}  (this build)\n"
+    assert main(["functions", "--prune"]) == 0
+    assert capsys.readouterr().out == f"deleted eup_000000000000\n{name}  (this build)\n"
+    with redis.Redis(port=redis_server.port) as c:
+        names = sorted(_library_name(entry) for entry in c.function_list())
+    assert names == sorted([name, "theirs"])  # another product's library is not touched
