@@ -309,3 +309,23 @@ async def test_redis_py_calls_load_what_is_missing(proxy: Proxy, functions: bool
         await store.whois(org, "k", "0" * 64)
     library = await store.client.function_list(library=store.library.name)
     assert bool(library) is functions
+
+
+async def test_concurrent_requests_after_the_library_is_lost_are_each_charged_once(
+    proxy: Proxy,
+) -> None:
+    """A Redis that lost the library (restarted, flushed) under load: every call of the
+    batches in flight finds its function missing, one FUNCTION LOAD goes out ahead of them,
+    and each runs once — 60 answers, 60 ledger entries, counters equal to the ledger."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "lou")
+    await proxy.post(key, message())
+    await proxy.settled()
+    await proxy.store.client.function_flush()
+    results = await asyncio.gather(*(proxy.post(key, message()) for _ in range(60)))
+    assert [r[0] for r in results] == [200] * 60
+    await proxy.settled()
+    assert len(await proxy.store.ledger(org)) == 61
+    counters = await member_counters(proxy.store, org, "lou")
+    assert counters["inc"] == await ledger_sum(proxy.store, org)
+    assert counters["s_used"] == counters["inc"]
