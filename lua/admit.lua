@@ -33,10 +33,14 @@
 -- ARGV[6].12 period_end         seconds), else computed (month_of)
 -- ARGV[6].13 tiers              ";name,session_allowance,weekly_allowance,session_s,weekly_s"
 --                               per tier (nano-USD, seconds)
--- Reply: JSON, written out directly (see jstr in lib.lua): {ok=0, err, detail} for an unknown
--- key/member/org/tier or a disabled member or org; else the decision {ok=1, d, mode, reason,
--- ...} (proxy/core/admission.py names every field) with every amount a decimal string. The
--- window that binds (claim) is derived by the caller from the windows answered.
+-- Reply: JSON {ok=0, err, detail} for an unknown key/member/org/tier or a disabled member or
+-- org; else the decision, its values joined by "|" in the order of admission.py's
+-- LEAN_FIELDS, then (a denial, or not lean) of the rest of FULL_FIELDS: a status ("1"; "2"
+-- for a replay), d, mode, reason, amount, tier, member, ... — every amount a decimal string,
+-- every value as stored (no value the admin API lets in holds a "|"; the caller counts the
+-- values and refuses an answer of any other length). The window that binds (claim) is
+-- derived by the caller from the windows answered. The answer of a reservation is also its
+-- record (model.py, Op): written once, read by settle, release and renew (lib's reserved).
 -- Idempotent: a replayed request id returns the stored decision and writes nothing.
 -- Writes happen only after every check; reclaiming expired reservations comes first and is
 -- correct on its own. The record expires reservation_ttl_s + window_s after the admission
@@ -50,16 +54,16 @@
 local function admit_replayed(op_k, member)
   local prior = redis.call('GET', op_k)
   if not prior then return nil end
-  local _, _, _, m, nl = reserved(prior)
+  local a, _, _, m = reserved(prior)
   local done = nil
-  if not m then
+  if not a then
     done = settled(prior)
     m = done and done[13]
   end
   -- the check API names the member: a request id is its member's, never another's
   if member and m and m ~= member then return fail('request_id_taken') end
-  -- the decision as answered, kept in the record until it is settled or released
-  if nl then return string.sub(prior, 1, nl - 2) .. ',"replay":"1"}' end
+  -- the decision as answered (the record until it is settled or released), status "2"
+  if a then return '2' .. string.sub(prior, 2) end
   -- already settled or released: this request id is spent
   return fail('duplicate_id', done and 'settled' or 'released')
 end
@@ -248,31 +252,24 @@ local function admit(KEYS, ARGV)
     return fail('unbounded_server_tool')
   end
 
-  -- the answer, written out as JSON (see jstr): the rest of the decision (for the check API
-  -- and every denial), then what every answer carries (the proxy's lean answer when allowed)
-  local mid_j, tier_j, up_j, policy_j = jstr4(mid, tier, o[11] or '', policy)
-  local rest = '}'
+  -- the answer, its values joined by "|" (admission.py's LEAN_FIELDS, then FULL_FIELDS):
+  -- the rest of the decision first (for the check API and every denial), then what every
+  -- answer carries (the proxy's lean answer when allowed)
+  local rest = ''
   if decision ~= 'allow' or lean ~= '1' then
-    rest = ',"rid":"' .. jstr(rid) .. '","plan":"' .. jstr(plan) .. '","key":"'
-      .. jstr(kid) .. '","tier":"' .. tier_j .. '","role":"' .. jstr(m[2] or DEFAULT_ROLE)
-      .. '","amount":"' .. fmt(amount) .. '","now":"' .. now_s .. '","period":"' .. period
-      .. '","eu_on":"' .. (o[2] == '1' and '1' or '0') .. '","eu_remaining":"'
-      .. (remaining and fmt(remaining) or '') .. '","fits":"' .. fits .. '","consent":"'
-      .. jstr(consent_mode) .. '","consented":"' .. (m[13] == '1' and '1' or '0')
-      .. '","balance":"' .. (plan == 'team' and fmt(balance) or '') .. '","reserved":"'
-      .. fmt(m_res) .. '","requests_on":"' .. (o[14] or DEFAULT_REQUESTS_ON)
-      .. '","reload_pending":"' .. jstr(o[13] or '') .. '"}'
+    rest = '|' .. rid .. '|' .. plan .. '|' .. kid .. '|' .. (m[2] or DEFAULT_ROLE) .. '|'
+      .. now_s .. '|' .. period .. '|' .. (o[2] == '1' and '1' or '0') .. '|'
+      .. (remaining and fmt(remaining) or '') .. '|' .. fits .. '|' .. consent_mode .. '|'
+      .. (m[13] == '1' and '1' or '0') .. '|' .. (plan == 'team' and fmt(balance) or '') .. '|'
+      .. fmt(m_res) .. '|' .. (o[14] or DEFAULT_REQUESTS_ON) .. '|' .. (o[13] or '')
   end
-  local answer = '{"ok":1,"d":"' .. decision .. '","mode":"' .. mode .. '","reason":"' .. reason
-    .. '","member":"' .. mid_j .. '","upstream":"' .. up_j .. '","policy":"' .. policy_j
-    .. '","s_used":"' .. s_used_s .. '","s_allow":"' .. sa_s .. '","s_reset":"'
-    .. s_reset_s .. '","w_used":"' .. w_used_s .. '","w_allow":"' .. wa_s .. '","w_reset":"'
-    .. w_reset_s .. '","eu_available":"' .. (eu_available and '1' or '0')
-    .. '","eu_reason":"' .. eu_disabled .. '","eu_reset":"' .. month_end_s .. '","spend":"'
-    .. m_spend_s .. '","org_spend":"' .. org_spend_s .. '","member_limit":"'
-    .. (member_limit and fmt(member_limit) or '') .. '","tier_limit":"'
-    .. (tier_limit and fmt(tier_limit) or '') .. '","org_limit":"'
-    .. (org_limit and fmt(org_limit) or '') .. '"' .. rest
+  local answer = '1|' .. decision .. '|' .. mode .. '|' .. reason .. '|' .. fmt(amount) .. '|'
+    .. tier .. '|' .. mid .. '|' .. (o[11] or '') .. '|' .. policy .. '|' .. s_used_s .. '|'
+    .. sa_s .. '|' .. s_reset_s .. '|' .. w_used_s .. '|' .. wa_s .. '|' .. w_reset_s .. '|'
+    .. (eu_available and '1' or '0') .. '|' .. eu_disabled .. '|' .. month_end_s .. '|'
+    .. m_spend_s .. '|' .. org_spend_s .. '|' .. (member_limit and fmt(member_limit) or '')
+    .. '|' .. (tier_limit and fmt(tier_limit) or '') .. '|' .. (org_limit and fmt(org_limit) or '')
+    .. rest
 
   if decision ~= 'allow' or not reserve then
     if rc_moved then
@@ -281,17 +278,16 @@ local function admit(KEYS, ARGV)
     return answer
   end
 
-  -- what the admission moves, as field/value pairs (one HSET per hash), then the record and
-  -- the answer kept beside it (encoded once; settlement reads only the small record)
+  -- what the admission moves, as field/value pairs (one HSET per hash), then the record: the
+  -- answer itself
   local ow, mw = {}, {}
   if advanced then put(ow, 'clock', now_s) end
   -- a window opened now ends at its reset, as answered
   if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
   if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
   local ttl = tonumber(ttl_s)
-  local amount_s = '0'
   if mode == 'extra_usage' and amount > 0 then
-    amount_s = fmt(amount)
+    local amount_s = fmt(amount)
     put(ow, 'eu_res', fmt(org_res + amount))
     put(mw, p .. 'eu_res', fmt(m_res + amount))
     local exp = tonumber(now_s) + ttl
@@ -303,7 +299,6 @@ local function admit(KEYS, ARGV)
   end
   hset_all(org_k, ow)
   hset_all(mem_k, mw)
-  redis.call('SET', op_k, answer .. '\nr|' .. amount_s .. '|' .. mode .. '|' .. tier .. '|' .. mid,
-    'EX', ttl + tonumber(window_s))
+  redis.call('SET', op_k, answer, 'EX', ttl + tonumber(window_s))
   return answer
 end

@@ -165,15 +165,13 @@ local function fail(code, detail)
   return cjson.encode({ ok = 0, err = code, detail = detail or '' })
 end
 
--- An operation's record (model.py, Op). Reserved: the admission's answer (JSON: no raw
--- newline in it), a newline, then "r|<amount>|<mode>|<tier>|<member>" (the member last: any
--- character but "|"). Returns amount, mode, tier, member and where the answer ends; nil for
--- a record in another state.
+-- An operation's record (model.py, Op). Reserved: the admission's answer itself, as it was
+-- answered ("|"-joined in the order of admission.py's FULL_FIELDS, status "1", decision
+-- "allow"): "1|allow|<mode>|<reason>|<amount>|<tier>|<member>|...". Returns the amount held,
+-- the mode, the tier and the member; nil for a record in another state.
 local function reserved(raw)
-  local nl = string.find(raw, '\n', 1, true)
-  if not nl then return nil end
-  local a, mode, tier, mid = string.match(raw, '^r|(%d+)|([%w_]+)|([^|]*)|(.*)$', nl + 1)
-  return a, mode, tier, mid, nl
+  local mode, a, tier, mid = string.match(raw, '^1|allow|([%w_]+)|[^|]*|(%d+)|([^|]*)|([^|]*)|')
+  return a, mode, tier, mid
 end
 
 -- the packed tails of admit.lua (13 values) and settle.lua (7), "|"-joined (scripts.py), and

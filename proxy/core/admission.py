@@ -31,12 +31,15 @@ DISABLED_REASONS: Final = (
 )
 
 
-# what every answer carries: the proxy's lean answer to an allowed request is these alone
+# what every answer carries, in the order admit.lua answers it ("|"-joined): the proxy's lean
+# answer to an allowed request is these alone
 LEAN_FIELDS = (
-    "ok",
+    "ok",  # "1" (a replay is answered "2", read as "1" with "replay")
     "d",  # "allow" | "deny"
     "mode",  # "included" | "extra_usage" | "" (denied)
     "reason",  # a refusal reason ("" when allowed)
+    "amount",  # reserved, nano-USD
+    "tier",
     "member",
     "upstream",  # the org's upstream credential reference ("" = the default)
     "policy",  # the reservation policy in force
@@ -61,9 +64,7 @@ FULL_FIELDS = (
     "rid",
     "plan",
     "key",  # the proxy key's id ("" for the check API)
-    "tier",
     "role",
-    "amount",  # reserved, nano-USD
     "now",  # the script's time (epoch s)
     "period",  # "YYYY-MM"
     "eu_on",
@@ -76,6 +77,8 @@ FULL_FIELDS = (
     "requests_on",
     "reload_pending",
 )
+ANSWERED: Final = "1"  # the status of an answer
+REPLAYED: Final = "2"  # the status of a replayed request id's answer, as it was answered
 OPTIONAL_FIELDS = ("replay",)  # "1" on a replayed request id
 # derived from the windows answered (Admission): the window that binds, "five_hour" |
 # "seven_day", and when it resets
@@ -94,6 +97,32 @@ def claim_of(raw: dict[str, str]) -> tuple[str, str]:
 
 class MissingReplyField(KeyError):
     """A script's reply lacks a field the caller reads: a contract broken, never a default."""
+
+
+class MalformedAnswer(ValueError):
+    """admit's answer has neither the lean nor the full number of values: a stored value
+    holds a "|" (none the admin API lets in does) — refused, never read shifted."""
+
+
+def parse_answer(text: str) -> dict[str, str]:
+    """admit's answer (its values joined by "|") as fields by name: ``LEAN_FIELDS`` or
+    ``FULL_FIELDS`` by its length; a replay's (status "2") reads as the answer it repeats,
+    with ``replay`` = "1"."""
+    values = text.split("|")
+    if len(values) == len(LEAN_FIELDS):
+        raw = dict(zip(LEAN_FIELDS, values, strict=True))
+    elif len(values) == len(FULL_FIELDS):
+        raw = dict(zip(FULL_FIELDS, values, strict=True))
+    else:
+        raise MalformedAnswer(
+            f"admit answered {len(values)} values, not {len(LEAN_FIELDS)} or {len(FULL_FIELDS)}"
+        )
+    if raw["ok"] != ANSWERED:
+        if raw["ok"] != REPLAYED:
+            raise MalformedAnswer(f"admit answered the status {raw['ok']!r}")
+        raw["ok"] = ANSWERED
+        raw["replay"] = "1"
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

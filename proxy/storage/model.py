@@ -39,6 +39,7 @@ from proxy.core.admission import (
     EXTRA_USAGE,
     INCLUDED,
     MODES,
+    parse_answer,
 )
 
 __all__ = [
@@ -195,8 +196,9 @@ class Cred:
 class Op:
     """Operation records: one string key per operation (``op:<id>``), fields joined by "|".
 
-    A request's record: ``r|<amount held>|<mode>|<tier>|<member>`` and, after a newline, the
-    admission's answer (for replays of the admission) while it is reserved; once settled
+    A request's record: while it is reserved, the admission's answer itself (admission.py's
+    ``FULL_FIELDS`` order, "|"-joined: ``1|allow|<mode>|<reason>|<amount held>|<tier>|
+    <member>|...``, which a replay of the admission answers again); once settled
     ``S|<result fields, SETTLED_FIELDS>``; once released ``R``. A reservation of extra usage
     with an amount is also in the org's ``due`` zset while it holds it: settling or
     releasing it takes it out, and an admission that finds it past its expiry reclaims it
@@ -206,7 +208,7 @@ class Op:
     SETTLED: Final = "S"
     RELEASED: Final = "R"
     STATES: Final = (RESERVED, SETTLED, RELEASED)
-    FIELDS: Final = ("s", "a", "mode", "t", "m")  # a reserved record, in order
+    FIELDS: Final = ("s", "a", "mode", "t", "m")  # a reserved record's, as decode() reads it
     # a settled record after "S|", in order: what a replay of the settlement answers
     SETTLED_FIELDS: Final = (
         "mode",
@@ -241,9 +243,15 @@ class Op:
         if raw.startswith(Op.SETTLED + "|"):
             values = raw[2:].split("|", len(Op.SETTLED_FIELDS) - 1)
             return {"s": Op.SETTLED, **dict(zip(Op.SETTLED_FIELDS, values, strict=True))}
-        answer, _, header = raw.partition("\n")
-        values = header.split("|", len(Op.FIELDS) - 1)
-        return {**dict(zip(Op.FIELDS, values, strict=True)), "answer": answer}
+        answer = parse_answer(raw)
+        return {
+            "s": Op.RESERVED,
+            "a": answer["amount"],
+            "mode": answer["mode"],
+            "t": answer["tier"],
+            "m": answer["member"],
+            "answer": raw,
+        }
 
 
 class Ledger:

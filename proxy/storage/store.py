@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.config import PolicyConfig, RedisConfig, TierConfig
-from proxy.core.admission import Admission
+from proxy.core.admission import Admission, MalformedAnswer, parse_answer
 from proxy.core.errors import StoreUnavailable
 from proxy.core.statements import calendar_month
 from proxy.obs.logs import Throttled
@@ -203,8 +203,15 @@ class Store:
             return self.pipeliner.call(script, keys, args, tail, spec.own_keys)
         return script(keys=list(keys), args=[*args, *tail])
 
-    async def _reply(self, spec: ScriptSpec, started: float, reply: Awaitable[Any]) -> Reply:
-        """A script's JSON reply; Redis errors become StoreUnavailable, refusals StoreRefusal."""
+    async def _reply(
+        self,
+        spec: ScriptSpec,
+        started: float,
+        reply: Awaitable[Any],
+        decode: Callable[[bytes], Reply] = orjson.loads,
+    ) -> Reply:
+        """A script's reply, decoded (JSON; admit's answer: ``admission_reply``); Redis
+        errors become StoreUnavailable, refusals StoreRefusal."""
         try:
             raw = await reply
         except RedisError as exc:
@@ -215,7 +222,12 @@ class Store:
         if self.metrics is not None:
             m = self.metrics
             m.child(m.redis_latency, spec.name).observe(time.perf_counter() - started)
-        doc: Reply = orjson.loads(raw)
+        try:
+            doc: Reply = decode(raw)
+        except MalformedAnswer as exc:
+            failures.warning("redis", "malformed reply", script=spec.name, error=str(exc))
+            message = "the usage store answered an unreadable decision; an operator must look"
+            raise StoreUnavailable(message) from exc
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
         return doc
@@ -268,7 +280,7 @@ class Store:
         """Decide and reserve (admit.lua). ``lean``: when allowed, only what the proxy reads
         (``LEAN_FIELDS``); a denial is always answered whole."""
         policy = self.policy
-        doc = await self._run(
+        call = self._call(
             ADMIT,
             ADMIT.keys_of(self.keys(org), request_id),
             ADMIT.args_of(
@@ -294,7 +306,7 @@ class Store:
                 tiers=self.tiers_spec,
             ),
         )
-        return Admission(doc)
+        return Admission(await self._reply(ADMIT, time.perf_counter(), call, admission_reply))
 
     def settle(
         self,
@@ -536,6 +548,14 @@ class _NotSent:
 
 
 NOT_SENT = _NotSent()
+
+
+def admission_reply(raw: bytes) -> Reply:
+    """admit's reply: its answer ("|"-joined values: ``parse_answer``), or a refusal (JSON)."""
+    if raw[:1] == b"{":
+        refusal: Reply = orjson.loads(raw)
+        return refusal
+    return parse_answer(raw.decode())
 
 
 def as_str(v: bytes | str) -> str:

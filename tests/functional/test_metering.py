@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.core.admission import FULL_FIELDS
 from proxy.core.decision import unified_headers
 from proxy.storage.keys import op_key
 from proxy.storage.model import Op
@@ -96,10 +97,11 @@ async def test_the_proxys_lean_answer_carries_what_its_headers_need(proxy: Proxy
     assert denied.raw.keys() == full.raw.keys()
 
 
-async def test_strings_that_need_escaping_are_answered_as_json(proxy: Proxy) -> None:
+async def test_strings_that_need_escaping_come_back_intact(proxy: Proxy) -> None:
     # the scripts write their answers out directly; what the admin API would never let in
     # (a member id, an upstream reference or a role with a quote, a backslash, a newline or
-    # non-ASCII in it) still comes back intact in valid JSON
+    # non-ASCII in it) still comes back intact: in admit's "|"-joined answer as in settle's
+    # JSON
     org = await proxy.org("team")
     await proxy.member(org, "bea")
     store = proxy.store
@@ -329,3 +331,60 @@ async def test_concurrent_requests_after_the_library_is_lost_are_each_charged_on
     counters = await member_counters(proxy.store, org, "lou")
     assert counters["inc"] == await ledger_sum(proxy.store, org)
     assert counters["s_used"] == counters["inc"]
+
+
+async def test_every_value_of_the_answer_is_in_its_place(proxy: Proxy) -> None:
+    """admit answers its values "|"-joined, in the order of FULL_FIELDS: every one of them,
+    read by name, is what the state says (a value out of place would read as another's)."""
+    org = await proxy.org("team", upstream="ref-1", limit="7000000000", balance="5000000000")
+    await proxy.member(org, "ivy", tier="premium", role="admin")
+    store = proxy.store
+    t = 1_800_000_000
+    store.pinned_now = t
+    kw: dict[str, Any] = {"who": "m", "credential": "ivy", "max_cost": 10**6, "est_cost": 10**5}
+    await store.admit(org, "first", **kw)
+    await store.settle(org, "first", cost=12_345, model="m", usage={})[0]
+    store.pinned_now = t + 60
+    a = await store.admit(org, "chk:second", reserve=False, **kw)
+    month_end = calendar.timegm((2027, 2, 1, 0, 0, 0))  # t is in January 2027
+    assert a.raw == {
+        "ok": "1",
+        "d": "allow",
+        "mode": "included",
+        "reason": "",
+        "amount": "0",
+        "tier": "premium",
+        "member": "ivy",
+        "upstream": "ref-1",
+        "policy": store.policy.reservation,
+        "s_used": "12345",
+        "s_allow": "20000000000",
+        "s_reset": str(t + 18_000),
+        "w_used": "12345",
+        "w_allow": "200000000000",
+        "w_reset": str(t + 604_800),
+        "eu_available": "0",
+        "eu_reason": "org_level_disabled",
+        "eu_reset": str(month_end),
+        "spend": "0",
+        "org_spend": "0",
+        "member_limit": "",
+        "tier_limit": "",
+        "org_limit": "7000000000",
+        "rid": "chk:second",
+        "plan": "team",
+        "key": "",
+        "role": "admin",
+        "now": str(t + 60),
+        "period": "2027-01",
+        "eu_on": "0",
+        "eu_remaining": "5000000000",  # the balance: less room than the org limit
+        "fits": "1",
+        "consent": "automatic",
+        "consented": "0",
+        "balance": "5000000000",
+        "reserved": "0",
+        "requests_on": "1",
+        "reload_pending": "",
+    }
+    assert list(a.raw) == list(FULL_FIELDS)

@@ -117,7 +117,15 @@ def test_every_word_of_a_script_is_declared(name: str) -> None:
     assert not undeclared, f"{name}.lua spells words the data model does not declare"
 
 
-@pytest.mark.parametrize("spec", SPECS.values(), ids=lambda s: s.name)
+# admit answers its values "|"-joined in FULL_FIELDS's order, without names: each value in
+# its place is checked on a real Redis by test_metering's
+# test_every_value_of_the_answer_is_in_its_place
+POSITIONAL = ("admit",)
+
+
+@pytest.mark.parametrize(
+    "spec", [s for s in SPECS.values() if s.name not in POSITIONAL], ids=lambda s: s.name
+)
 def test_every_reply_field_is_written(spec: ScriptSpec) -> None:
     spelled = words((LUA / f"{spec.name}.lua").read_text())
     assert set(spec.reply) <= spelled
