@@ -143,24 +143,6 @@ local function split3(v)
   return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
 end
 
--- A string as it stands between quotes in JSON. Answers and records are written out directly
--- (no table, no encoder per request): every value in them is an integer, a fixed word, or an
--- id or name that the admin API validates, which needs no escaping; anything else that
--- reached Redis is escaped by cjson here.
-local JSON_SPECIAL = '[%c"\\]'
-
-local function jstr(s)
-  if string.find(s, JSON_SPECIAL) then return string.sub(cjson.encode(s), 2, -2) end
-  return s
-end
-
--- the request path's few such strings at once: tested joined, with one find, and escaped one
--- by one only when that finds something
-local function jstr4(a, b, c, d)
-  if string.find(a .. b .. c .. d, JSON_SPECIAL) then return jstr(a), jstr(b), jstr(c), jstr(d) end
-  return a, b, c, d
-end
-
 local function fail(code, detail)
   return cjson.encode({ ok = 0, err = code, detail = detail or '' })
 end

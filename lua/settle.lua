@@ -19,35 +19,25 @@
 -- ARGV[5].5 period        "YYYY-MM": the month of the caller's clock, taken when the
 -- ARGV[5].6 period_start  script's own time falls in [period_start, period_end) (epoch
 -- ARGV[5].7 period_end    seconds), else computed (month_of)
--- Reply: JSON {ok=1, mode, cost, overshoot, reserved, balance, period, member, tier,
--- reload_id, reload_amount, entry, expired, estimated} or
--- {ok=0, err="unknown_reservation"|"released"}.
--- Idempotent by request id: a replay returns the stored result and charges nothing.
+-- Reply: the settled record, "S|" then mode, cost, overshoot, reserved, balance, period,
+-- tier, reload_id, reload_amount, entry, expired, estimated, member joined by "|" (model.py,
+-- Op.SETTLED_FIELDS; the member last), or JSON {ok=0, err="unknown_reservation"|"released"}.
+-- Idempotent by request id: a replay answers the stored result, marked "2" in front
+-- ("2S|..."), and charges nothing.
 -- Included usage goes to the seat windows (the allowance is soft: the whole cost is included);
 -- extra usage goes to the member, tier and org monthly spend and, on Team, the balance. The
 -- ledger entry is written in the same script, so counters always equal the ledger's sum.
 
 -- Helpers are made once (the library is loaded once): what a call knows comes in as arguments.
 
--- a settled record's result, as settling answered it (model.py, Op.SETTLED_FIELDS), marked
--- as a replay
-local function settle_replayed(v)
-  return '{"ok":1,"mode":"' .. v[1] .. '","cost":"' .. v[2] .. '","overshoot":"' .. v[3]
-    .. '","reserved":"' .. v[4] .. '","balance":"' .. v[5] .. '","period":"' .. v[6]
-    .. '","tier":"' .. jstr(v[7]) .. '","reload_id":"' .. jstr(v[8]) .. '","reload_amount":"'
-    .. v[9] .. '","entry":"' .. v[10] .. '","expired":"' .. v[11] .. '","estimated":"'
-    .. v[12] .. '","member":"' .. jstr(v[13]) .. '","replay":"1"}'
-end
-
--- the reservation's record: (amount, mode, tier, member), or nil and the answer (a replay's
--- result, or the refusal)
+-- the reservation's record: (amount, mode, tier, member), or nil and the answer (a replay's:
+-- the settled record as it was answered, marked "2"; or the refusal)
 local function reservation(op_k)
   local raw = redis.call('GET', op_k)
   if not raw then return nil, fail('unknown_reservation') end
   local a, mode, tier, mid = reserved(raw)
   if a then return a, mode, tier, mid end
-  local done = settled(raw)
-  if done then return nil, settle_replayed(done) end
+  if string.sub(raw, 1, 2) == 'S|' then return nil, '2' .. raw end
   if raw == 'R' then return nil, fail('released') end
   return nil, fail('unknown_reservation')
 end
@@ -146,19 +136,11 @@ local function settle(KEYS, ARGV)
     .. mode .. '|' .. cost_s .. '|' .. delta_s .. '|' .. source .. '|' .. est_flag .. '|' .. tier
     .. '|' .. mid, 'model', ARGV[3], 'usage', ARGV[4])
 
-  -- the result, written out as JSON (see jstr; the amount comes from the record admit.lua
-  -- wrote: an integer), and the settled record: the same values joined by "|", in the order
-  -- of model.py's Op.SETTLED_FIELDS, kept for the replay window (the admission's answer only
-  -- serves replays of the admission: not kept)
-  local mid_j, tier_j, mode_j, reload_j = jstr4(mid, tier, mode, reload_id)
-  local est_s = estimated and '1' or '0'
-  redis.call('SET', op_k, 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. a
-    .. '|' .. balance_s .. '|' .. period .. '|' .. tier .. '|' .. reload_id .. '|'
-    .. reload_amount .. '|' .. entry .. '|' .. expired .. '|' .. est_s .. '|' .. mid,
-    'EX', window_s)
-  return '{"ok":1,"mode":"' .. mode_j .. '","cost":"' .. cost_s .. '","overshoot":"'
-    .. overshoot_s .. '","reserved":"' .. a .. '","balance":"' .. balance_s
-    .. '","period":"' .. period .. '","member":"' .. mid_j .. '","tier":"' .. tier_j
-    .. '","reload_id":"' .. reload_j .. '","reload_amount":"' .. reload_amount
-    .. '","entry":"' .. entry .. '","expired":"' .. expired .. '","estimated":"' .. est_s .. '"}'
+  -- the result: the settled record, its values joined by "|" in the order of model.py's
+  -- Op.SETTLED_FIELDS, kept for the replay window and answered as it is
+  local record = 'S|' .. mode .. '|' .. cost_s .. '|' .. overshoot_s .. '|' .. a .. '|'
+    .. balance_s .. '|' .. period .. '|' .. tier .. '|' .. reload_id .. '|' .. reload_amount
+    .. '|' .. entry .. '|' .. expired .. '|' .. est_flag .. '|' .. mid
+  redis.call('SET', op_k, record, 'EX', window_s)
+  return record
 end

@@ -346,7 +346,7 @@ class Store:
             ),
         )
         sent: Awaitable[bool] = self.pipeliner.sent() if self.pipeliner is not None else NOT_SENT
-        return self._reply(SETTLE, started, call), sent
+        return self._reply(SETTLE, started, call, settlement_reply), sent
 
     def release(self, org: str, request_id: str) -> Coroutine[Any, Any, Reply]:
         return self._run(
@@ -556,6 +556,26 @@ def admission_reply(raw: bytes) -> Reply:
         refusal: Reply = orjson.loads(raw)
         return refusal
     return parse_answer(raw.decode())
+
+
+def settlement_reply(raw: bytes) -> Reply:
+    """settle's reply: the settled record (``Op.SETTLED_FIELDS``; "2" in front for a replay),
+    or a refusal (JSON)."""
+    if raw[:1] == b"{":
+        refusal: Reply = orjson.loads(raw)
+        return refusal
+    replay = raw[:1] == b"2"
+    text = (raw[1:] if replay else raw).decode()
+    try:
+        doc: Reply = Op.decode(text)
+    except ValueError as exc:  # a record of another length
+        raise MalformedAnswer(f"settle answered {text.count('|')} separators") from exc
+    if doc.pop("s") != Op.SETTLED:
+        raise MalformedAnswer("settle answered a record that is not settled")
+    doc["ok"] = 1
+    if replay:
+        doc["replay"] = "1"
+    return doc
 
 
 def as_str(v: bytes | str) -> str:

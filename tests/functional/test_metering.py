@@ -388,3 +388,48 @@ async def test_every_value_of_the_answer_is_in_its_place(proxy: Proxy) -> None:
         "reload_pending": "",
     }
     assert list(a.raw) == list(FULL_FIELDS)
+
+
+async def test_every_value_of_a_settlement_is_in_its_place(proxy: Proxy) -> None:
+    """settle answers its record, "|"-joined in Op.SETTLED_FIELDS's order; read by name,
+    each value is what the charge did (Team, extra usage: the balance drawn, a reload asked)."""
+    org = await proxy.org("team")
+    await proxy.member(org, "oz")
+    store = proxy.store
+    t = 1_800_000_000
+    store.pinned_now = t
+    await exhaust_seat(store, org, "oz")
+    k = store.keys(org)
+    await store.client.hset(
+        k.org,
+        mapping={
+            "eu_on": "1",
+            "balance": "3000000000",
+            "ar_on": "1",
+            "ar_threshold": "2500000000",
+            "ar_amount": "10000000000",
+        },
+    )
+    kw: dict[str, Any] = {"who": "m", "credential": "oz", "max_cost": 10**9, "est_cost": 10**8}
+    a = await store.admit(org, "req-oz", **kw)
+    assert a["mode"] == "extra_usage" and a["amount"] == str(10**8)
+    result = await store.settle(org, "req-oz", cost=600_000_000, model="m", usage={})[0]
+    entry = (await store.ledger(org))[-1]["id"]
+    assert result == {
+        "ok": 1,
+        "mode": "extra_usage",
+        "cost": "600000000",
+        "overshoot": "500000000",
+        "reserved": "100000000",
+        "balance": "2400000000",
+        "period": "2027-01",
+        "tier": "standard",
+        "reload_id": "rl-req-oz",
+        "reload_amount": "10000000000",
+        "entry": entry,
+        "expired": "0",
+        "estimated": "0",
+        "member": "oz",
+    }
+    again = await store.settle(org, "req-oz", cost=600_000_000, model="m", usage={})[0]
+    assert again == {**result, "replay": "1"}

@@ -117,10 +117,11 @@ def test_every_word_of_a_script_is_declared(name: str) -> None:
     assert not undeclared, f"{name}.lua spells words the data model does not declare"
 
 
-# admit answers its values "|"-joined in FULL_FIELDS's order, without names: each value in
-# its place is checked on a real Redis by test_metering's
-# test_every_value_of_the_answer_is_in_its_place
-POSITIONAL = ("admit",)
+# admit and settle answer their values "|"-joined (FULL_FIELDS, Op.SETTLED_FIELDS), without
+# names: each value in its place is checked on a real Redis by test_metering's
+# test_every_value_of_the_answer_is_in_its_place and
+# test_every_value_of_a_settlement_is_in_its_place
+POSITIONAL = ("admit", "settle")
 
 
 @pytest.mark.parametrize(
