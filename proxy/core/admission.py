@@ -79,6 +79,7 @@ FULL_FIELDS = (
 )
 ANSWERED: Final = "1"  # the status of an answer
 REPLAYED: Final = "2"  # the status of a replayed request id's answer, as it was answered
+_LEAN, _FULL = len(LEAN_FIELDS), len(FULL_FIELDS)
 OPTIONAL_FIELDS = ("replay",)  # "1" on a replayed request id
 # derived from the windows answered (Admission): the window that binds, "five_hour" |
 # "seven_day", and when it resets
@@ -109,17 +110,17 @@ def parse_answer(text: str) -> dict[str, str]:
     ``FULL_FIELDS`` by its length; a replay's (status "2") reads as the answer it repeats,
     with ``replay`` = "1"."""
     values = text.split("|")
-    if len(values) == len(LEAN_FIELDS):
-        raw = dict(zip(LEAN_FIELDS, values, strict=True))
-    elif len(values) == len(FULL_FIELDS):
-        raw = dict(zip(FULL_FIELDS, values, strict=True))
+    n = len(values)
+    # (the length is checked: zip without strict=, which costs more on the request path)
+    if n == _LEAN:
+        raw = dict(zip(LEAN_FIELDS, values))  # noqa: B905
+    elif n == _FULL:
+        raw = dict(zip(FULL_FIELDS, values))  # noqa: B905
     else:
-        raise MalformedAnswer(
-            f"admit answered {len(values)} values, not {len(LEAN_FIELDS)} or {len(FULL_FIELDS)}"
-        )
-    if raw["ok"] != ANSWERED:
-        if raw["ok"] != REPLAYED:
-            raise MalformedAnswer(f"admit answered the status {raw['ok']!r}")
+        raise MalformedAnswer(f"admit answered {n} values, not {_LEAN} or {_FULL}")
+    if values[0] != ANSWERED:
+        if values[0] != REPLAYED:
+            raise MalformedAnswer(f"admit answered the status {values[0]!r}")
         raw["ok"] = ANSWERED
         raw["replay"] = "1"
     return raw

@@ -53,6 +53,8 @@ class Library:
     def evalsha_only(self) -> None:
         """The server has no functions: every script is called with EVALSHA from now on."""
         self.functions = False
+        for script in self.scripts.values():
+            script.head = ("EVALSHA", script.sha)
 
     def load_commands(self) -> list[tuple[str, ...]]:
         """What loads every script: one FUNCTION LOAD, or a SCRIPT LOAD each."""
@@ -114,7 +116,7 @@ class LuaScript:
     it); calling it (``await script(keys=..., args=...)``) goes through redis-py, loading
     what is missing once."""
 
-    __slots__ = ("evalscript", "fname", "library", "name", "source")
+    __slots__ = ("evalscript", "fname", "head", "library", "name", "source")
 
     def __init__(self, library: Library, name: str) -> None:
         self.library = library
@@ -122,18 +124,16 @@ class LuaScript:
         self.fname = f"{library.name}_{name}"
         self.source = script_source(name)
         self.evalscript: AsyncScript = library.client.register_script(self.source)
+        # ("FCALL", function) or ("EVALSHA", digest): what comes before the number of keys
+        # (one tuple, kept: the pipeliner keys its packed heads by it on every call)
+        self.head: tuple[str, str] = (
+            ("FCALL", self.fname) if library.functions else ("EVALSHA", self.sha)
+        )
 
     @property
     def sha(self) -> str:
         """The EVALSHA digest of the script on its own."""
         return str(self.evalscript.sha)
-
-    @property
-    def head(self) -> tuple[str, str]:
-        """("FCALL", function) or ("EVALSHA", digest): what comes before the number of keys."""
-        if self.library.functions:
-            return ("FCALL", self.fname)
-        return ("EVALSHA", self.sha)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         library = self.library

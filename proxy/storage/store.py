@@ -565,17 +565,19 @@ def settlement_reply(raw: bytes) -> Reply:
         refusal: Reply = orjson.loads(raw)
         return refusal
     replay = raw[:1] == b"2"
-    text = (raw[1:] if replay else raw).decode()
-    try:
-        doc: Reply = Op.decode(text)
-    except ValueError as exc:  # a record of another length
-        raise MalformedAnswer(f"settle answered {text.count('|')} separators") from exc
-    if doc.pop("s") != Op.SETTLED:
-        raise MalformedAnswer("settle answered a record that is not settled")
+    values = (raw[1:] if replay else raw).decode().split("|", _SETTLED_LEN - 1)
+    if len(values) != _SETTLED_LEN or values[0] != Op.SETTLED:
+        raise MalformedAnswer(f"settle answered {len(values)} values, not a settled record")
+    doc: Reply = dict(zip(_SETTLED_REPLY, values))  # noqa: B905 (the length is checked)
     doc["ok"] = 1
     if replay:
         doc["replay"] = "1"
     return doc
+
+
+# settle's answer: "S" (read as "ok", then set to 1) and the settled record's fields
+_SETTLED_REPLY = ("ok", *Op.SETTLED_FIELDS)
+_SETTLED_LEN = len(_SETTLED_REPLY)
 
 
 def as_str(v: bytes | str) -> str:
