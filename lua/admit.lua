@@ -112,11 +112,11 @@ local function windows(tiers, now_s, tier, m)
   if not at then return nil end
   local sa_s, wa_s, sl_s, wl_s = string.match(tiers, '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
   if not sa_s then return nil end
-  local s_open, w_open = m[4] and dlt(now_s, m[4]), m[6] and dlt(now_s, m[6])
-  local s_used_s = s_open and (m[5] or '0') or '0'
-  local w_used_s = w_open and (m[7] or '0') or '0'
-  local s_reset_s = s_open and m[4] or fmt(tonumber(now_s) + tonumber(sl_s))
-  local w_reset_s = w_open and m[6] or fmt(tonumber(now_s) + tonumber(wl_s))
+  local s_open, w_open = m[3] and dlt(now_s, m[3]), m[5] and dlt(now_s, m[5])
+  local s_used_s = s_open and (m[4] or '0') or '0'
+  local w_used_s = w_open and (m[6] or '0') or '0'
+  local s_reset_s = s_open and m[3] or fmt(tonumber(now_s) + tonumber(sl_s))
+  local w_reset_s = w_open and m[5] or fmt(tonumber(now_s) + tonumber(wl_s))
   return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
     dlt(s_used_s, sa_s) and dlt(w_used_s, wa_s)
 end
@@ -124,7 +124,7 @@ end
 -- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
 local function eu_condition(plan, o, m, member_limit)
   if o[2] ~= '1' then return 'org_level_disabled' end
-  if plan == 'team' and o[3] == 'selected' and m[12] ~= '1' then
+  if plan == 'team' and o[3] == 'selected' and m[11] ~= '1' then
     return 'member_level_disabled'
   end
   if plan == 'enterprise' and member_limit == 0 then return 'member_level_disabled' end
@@ -185,9 +185,17 @@ local function admit(KEYS, ARGV)
     if prior then return prior end
   end
 
-  local o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-    'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'ar_pending', 'requests_on',
-    'clock', 'rc')
+  -- the org's fields; what only the whole answer shows (15, 16) is read when it is asked for
+  -- (a lean denial reads it then)
+  local o
+  if lean == '1' then
+    o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
+      'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'clock', 'rc')
+  else
+    o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
+      'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'clock', 'rc', 'ar_pending',
+      'requests_on')
+  end
   local plan = o[1]
   if not plan then return fail('unknown_org') end
   if o[12] == '0' then return fail('org_disabled') end
@@ -195,30 +203,38 @@ local function admit(KEYS, ARGV)
   local mid, kid, kgen = identify(cred_k, ARGV[2], ARGV[3])
   if not mid then return kid end
 
-  local now_s, advanced = clock_str(o[15], pinned)
+  local now_s, advanced = clock_str(o[13], pinned)
   local period, month_end_s = period_at(now_s, period_hint, period_start, period_end)
-  local org_res, rc, rc_moved = reclaim(org_k, mem_k, due_k, now_s, num(o[7]), o[16])
+  local org_res, rc, rc_moved = reclaim(org_k, mem_k, due_k, now_s, num(o[7]), o[14])
 
   local p = mid .. '|'
-  local m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'role', p .. 'enabled', p .. 's_end',
-    p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res',
-    p .. 'limit', p .. 'eu', p .. 'consent', p .. 'gen')
+  -- the member's fields; the role (14) only for the whole answer, as above
+  local m
+  if lean == '1' then
+    m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'enabled', p .. 's_end', p .. 's_used',
+      p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res', p .. 'limit',
+      p .. 'eu', p .. 'consent', p .. 'gen')
+  else
+    m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'enabled', p .. 's_end', p .. 's_used',
+      p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res', p .. 'limit',
+      p .. 'eu', p .. 'consent', p .. 'gen', p .. 'role')
+  end
   local tier = m[1]
   if not tier then return fail('unknown_member', mid) end
   -- a key issued before its member was removed is dead, even if the member is added again
-  if kgen and kgen ~= (m[14] or '') then return fail('unknown_key') end
-  if m[3] == '0' then return fail('member_disabled', mid) end
+  if kgen and kgen ~= (m[13] or '') then return fail('unknown_key') end
+  if m[2] == '0' then return fail('member_disabled', mid) end
   local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok =
     windows(tiers, now_s, tier, m)
   if not sa_s then return fail('unknown_tier', tier) end
 
   -- extra usage: the conditions, then every applicable limit and the balance
   local policy = o[10] or policy_default
-  local m_spend_s = in_period(m[8], m[9], period)
+  local m_spend_s = in_period(m[7], m[8], period)
   local org_spend_s = in_period(o[8], o[9], period)
   local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
-  local m_res = num(m[10])
-  local member_limit = (plan == 'enterprise') and opt(m[11]) or nil
+  local m_res = num(m[9])
+  local member_limit = (plan == 'enterprise') and opt(m[10]) or nil
   local tier_limit = nil
   if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
   local org_limit = opt(o[5])
@@ -239,7 +255,7 @@ local function admit(KEYS, ARGV)
   local remaining, limit_reason, fits = limits_and_balance(policy, limits, tonumber(ARGV[4]))
 
   -- condition 3: consent
-  local consent_ok = consent_mode ~= 'required' or m[13] == '1' or accept == '1'
+  local consent_ok = consent_mode ~= 'required' or m[12] == '1' or accept == '1'
   local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
   local eu_disabled = eu_reason
   if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
@@ -257,11 +273,15 @@ local function admit(KEYS, ARGV)
   -- answer carries (the proxy's lean answer when allowed)
   local rest = ''
   if decision ~= 'allow' or lean ~= '1' then
-    rest = '|' .. rid .. '|' .. plan .. '|' .. kid .. '|' .. (m[2] or DEFAULT_ROLE) .. '|'
+    if lean == '1' then  -- a lean denial: what the whole answer adds
+      local more = redis.call('HMGET', org_k, 'ar_pending', 'requests_on')
+      o[15], o[16], m[14] = more[1], more[2], redis.call('HGET', mem_k, p .. 'role')
+    end
+    rest = '|' .. rid .. '|' .. plan .. '|' .. kid .. '|' .. (m[14] or DEFAULT_ROLE) .. '|'
       .. now_s .. '|' .. period .. '|' .. (o[2] == '1' and '1' or '0') .. '|'
       .. (remaining and fmt(remaining) or '') .. '|' .. fits .. '|' .. consent_mode .. '|'
-      .. (m[13] == '1' and '1' or '0') .. '|' .. (plan == 'team' and fmt(balance) or '') .. '|'
-      .. fmt(m_res) .. '|' .. (o[14] or DEFAULT_REQUESTS_ON) .. '|' .. (o[13] or '')
+      .. (m[12] == '1' and '1' or '0') .. '|' .. (plan == 'team' and fmt(balance) or '') .. '|'
+      .. fmt(m_res) .. '|' .. (o[16] or DEFAULT_REQUESTS_ON) .. '|' .. (o[15] or '')
   end
   local answer = '1|' .. decision .. '|' .. mode .. '|' .. reason .. '|' .. fmt(amount) .. '|'
     .. tier .. '|' .. mid .. '|' .. (o[11] or '') .. '|' .. policy .. '|' .. s_used_s .. '|'

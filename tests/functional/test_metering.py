@@ -90,11 +90,22 @@ async def test_the_proxys_lean_answer_carries_what_its_headers_need(proxy: Proxy
     a = await store.admit(org, "r1", lean=True, **kw)
     replay = await store.admit(org, "r1", lean=True, **kw)
     assert {k: v for k, v in replay.raw.items() if k != "replay"} == a.raw
-    # a denial is answered whole: its explanation needs the rest
+    # a denial is answered whole: its explanation needs the rest, which a lean admission
+    # reads only then (the role, a pending reload, whether requests are on)
     await exhaust_seat(store, org, "lea")
+    k = store.keys(org)
+    await store.client.hset(k.org, mapping={"ar_pending": "rl-x", "requests_on": "0"})
+    await store.client.hset(k.members, "lea|role", "admin")
     denied = await store.admit(org, "r2", lean=True, **kw)
     assert not denied.allowed
     assert denied.raw.keys() == full.raw.keys()
+    whole = await store.admit(org, "r2", reserve=False, **kw)
+    assert denied.raw == {**whole.raw, "rid": "r2"}
+    assert (denied["role"], denied["reload_pending"], denied["requests_on"]) == (
+        "admin",
+        "rl-x",
+        "0",
+    )
 
 
 async def test_strings_that_need_escaping_come_back_intact(proxy: Proxy) -> None:
