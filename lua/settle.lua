@@ -56,15 +56,15 @@ local function charge_extra(org_k, mem_k, op_k, rid, cost_s, a, tier, held, o, m
     redis.call('HINCRBY', mem_k, p .. 'eu_res', '-' .. a)
     redis.call('HINCRBY', org_k, 'eu_res', '-' .. a)
   end
-  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[3], period, cost_s)
-  add_in_period(org_k, 'spend_p', 'spend', o[3], period, cost_s)
-  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[8], period, cost_s)
+  add_in_period(mem_k, p .. 'spend_p', p .. 'spend', mm[1], period, cost_s)
+  add_in_period(org_k, 'spend_p', 'spend', o[4], period, cost_s)
+  add_in_period(org_k, 'tspend_p:' .. tier, 'tspend:' .. tier, o[9], period, cost_s)
   local balance = num(o[2])
   if o[1] ~= 'team' then return overshoot, 0, balance, '', '' end
   -- the draw: "-<cost>", never "-0" (HINCRBY refuses it, after this script's writes)
   balance = redis.call('HINCRBY', org_k, 'balance', cost_s == '0' and '0' or '-' .. cost_s)
-  local threshold, ramount = opt(o[5]), num(o[6])
-  if o[4] == '1' and (o[7] == false or o[7] == '') and threshold and ramount > 0
+  local threshold, ramount = opt(o[6]), num(o[7])
+  if o[5] == '1' and (o[8] == false or o[8] == '') and threshold and ramount > 0
       and balance <= threshold then
     local reload_id, reload_amount = 'rl-' .. rid, fmt(ramount)
     -- the reload's own operation key, beside this one (same prefix, same slot); pending
@@ -81,7 +81,7 @@ end
 local function charge_included(mem_k, cost_s, mm, period, now_s, p)
   if mm[1] and dlt(now_s, mm[1]) then redis.call('HINCRBY', mem_k, p .. 's_used', cost_s) end
   if mm[2] and dlt(now_s, mm[2]) then redis.call('HINCRBY', mem_k, p .. 'w_used', cost_s) end
-  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[4], period, cost_s)
+  add_in_period(mem_k, p .. 'inc_p', p .. 'inc', mm[3], period, cost_s)
 end
 
 local function settle(KEYS, ARGV)
@@ -105,12 +105,20 @@ local function settle(KEYS, ARGV)
       expired = '1'
     end
   end
-  local o = redis.call('HMGET', org_k, 'plan', 'balance', 'spend_p', 'ar_on', 'ar_threshold',
-    'ar_amount', 'ar_pending', 'tspend_p:' .. tier, 'clock')
+  -- the org's and the member's fields: on extra usage, its month, balance and reload
+  -- settings; included, the seat windows and the month's included total
+  local o, mm
+  if mode == 'extra_usage' then
+    o = redis.call('HMGET', org_k, 'plan', 'balance', 'clock', 'spend_p', 'ar_on',
+      'ar_threshold', 'ar_amount', 'ar_pending', 'tspend_p:' .. tier)
+    mm = redis.call('HMGET', mem_k, p .. 'spend_p')
+  else
+    o = redis.call('HMGET', org_k, 'plan', 'balance', 'clock')
+    mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'inc_p')
+  end
   local plan = o[1] or ''
-  local now_s, advanced = clock_str(o[9], pinned)
+  local now_s, advanced = clock_str(o[3], pinned)
   local period = period_at(now_s, period_hint, period_start, period_end)
-  local mm = redis.call('HMGET', mem_k, p .. 's_end', p .. 'w_end', p .. 'spend_p', p .. 'inc_p')
 
   if advanced then redis.call('HSET', org_k, 'clock', now_s) end
   -- the balance as stored (a plain integer) unless the charge moved it
