@@ -10,7 +10,9 @@ pairs spread over the orgs of a 3-master Redis Cluster.
    the pairs per second the clients reached, and Redis's own CPU time per pair (user +
    system, from /proc) — whence the ceiling ``1 / CPU per pair`` on one core, which does not
    depend on the clients keeping up (this machine has two cores: the clients share the second
-   one). ``INFO commandstats`` gives the µs per EVALSHA beside it.
+   one). ``INFO commandstats`` gives the µs per script call beside it. In interleaved rounds
+   against a baseline: the same Lua called script by script with EVALSHA (``Store(...,
+   functions=False)``), where the candidate calls the library's functions with FCALL.
 2. **Memory.** 100,000 pairs (``--memory-requests``), then ``used_memory`` per request: during
    the replay window (the operation records and the unsunk ledger), after a sink pass (the
    real ``LedgerSink`` into a throwaway PostgreSQL: the records only), and once the window
