@@ -112,6 +112,26 @@ async def test_every_script_runs_on_a_cluster_and_survives_a_restarted_node(
     counters = await member_counters(proxy.store, victim, "ann")
     assert counters["inc"] == await ledger_sum(proxy.store, victim)
 
+    # every master loses the library (restarted without persistence, flushed): the first
+    # call that reaches each loads it again, on every master, and goes through once
+    library = proxy.store.library
+    assert await library.libraries() == [library.name]
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port) as c:
+            c.function_flush()
+    assert await library.libraries() == []
+    before = {org: len(await proxy.store.ledger(org)) for org in orgs}
+    for org in orgs:
+        status, _, body = await proxy.post(keys[org], message())
+        assert status == 200, body
+    await proxy.settled()
+    assert await library.libraries() == [library.name]
+    for org in orgs:
+        assert len(await proxy.store.ledger(org)) == before[org] + 1
+    for org in orgs[1:]:  # (the first one's member has extra usage too)
+        counters = await member_counters(proxy.store, org, "ann")
+        assert counters["inc"] == await ledger_sum(proxy.store, org)
+
 
 async def test_calls_are_pipelined_per_master_and_follow_a_moved_slot(
     cluster: RedisCluster, proxy_factory: ProxyFactory
