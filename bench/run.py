@@ -525,10 +525,22 @@ def run(quick: bool) -> dict[str, Any]:
             row["ratio_p99_c_over_b"] = round(
                 row["c_candidate"]["p99_ms"] / row["b_bare"]["p99_ms"], 3
             )
+            row.update(cpu_bounds(row["cpu_ms_per_request"]))
             results["throughput_workers2"][f"c{conns}"] = row
     finally:
         stack.stop()
     return results
+
+
+def cpu_bounds(cpu: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What the CPU rows say of the throughput ratio, the run being CPU-bound on shared cores:
+    the ratio of (b)'s machine CPU a request to (c)'s (the ratio predicted), and the most (c)
+    could reach if its metering cost nothing but Redis's CPU: (b) / ((b) + Redis)."""
+    b = cpu["b_bare"]["machine"]
+    return {
+        "ratio_predicted_by_cpu": round(b / cpu["c_candidate"]["machine"], 3),
+        "ratio_bound_redis_alone": round(b / (b + cpu["c_candidate"]["redis"]), 3),
+    }
 
 
 def table(r: dict[str, Any]) -> str:
@@ -581,6 +593,12 @@ def table(r: dict[str, Any]) -> str:
             f"{cpu['b_bare']['mock']}) | {cpu['c_candidate']['machine']} "
             f"({cpu['c_candidate']['c_candidate']} / {cpu['c_candidate']['redis']} / "
             f"{cpu['c_candidate']['mock']}) | |"
+        )
+        bounds = cpu_bounds(cpu)
+        lines.append(
+            f"| 2 workers {c}: (c)/(b) as the CPU rows predict it; at most, were the proxy's "
+            f"metering free but Redis | | | {bounds['ratio_predicted_by_cpu']:.0%}; "
+            f"{bounds['ratio_bound_redis_alone']:.0%} | |"
         )
         lines.append(
             f"| 2 workers {c}: p99 ms | {row['a_direct']['p99_ms']} | "
