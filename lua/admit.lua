@@ -131,21 +131,20 @@ local function eu_condition(plan, o, m, member_limit)
   return ''
 end
 
--- condition 4: every applicable limit and the balance. Returns the least room left under
--- any of them (nil: unlimited), the first one that refuses ('' none) and whether a strict
--- maximum (`max_cost`, nano-USD) fits ('1'/'0').
-local function limits_and_balance(policy, limits, max_cost)
-  local remaining, limit_reason, fits = nil, '', '1'
-  for _, l in ipairs(limits) do
-    local room
-    if policy == 'none' then room = l[2] - l[3] else room = l[2] - l[3] - l[4] end
-    if remaining == nil or room < remaining then remaining = room end
-    if limit_reason == '' then
-      if room <= 0 then
-        limit_reason = l[1]
-      elseif policy == 'strict' and room < max_cost then
-        limit_reason, fits = l[1], '0'
-      end
+-- condition 4, one limit: folds `limit` (named `name`, with `used` spent and `held` reserved
+-- under it) into what the limits before it gave: the least room left under any (nil:
+-- unlimited), the first that refuses ('' none) and whether a strict maximum (`max_s`, nano-USD
+-- as sent, converted only for strict) fits ('1'/'0'). Called once per applicable limit and
+-- the balance, in order (no table per limit).
+local function limit_room(policy, max_s, remaining, limit_reason, fits, name, limit, used, held)
+  local room
+  if policy == 'none' then room = limit - used else room = limit - used - held end
+  if remaining == nil or room < remaining then remaining = room end
+  if limit_reason == '' then
+    if room <= 0 then
+      limit_reason = name
+    elseif policy == 'strict' and room < tonumber(max_s) then
+      limit_reason, fits = name, '0'
     end
   end
   return remaining, limit_reason, fits
@@ -243,16 +242,23 @@ local function admit(KEYS, ARGV)
     or (plan == 'team' and DEFAULT_CONSENT_TEAM or DEFAULT_CONSENT_ENTERPRISE)
   local eu_reason = eu_condition(plan, o, m, member_limit)
 
-  local limits = {}
+  local max_s, remaining, limit_reason, fits = ARGV[4], nil, '', '1'
   if member_limit then
-    limits[#limits + 1] = { 'member_spend_limit', member_limit, m_spend, m_res }
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'member_spend_limit', member_limit, m_spend, m_res)
   end
   if tier_limit then
-    limits[#limits + 1] = { 'seat_tier_spend_limit', tier_limit, m_spend, m_res }
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'seat_tier_spend_limit', tier_limit, m_spend, m_res)
   end
-  if org_limit then limits[#limits + 1] = { 'org_spend_limit', org_limit, org_spend, org_res } end
-  if plan == 'team' then limits[#limits + 1] = { 'out_of_credits', balance, 0, org_res } end
-  local remaining, limit_reason, fits = limits_and_balance(policy, limits, tonumber(ARGV[4]))
+  if org_limit then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'org_spend_limit', org_limit, org_spend, org_res)
+  end
+  if plan == 'team' then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'out_of_credits', balance, 0, org_res)
+  end
 
   -- condition 3: consent
   local consent_ok = consent_mode ~= 'required' or m[12] == '1' or accept == '1'

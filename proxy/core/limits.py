@@ -1,6 +1,6 @@
 """What binds: the effective extra-usage limit of an org and of each member this month, and
 which rule it is — the same rules, in the same order, as admission (``lua/admit.lua``:
-``eu_condition`` then ``limits_and_balance``), for the admin views. Pure.
+``eu_condition`` then ``limit_room`` per limit), for the admin views. Pure.
 
 A member's spend runs against the lowest room left under every limit that applies to them:
 their own monthly limit and their seat tier's (Enterprise), the org's monthly limit, and on
