@@ -54,7 +54,7 @@
 local function admit_replayed(op_k, member)
   local prior = redis.call('GET', op_k)
   if not prior then return nil end
-  local a, _, _, m = reserved(prior)
+  local a, _, _, m, nl = reserved(prior)
   local done = nil
   if not a then
     done = settled(prior)
@@ -62,7 +62,9 @@ local function admit_replayed(op_k, member)
   end
   -- the check API names the member: a request id is its member's, never another's
   if member and m and m ~= member then return fail('request_id_taken') end
-  -- the decision as answered (the record until it is settled or released), status "2"
+  -- the decision as answered (the record until it is settled or released), status "2"; a
+  -- record of the version before answers its JSON, marked as a replay
+  if nl then return string.sub(prior, 1, nl - 2) .. ',"replay":"1"}' end
   if a then return '2' .. string.sub(prior, 2) end
   -- already settled or released: this request id is spent
   return fail('duplicate_id', done and 'settled' or 'released')

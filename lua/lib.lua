@@ -151,9 +151,17 @@ end
 -- answered ("|"-joined in the order of admission.py's FULL_FIELDS, status "1", decision
 -- "allow"): "1|allow|<mode>|<reason>|<amount>|<tier>|<member>|...". Returns the amount held,
 -- the mode, the tier and the member; nil for a record in another state.
+-- A record written by the version before (its JSON answer, a newline, then
+-- "r|<amount>|<mode>|<tier>|<member>") is read too, while a rollout mixes the two (a check
+-- API reservation made on a proxy of that version, settled on this one; a journal replayed
+-- across the upgrade): then the fifth value is where its answer ends.
 local function reserved(raw)
   local mode, a, tier, mid = string.match(raw, '^1|allow|([%w_]+)|[^|]*|(%d+)|([^|]*)|([^|]*)|')
-  return a, mode, tier, mid
+  if mode then return a, mode, tier, mid end
+  local nl = string.find(raw, '\n', 1, true)
+  if not nl or string.sub(raw, 1, 1) ~= '{' then return nil end
+  a, mode, tier, mid = string.match(raw, '^r|(%d+)|([%w_]+)|([^|]*)|(.*)$', nl + 1)
+  return a, mode, tier, mid, nl
 end
 
 -- the packed tails of admit.lua (13 values) and settle.lua (7), "|"-joined (scripts.py), and

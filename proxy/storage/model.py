@@ -243,6 +243,10 @@ class Op:
         if raw.startswith(Op.SETTLED + "|"):
             values = raw[2:].split("|", len(Op.SETTLED_FIELDS) - 1)
             return {"s": Op.SETTLED, **dict(zip(Op.SETTLED_FIELDS, values, strict=True))}
+        if raw.startswith("{"):  # written by the version before: its answer, then the fields
+            before, _, header = raw.partition("\n")
+            values = header.split("|", len(Op.FIELDS) - 1)
+            return {**dict(zip(Op.FIELDS, values, strict=True)), "answer": before}
         answer = parse_answer(raw)
         return {
             "s": Op.RESERVED,

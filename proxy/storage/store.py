@@ -208,7 +208,7 @@ class Store:
         spec: ScriptSpec,
         started: float,
         reply: Awaitable[Any],
-        decode: Callable[[bytes], Reply] = orjson.loads,
+        decode: Callable[[Any], Reply] = orjson.loads,
     ) -> Reply:
         """A script's reply, decoded (JSON; admit's answer: ``admission_reply``); Redis
         errors become StoreUnavailable, refusals StoreRefusal."""
@@ -550,22 +550,25 @@ class _NotSent:
 NOT_SENT = _NotSent()
 
 
-def admission_reply(raw: bytes) -> Reply:
-    """admit's reply: its answer ("|"-joined values: ``parse_answer``), or a refusal (JSON)."""
-    if raw[:1] == b"{":
-        refusal: Reply = orjson.loads(raw)
-        return refusal
-    return parse_answer(raw.decode())
+def admission_reply(raw: bytes | str) -> Reply:
+    """admit's reply: its answer ("|"-joined values: ``parse_answer``), or JSON: a refusal,
+    or the replayed answer of a record the version before wrote (its fields by name)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text[:1] == "{":
+        doc: Reply = orjson.loads(text)
+        return doc
+    return parse_answer(text)
 
 
-def settlement_reply(raw: bytes) -> Reply:
+def settlement_reply(raw: bytes | str) -> Reply:
     """settle's reply: the settled record (``Op.SETTLED_FIELDS``; "2" in front for a replay),
     or a refusal (JSON)."""
-    if raw[:1] == b"{":
-        refusal: Reply = orjson.loads(raw)
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text[:1] == "{":
+        refusal: Reply = orjson.loads(text)
         return refusal
-    replay = raw[:1] == b"2"
-    values = (raw[1:] if replay else raw).decode().split("|", _SETTLED_LEN - 1)
+    replay = text[:1] == "2"
+    values = (text[1:] if replay else text).split("|", _SETTLED_LEN - 1)
     if len(values) != _SETTLED_LEN or values[0] != Op.SETTLED:
         raise MalformedAnswer(f"settle answered {len(values)} values, not a settled record")
     doc: Reply = dict(zip(_SETTLED_REPLY, values))  # noqa: B905 (the length is checked)

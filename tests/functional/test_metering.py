@@ -444,3 +444,52 @@ async def test_every_value_of_a_settlement_is_in_its_place(proxy: Proxy) -> None
     }
     again = await store.settle(org, "req-oz", cost=600_000_000, model="m", usage={})[0]
     assert again == {**result, "replay": "1"}
+
+
+async def test_records_of_the_version_before_are_settled_released_and_replayed(
+    proxy: Proxy,
+) -> None:
+    """A rollout mixes versions: a check API reservation made on a proxy of the version
+    before (its record: the JSON answer, a newline, "r|amount|mode|tier|member") is settled,
+    released, renewed and replayed by this one, exactly once."""
+    org = await proxy.org("team")
+    await proxy.member(org, "ula")
+    store = proxy.store
+    store.pinned_now = 1_800_000_000
+    await exhaust_seat(store, org, "ula")
+    k = store.keys(org)
+    await store.client.hset(k.org, mapping={"eu_on": "1", "balance": "9000000000"})
+    kw: dict[str, Any] = {"who": "m", "credential": "ula", "max_cost": 10**9, "est_cost": 10**8}
+
+    async def as_before(rid: str) -> Any:
+        a = await store.admit(org, rid, **kw)
+        assert a["mode"] == "extra_usage" and a["amount"] == str(10**8)
+        old = orjson.dumps({**a.raw, "ok": 1}).decode()
+        old += f"\nr|{a['amount']}|{a['mode']}|{a['tier']}|{a['member']}"
+        await store.client.set(op_key(k, rid), old, ex=3600)
+        return a
+
+    a = await as_before("chk:old-1")
+    replay = await store.admit(org, "chk:old-1", **kw)
+    assert replay["replay"] == "1" and replay["amount"] == a["amount"]
+    record = await store.operation(org, "chk:old-1")
+    assert record is not None and (record["s"], record["a"], record["m"]) == (
+        "r",
+        "100000000",
+        "ula",
+    )
+    assert (await store.renew(org, "chk:old-1"))["exp"] != ""
+    result = await store.settle(org, "chk:old-1", cost=250_000_000, model="m", usage={})[0]
+    assert (result["mode"], result["reserved"], result["expired"]) == (
+        "extra_usage",
+        str(10**8),
+        "0",
+    )
+    again = await store.settle(org, "chk:old-1", cost=250_000_000, model="m", usage={})[0]
+    assert again["replay"] == "1" and len(await store.ledger(org)) == 1
+
+    await as_before("chk:old-2")
+    assert (await store.release(org, "chk:old-2"))["released"] == str(10**8)
+    counters = await member_counters(store, org, "ula")
+    assert counters["eu_res"] == 0 and counters["spend"] == 250_000_000
+    assert int((await store.org_settings(org))["eu_res"]) == 0
