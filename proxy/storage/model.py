@@ -39,6 +39,7 @@ from proxy.core.admission import (
     EXTRA_USAGE,
     INCLUDED,
     MODES,
+    MalformedAnswer,
     parse_answer,
 )
 
@@ -234,6 +235,16 @@ class Op:
     CHECK_PREFIX: Final = "chk:"  # the check API's request ids, apart from the proxy's
 
     @staticmethod
+    def settled(raw: str) -> dict[str, str]:
+        """A settled record ("S|" then ``SETTLED_FIELDS`` joined by "|", the member last) as
+        its fields: what settle.lua answers and a replay of it answers again. A record of
+        another state or length is a ``MalformedAnswer``."""
+        values = raw.split("|", _SETTLED_PARTS - 1)
+        if len(values) != _SETTLED_PARTS or values[0] != Op.SETTLED:
+            raise MalformedAnswer(f"{len(values)} values, not a settled record")
+        return dict(zip(Op.SETTLED_FIELDS, values[1:]))  # noqa: B905 (the length is checked)
+
+    @staticmethod
     def decode(raw: str) -> dict[str, str]:
         """A request's record as its fields: ``s`` (its state) and, reserved, ``a``, ``mode``,
         ``t``, ``m`` and ``answer``; settled, ``SETTLED_FIELDS``. (lib.lua's ``reserved`` and
@@ -241,8 +252,7 @@ class Op:
         if raw == Op.RELEASED:
             return {"s": Op.RELEASED}
         if raw.startswith(Op.SETTLED + "|"):
-            values = raw[2:].split("|", len(Op.SETTLED_FIELDS) - 1)
-            return {"s": Op.SETTLED, **dict(zip(Op.SETTLED_FIELDS, values, strict=True))}
+            return {"s": Op.SETTLED, **Op.settled(raw)}
         if raw.startswith("{"):  # written by the version before: its answer, then the fields
             before, _, header = raw.partition("\n")
             values = header.split("|", len(Op.FIELDS) - 1)
@@ -256,6 +266,9 @@ class Op:
             "m": answer["member"],
             "answer": raw,
         }
+
+
+_SETTLED_PARTS = 1 + len(Op.SETTLED_FIELDS)  # "S" and the fields
 
 
 class Ledger:

@@ -24,7 +24,7 @@ from typing import Any
 
 from proxy.core.admission import FULL_FIELDS, OPTIONAL_FIELDS
 from proxy.storage.keys import OrgKeys
-from proxy.storage.model import REPLY_STATUS, lua_prelude
+from proxy.storage.model import REPLY_STATUS, Op, lua_prelude
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,21 +164,7 @@ SETTLE = ScriptSpec(
         Arg("estimated", '"1" when the usage is the estimate rule\'s (the answer was cut)'),
         *PERIOD,
     ),
-    reply=(
-        "ok",
-        "mode",
-        "cost",
-        "overshoot",
-        "reserved",
-        "balance",
-        "period",
-        "member",
-        "tier",
-        "reload_id",
-        "reload_amount",
-        "entry",
-        "expired",
-    ),
+    reply=("ok", *Op.SETTLED_FIELDS),  # its answer is the settled record (Op.settled)
     packed=True,
 )
 RELEASE = ScriptSpec(

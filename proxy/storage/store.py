@@ -226,7 +226,7 @@ class Store:
             doc: Reply = decode(raw)
         except MalformedAnswer as exc:
             failures.warning("redis", "malformed reply", script=spec.name, error=str(exc))
-            message = "the usage store answered an unreadable decision; an operator must look"
+            message = "the usage store answered an unreadable reply; an operator must look"
             raise StoreUnavailable(message) from exc
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
@@ -550,37 +550,35 @@ class _NotSent:
 NOT_SENT = _NotSent()
 
 
-def admission_reply(raw: bytes | str) -> Reply:
-    """admit's reply: its answer ("|"-joined values: ``parse_answer``), or JSON: a refusal,
-    or the replayed answer of a record the version before wrote (its fields by name)."""
+def _refusal_or_text(raw: bytes | str) -> tuple[Reply | None, str]:
+    """A script's reply: (the JSON document, "") when it is JSON — a refusal, or what the
+    version before answered — else (None, its text)."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     if text[:1] == "{":
         doc: Reply = orjson.loads(text)
-        return doc
-    return parse_answer(text)
+        return doc, ""
+    return None, text
+
+
+def admission_reply(raw: bytes | str) -> Reply:
+    """admit's reply: its answer ("|"-joined values: ``parse_answer``), or JSON: a refusal,
+    or the replayed answer of a record the version before wrote (its fields by name)."""
+    doc, text = _refusal_or_text(raw)
+    return doc if doc is not None else parse_answer(text)
 
 
 def settlement_reply(raw: bytes | str) -> Reply:
-    """settle's reply: the settled record (``Op.SETTLED_FIELDS``; "2" in front for a replay),
-    or a refusal (JSON)."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    if text[:1] == "{":
-        refusal: Reply = orjson.loads(text)
+    """settle's reply: the settled record (``Op.settled``; "2" in front for a replay), or a
+    refusal (JSON)."""
+    refusal, text = _refusal_or_text(raw)
+    if refusal is not None:
         return refusal
     replay = text[:1] == "2"
-    values = (text[1:] if replay else text).split("|", _SETTLED_LEN - 1)
-    if len(values) != _SETTLED_LEN or values[0] != Op.SETTLED:
-        raise MalformedAnswer(f"settle answered {len(values)} values, not a settled record")
-    doc: Reply = dict(zip(_SETTLED_REPLY, values))  # noqa: B905 (the length is checked)
+    doc: Reply = Op.settled(text[1:] if replay else text)
     doc["ok"] = 1
     if replay:
         doc["replay"] = "1"
     return doc
-
-
-# settle's answer: "S" (read as "ok", then set to 1) and the settled record's fields
-_SETTLED_REPLY = ("ok", *Op.SETTLED_FIELDS)
-_SETTLED_LEN = len(_SETTLED_REPLY)
 
 
 def as_str(v: bytes | str) -> str:
