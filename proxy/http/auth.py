@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.core.credentials import ADMIN_TOKEN_PREFIX, PROXY_KEY_PREFIX, hash_secret, org_of
-from proxy.core.errors import AuthenticationFailed, PermissionDenied
+from proxy.core.errors import AuthenticationFailed, InternalError, PermissionDenied
 from proxy.storage.model import OFF
-from proxy.storage.store import Store, StoreRefusal
+from proxy.storage.store import UNREADABLE, Store, StoreRefusal
 
 
 def presented_secret(request: web.Request) -> str | None:
@@ -73,6 +73,17 @@ def raise_for_identity(refusal: StoreRefusal) -> None:
         what = "member" if refusal.code == "member_disabled" else "organization"
         raise PermissionDenied(
             f"this {what} is disabled; ask an owner of your organization"
+        ) from refusal
+
+
+def raise_for_store(refusal: StoreRefusal) -> None:
+    """A refusal that is not about the caller: the store answered a reply it cannot read
+    (a value no API lets in) — a 500 an operator must act on, neither an outage nor the
+    caller's fault."""
+    if refusal.code == UNREADABLE:
+        raise InternalError(
+            "the usage store holds a value for this organization that the proxy cannot read; "
+            "nothing is charged and nothing was sent: an operator must look"
         ) from refusal
 
 

@@ -25,7 +25,7 @@ from proxy.core.pricing import UsageError, usage_from_mapping
 from proxy.core.request_fields import MAX_TOKENS_LIMIT
 from proxy.core.validate import boolean, only, string
 from proxy.http.appkeys import CONFIG, METER, STORE
-from proxy.http.auth import bearer, is_token
+from proxy.http.auth import bearer, is_token, raise_for_store
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
 from proxy.storage.model import Op
@@ -160,6 +160,7 @@ async def check(request: web.Request) -> web.Response:
             reserve=reserve,
         )
     except StoreRefusal as exc:
+        raise_for_store(exc)
         if exc.code == "unknown_org":
             raise NotFound(f"organization {org!r} not found") from exc
         if exc.code == "unknown_member":

@@ -34,7 +34,13 @@ from proxy.http.appkeys import (
     STORE,
     UPSTREAM,
 )
-from proxy.http.auth import ProxyKey, member_of_key, proxy_key, raise_for_identity
+from proxy.http.auth import (
+    ProxyKey,
+    member_of_key,
+    proxy_key,
+    raise_for_identity,
+    raise_for_store,
+)
 from proxy.http.body import read_body
 from proxy.http.forwarding import Metered, forward_body, forward_error, forward_stream, release
 from proxy.http.headers import response_headers, upstream_headers
@@ -224,6 +230,7 @@ async def _admit(
         )
     except StoreRefusal as exc:
         raise_for_identity(exc)
+        raise_for_store(exc)
         if exc.code == "unbounded_server_tool":
             raise InvalidRequest(
                 "this request would run on extra usage under your organization's strict spend "

@@ -64,6 +64,11 @@ RedisClient = aioredis.Redis | RedisCluster
 
 
 # what a client is told: never the library's text, which names hosts and ports
+# the refusal of a reply the store cannot read: a value no API lets in (a "|" in an
+# admission's answer) that would shift every value after it
+UNREADABLE = "unreadable_reply"
+
+
 def unavailable(exc: RedisError) -> str:
     """What a client is told: the kind of failure, never the library's text (it names hosts
     and ports)."""
@@ -225,9 +230,10 @@ class Store:
         try:
             doc: Reply = decode(raw)
         except MalformedAnswer as exc:
+            # not an outage (nothing to fail open for, nothing to retry): the operation is
+            # refused, and each caller's refusal path says so
             failures.warning("redis", "malformed reply", script=spec.name, error=str(exc))
-            message = "the usage store answered an unreadable reply; an operator must look"
-            raise StoreUnavailable(message) from exc
+            raise StoreRefusal(UNREADABLE, str(exc)) from exc
         if doc.get("ok") == 0:
             raise StoreRefusal(doc.get("err", "refused"), doc.get("detail", ""))
         return doc

@@ -13,7 +13,7 @@ from proxy.core.decision import unified_headers
 from proxy.storage.keys import op_key
 from proxy.storage.model import Op
 from proxy.storage.store import Store, StoreRefusal, script_source
-from tests.conftest import Proxy, message
+from tests.conftest import SERVICE, Proxy, message
 from tests.functional.helpers import expected_cost, ledger_sum, member_counters
 from tests.functional.test_extra_usage import exhaust_seat
 
@@ -493,3 +493,34 @@ async def test_records_of_the_version_before_are_settled_released_and_replayed(
     counters = await member_counters(store, org, "ula")
     assert counters["eu_res"] == 0 and counters["spend"] == 250_000_000
     assert int((await store.org_settings(org))["eu_res"]) == 0
+
+
+async def test_an_answer_holding_a_separator_is_refused_not_read_shifted(proxy: Proxy) -> None:
+    """A value no API lets in (a "|" in the org's upstream reference, written to Redis by
+    hand) would shift every value after it: the admission is refused (500, in words an
+    operator can act on, not an outage to fail open for), nothing reaches the API and
+    nothing is charged."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "pip")
+    await proxy.store.client.hset(proxy.store.keys(org).org, "upstream", "ref|1")
+    sent = len(proxy.mock.requests)
+    status, _, body = await proxy.post(key, message())
+    assert status == 500, body
+    assert b"the proxy cannot read" in body
+    await proxy.settled()
+    assert len(proxy.mock.requests) == sent
+    # the check API says the same (not a 409 about the caller's request)
+    body_doc = {
+        "org_id": org,
+        "member_id": "pip",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 10,
+        "max_tokens": 10,
+        "request_id": "sep-1",
+    }
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    async with proxy.session.post(proxy.url + "/v1/usage/check", json=body_doc, headers=auth) as r:
+        assert r.status == 500
+        assert "the proxy cannot read" in (await r.json())["error"]["message"]
+    assert await proxy.store.ledger(org) == []
+    assert (await member_counters(proxy.store, org, "pip"))["s_used"] == 0
