@@ -100,6 +100,8 @@ UNAVAILABLE = {
     }
 }
 PERIOD = {"type": "string", "pattern": r"^2\d{3}-(0[1-9]|1[0-2])$"}
+# a month, optional in the query (the current one by default)
+PERIOD_QUERY = {"name": "period", "in": "query", "required": False, "schema": PERIOD}
 
 SCHEMAS: dict[str, Any] = {
     "Error": obj(
@@ -466,7 +468,7 @@ def document() -> dict[str, Any]:
                     ANY,
                     params=[
                         ORG,
-                        {"name": "period", "in": "query", "required": False, "schema": PERIOD},
+                        PERIOD_QUERY,
                     ],
                     extra=UNAVAILABLE,
                 )
@@ -477,7 +479,7 @@ def document() -> dict[str, Any]:
                     ANY,
                     params=[
                         ORG,
-                        {"name": "period", "in": "query", "required": False, "schema": PERIOD},
+                        PERIOD_QUERY,
                     ],
                     extra=UNAVAILABLE,
                 )

@@ -74,6 +74,15 @@ class Live:
             out[f"{member}_key"] = key["key"]
         return out
 
+    def funded(self, org: str, idempotency_key: str) -> None:
+        """Extra usage turned on for a Team org, and $10.00 bought."""
+        self.call("PATCH", f"/admin/v1/orgs/{org}/extra-usage", {"enabled": True})
+        self.call(
+            "POST",
+            f"/admin/v1/orgs/{org}/extra-usage/purchases",
+            {"amount": "10.00", "idempotency_key": idempotency_key},
+        )
+
     def message(self, key: str, output_tokens: int) -> tuple[int, Any]:
         return self.call(
             "POST",
@@ -185,12 +194,7 @@ def shot(page: Page, name: str, selector: str | None = None) -> None:
 
 def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, live: Live) -> None:
     t = live.org("browser-team", "team")
-    live.call("PATCH", "/admin/v1/orgs/browser-team/extra-usage", {"enabled": True})
-    live.call(
-        "POST",
-        "/admin/v1/orgs/browser-team/extra-usage/purchases",
-        {"amount": "10.00", "idempotency_key": "b1"},
-    )
+    live.funded("browser-team", "b1")
     assert live.message(t["mia_key"], 300_000)[0] == 200  # past the seat allowance
     assert live.message(t["mia_key"], 100)[0] == 200  # extra usage
     sign_in(page, live, t["olga_token"])
@@ -453,12 +457,7 @@ def test_five_hundred_members_stay_usable(page: Page, live: Live) -> None:
 
 def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
     t = live.org("browser-stmt", "team")
-    live.call("PATCH", "/admin/v1/orgs/browser-stmt/extra-usage", {"enabled": True})
-    live.call(
-        "POST",
-        "/admin/v1/orgs/browser-stmt/extra-usage/purchases",
-        {"amount": "10.00", "idempotency_key": "s1"},
-    )
+    live.funded("browser-stmt", "s1")
     assert live.message(t["mia_key"], 300_000)[0] == 200  # included, past the allowance
     assert live.message(t["mia_key"], 100)[0] == 200  # extra usage: $0.0015
     subprocess.run(
@@ -593,12 +592,7 @@ def test_figures_refresh_on_focus_with_the_time_of_the_update(page: Page, live: 
     """An open tab does not show a balance from before the traffic: coming back to the tab
     reloads the figures (and every 30 s)."""
     t = live.org("browser-live", "team")
-    live.call("PATCH", "/admin/v1/orgs/browser-live/extra-usage", {"enabled": True})
-    live.call(
-        "POST",
-        "/admin/v1/orgs/browser-live/extra-usage/purchases",
-        {"amount": "10.00", "idempotency_key": "l1"},
-    )
+    live.funded("browser-live", "l1")
     sign_in(page, live, t["olga_token"])
     expect(page.locator("#balance")).to_have_text("$10.00")
     live.call(
