@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.money import AmountError, parse_usd
 from proxy.core.pricing import Family, PriceTable, family_from_toml, most_expensive
+from proxy.core.vocabulary import Policy
 
 
 class ConfigError(ValueError):
@@ -78,7 +79,7 @@ def allowed_credential(upstream: UpstreamConfig, name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    reservation: str = "estimate"
+    reservation: str = Policy.ESTIMATE
     fail_mode: str = "closed"
     reservation_ttl_s: int = 900
     # how long a finished request's record stays in Redis for replays: redis-py's retries
@@ -150,7 +151,7 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-RESERVATION_POLICIES = ("strict", "estimate", "none")
+RESERVATION_POLICIES = Policy.ALL
 PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$")
 ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{3,63}$")
 # the proxy's own secrets and endpoints: never an org's upstream credential

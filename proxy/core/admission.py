@@ -11,24 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-# -- the decision's vocabulary (re-exported by the data model, proxy.storage.model) -----
-ALLOW: Final = "allow"
-DENY: Final = "deny"
-INCLUDED: Final = "included"
-EXTRA_USAGE: Final = "extra_usage"
-MODES: Final = (INCLUDED, EXTRA_USAGE)
-CLAIMS: Final = ("five_hour", "seven_day")
-# why extra usage is not available (the unified headers' overage-disabled-reason, and the
-# reason of a denial): the conditions first, then the limits in the order admission tests them
-DISABLED_REASONS: Final = (
-    "org_level_disabled",
-    "member_level_disabled",
-    "consent_required",
-    "member_spend_limit",
-    "seat_tier_spend_limit",
-    "org_spend_limit",
-    "out_of_credits",
-)
+from proxy.core.vocabulary import Claim, Decision, Mode, Reason
+
+# the decision's words, from the vocabulary (re-exported by the data model too)
+ALLOW: Final = Decision.ALLOW
+DENY: Final = Decision.DENY
+INCLUDED: Final = Mode.INCLUDED
+EXTRA_USAGE: Final = Mode.EXTRA_USAGE
+MODES: Final = Mode.ALL
+CLAIMS: Final = Claim.ALL
+DISABLED_REASONS: Final = Reason.ALL
 
 
 # what every answer carries, in the order admit.lua answers it ("|"-joined): the proxy's lean
@@ -92,8 +84,8 @@ def claim_of(raw: dict[str, str]) -> tuple[str, str]:
     s_used, s_allow = int(raw["s_used"] or 0), int(raw["s_allow"] or 0)
     w_used, w_allow = int(raw["w_used"] or 0), int(raw["w_allow"] or 0)
     if w_used >= w_allow or (s_used < s_allow and w_used * s_allow > s_used * w_allow):
-        return "seven_day", raw["w_reset"]
-    return "five_hour", raw["s_reset"]
+        return Claim.SEVEN_DAY, raw["w_reset"]
+    return Claim.FIVE_HOUR, raw["s_reset"]
 
 
 class MissingReplyField(KeyError):
@@ -150,4 +142,4 @@ class Admission:
 
     @property
     def allowed(self) -> bool:
-        return self["d"] == "allow"
+        return self["d"] == ALLOW

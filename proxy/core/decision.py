@@ -12,17 +12,12 @@ from datetime import UTC, datetime
 from proxy.core.admission import Admission, claim_of
 from proxy.core.errors import Refused
 from proxy.core.money import format_usd
+from proxy.core.vocabulary import Claim, Mode, Plan, Reason, limit_name
 
 WARNING_AT = 0.75
 SECOND_WARNING_AT = 0.95
 
-LIMIT_NAMES = {
-    "member_spend_limit": "monthly member spend limit",
-    "seat_tier_spend_limit": "monthly seat-tier spend limit",
-    "org_spend_limit": "monthly organization spend limit",
-    "out_of_credits": "prepaid extra usage balance",
-}
-BILLING_REASONS = frozenset(LIMIT_NAMES)
+BILLING_REASONS = Reason.BILLING
 
 
 def utilization(used: int, allowance: int) -> float:
@@ -73,8 +68,8 @@ def unified_headers(a: Admission) -> dict[str, str]:
     eu_ok = raw["eu_available"] == "1"
     o_util = overage_utilization(a)
     eu_reset = raw["eu_reset"]
-    if raw["mode"] == "extra_usage":
-        claim, reset = "overage", eu_reset or "0"
+    if raw["mode"] == Mode.EXTRA_USAGE:
+        claim, reset = Claim.OVERAGE, eu_reset or "0"
         status = "allowed_warning" if o_util >= WARNING_AT else "allowed"
     else:
         claim, reset = claim_of(raw)
@@ -124,17 +119,17 @@ def refusal(a: Admission, fit: Fit | None = None, page: str = "") -> Refused:
     now = a.nano("now")
     reason = a["reason"]
     headers = {"x-should-retry": "false", **unified_headers(a)}
-    if a["claim"] == "seven_day":
+    if a["claim"] == Claim.SEVEN_DAY:
         seat = f"You've hit your weekly limit · resets {date_time(a.nano('claim_reset'))}"
     else:
         seat = f"You've hit your session limit · resets {clock_time(a.nano('claim_reset'))}"
     seat_retry = max(1, a.nano("claim_reset") - now)
 
     if reason in BILLING_REASONS:
-        name = LIMIT_NAMES[reason]
-        if reason == "seat_tier_spend_limit":
+        name = limit_name(reason)
+        if reason == Reason.TIER_LIMIT:
             name = f"monthly {a['tier']} seat-tier spend limit"
-        if reason == "out_of_credits":
+        if reason == Reason.BALANCE:
             head = f"{name} is used up; an owner can buy credit or turn on auto-reload"
             retry_after = None
         else:
@@ -156,8 +151,8 @@ def refusal(a: Admission, fit: Fit | None = None, page: str = "") -> Refused:
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
         if (
-            reason in ("member_spend_limit", "seat_tier_spend_limit")
-            and a["plan"] == "enterprise"
+            reason in (Reason.MEMBER_LIMIT, Reason.TIER_LIMIT)
+            and a["plan"] == Plan.ENTERPRISE
             and a["requests_on"] == "1"
         ):
             head += "; you can ask your admins for more: POST /v1/usage/me/extra-usage-requests"
@@ -168,17 +163,17 @@ def refusal(a: Admission, fit: Fit | None = None, page: str = "") -> Refused:
         )
 
     headers["retry-after"] = str(seat_retry)
-    if reason == "consent_required":
+    if reason == Reason.CONSENT:
         msg = (
             f"{seat}. You can continue on extra usage, billed at API prices: accept once "
             "with POST /v1/usage/me/extra-usage, or per request with the header "
             "x-extra-usage: accept (Claude Code: ANTHROPIC_CUSTOM_HEADERS='x-extra-usage: "
             "accept')"
         )
-    elif reason == "org_level_disabled":
+    elif reason == Reason.ORG_OFF:
         msg = f"{seat}. Extra usage is off for your organization; an owner can turn it on"
-    elif reason == "member_level_disabled":
-        if a["plan"] == "enterprise" and a["requests_on"] == "1":
+    elif reason == Reason.MEMBER_OFF:
+        if a["plan"] == Plan.ENTERPRISE and a["requests_on"] == "1":
             msg = (
                 f"{seat}. Extra usage is not enabled for you; ask your admins for more with "
                 "POST /v1/usage/me/extra-usage-requests"
@@ -232,19 +227,19 @@ def status_document(a: Admission) -> dict[str, object]:
     """The member's status, as /v1/usage/me and the check API's member route show it."""
     seat_ok = a.nano("s_used") < a.nano("s_allow") and a.nano("w_used") < a.nano("w_allow")
     if seat_ok:
-        mode = "included"
+        mode = Mode.INCLUDED
     elif a["eu_available"] == "1":
-        mode = "extra_usage"
+        mode = Mode.EXTRA_USAGE
     else:
-        mode = "limited"
+        mode = Mode.LIMITED
     doc: dict[str, object] = {
         "member_id": a["member"],
         "plan": a["plan"],
         "tier": a["tier"],
         "mode": mode,
         "windows": {
-            "five_hour": window(a.nano("s_used"), a.nano("s_allow"), a.nano("s_reset")),
-            "seven_day": window(a.nano("w_used"), a.nano("w_allow"), a.nano("w_reset")),
+            Claim.FIVE_HOUR: window(a.nano("s_used"), a.nano("s_allow"), a.nano("s_reset")),
+            Claim.SEVEN_DAY: window(a.nano("w_used"), a.nano("w_allow"), a.nano("w_reset")),
         },
         "extra_usage": {
             "org_enabled": a["eu_on"] == "1",
@@ -265,7 +260,7 @@ def status_document(a: Admission) -> dict[str, object]:
             "binding": _binding_view(a),
         },
     }
-    if a["plan"] == "team":
+    if a["plan"] == Plan.TEAM:
         bal = a.nano("balance")
         doc["extra_usage"]["balance"] = format_usd(bal)  # type: ignore[index]
         doc["extra_usage"]["credit_remaining"] = bal > 0  # type: ignore[index]

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ORG_OFF = "org_level_disabled"
-MEMBER_OFF = "member_level_disabled"
-MEMBER_LIMIT = "member_spend_limit"
-TIER_LIMIT = "seat_tier_spend_limit"
-ORG_LIMIT = "org_spend_limit"
-BALANCE = "out_of_credits"
-UNLIMITED = "unlimited"
-RULES = (ORG_OFF, MEMBER_OFF, MEMBER_LIMIT, TIER_LIMIT, ORG_LIMIT, BALANCE, UNLIMITED)
+from proxy.core.vocabulary import Plan, Reason
+
+# the rules, as the vocabulary names them
+ORG_OFF = Reason.ORG_OFF
+MEMBER_OFF = Reason.MEMBER_OFF
+MEMBER_LIMIT = Reason.MEMBER_LIMIT
+TIER_LIMIT = Reason.TIER_LIMIT
+ORG_LIMIT = Reason.ORG_LIMIT
+BALANCE = Reason.BALANCE
+UNLIMITED = Reason.UNLIMITED
+RULES = Reason.RULES
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ def org_rooms(org: OrgState) -> list[tuple[str, int]]:
     rooms = []
     if org.limit is not None:
         rooms.append((ORG_LIMIT, org.limit - org.spend - org.reserved))
-    if org.plan == "team":
+    if org.plan == Plan.TEAM:
         rooms.append((BALANCE, (org.balance or 0) - org.reserved))
     return rooms
 
@@ -91,10 +94,10 @@ def member_binding(org: OrgState, member: MemberState) -> Binding:
     """What limits one member's extra usage: the conditions first, then the lowest room."""
     if not org.enabled:
         return Binding(ORG_OFF, member.spend, member.spend, 0)
-    if not member.enabled or (org.plan == "enterprise" and member.limit == 0):
+    if not member.enabled or (org.plan == Plan.ENTERPRISE and member.limit == 0):
         return Binding(MEMBER_OFF, member.spend, member.spend, 0)
     rooms: list[tuple[str, int]] = []
-    if org.plan == "enterprise":
+    if org.plan == Plan.ENTERPRISE:
         if member.limit is not None:
             rooms.append((MEMBER_LIMIT, member.limit - member.spend - member.reserved))
         if member.tier_limit is not None:
@@ -142,6 +145,6 @@ def plan_grant(
         if not raise_org:
             return Grant(blocked=ORG_LIMIT)
         org_limit = org.spend + org.reserved + want
-    if org.plan == "team" and (org.balance or 0) - org.reserved < want:
+    if org.plan == Plan.TEAM and (org.balance or 0) - org.reserved < want:
         return Grant(blocked=BALANCE)
     return Grant(member_limit=own, tier_limit=tier, org_limit=org_limit)

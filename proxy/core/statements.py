@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from proxy.core.money import format_usd
+from proxy.core.vocabulary import Mode, Plan
 
 PERIOD = re.compile(r"^(2\d{3})-(0[1-9]|1[0-2])$")  # years 2000-2999
 TOKEN_COLUMNS = (
@@ -100,7 +101,7 @@ def statement_document(
             "estimated": format_usd(estimated),
         },
     }
-    if plan == "team":
+    if plan == Plan.TEAM:
         moves = [
             {
                 "kind": c["kind"],
@@ -160,7 +161,7 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
             "TOTAL included",
             "",
             "",
-            "included",
+            Mode.INCLUDED,
             t["requests"],
             *([""] * len(TOKEN_COLUMNS)),
             t["included_usage"],

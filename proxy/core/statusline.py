@@ -7,6 +7,7 @@ from __future__ import annotations
 from proxy.core.admission import Admission
 from proxy.core.decision import binding, clock_time, date_time, utilization
 from proxy.core.money import format_usd
+from proxy.core.vocabulary import Plan, Reason
 
 CONSENT_HINT = "ANTHROPIC_CUSTOM_HEADERS='x-extra-usage: accept'"
 
@@ -28,11 +29,11 @@ def extra_usage(a: Admission) -> str:
     reason = a["eu_reason"] if a["eu_available"] != "1" else ""
     if a["eu_on"] != "1":
         return "extra usage off"
-    if reason == "member_level_disabled":
+    if reason == Reason.MEMBER_OFF:
         return "extra usage not enabled for you"
-    if reason == "consent_required":
+    if reason == Reason.CONSENT:
         return f"extra usage needs your consent: {CONSENT_HINT}"
-    if reason == "out_of_credits":
+    if reason == Reason.BALANCE:
         return "extra usage: prepaid balance used up"
     bound = binding(a)
     if reason:  # a spend limit reached
@@ -43,7 +44,7 @@ def extra_usage(a: Admission) -> str:
     else:
         name, spent, limit = bound
         text = f"extra usage {_usd(spent)} of {_usd(limit)} ({name})"
-    if a["plan"] == "team":
+    if a["plan"] == Plan.TEAM:
         text += f" · balance {_usd(a.nano('balance'))}"
     return text
 

@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.core.errors import ProxyError, StoreUnavailable
+from proxy.core.vocabulary import page_table
 from proxy.http import check_api, member_routes
 from proxy.http.admin import billing, extra_usage, orgs, requests
 from proxy.http.appkeys import (
@@ -71,6 +73,23 @@ STATIC = Path(__file__).parent.parent / "static"
 async def admin_page(request: web.Request) -> web.FileResponse:
     """GET /admin: "Admin settings > Usage" (plain HTML and an ES module, no build step)."""
     return web.FileResponse(STATIC / "admin.html", headers={"cache-control": "no-store"})
+
+
+async def vocabulary_module(request: web.Request) -> web.Response:
+    """GET /admin/vocabulary.js: the product's words as an ES module the pages import (plans,
+    roles, reasons and how people read them), made from ``proxy.core.vocabulary``: the
+    pages hold no copy of them."""
+    return web.Response(
+        body=VOCABULARY_JS,
+        content_type="text/javascript",
+        headers={"cache-control": "no-cache"},
+    )
+
+
+VOCABULARY_JS = (
+    b"// generated from proxy/core/vocabulary.py (page_table): the product's words\n"
+    b"export default Object.freeze(" + orjson.dumps(page_table()) + b");\n"
+)
 
 
 async def usage_page(request: web.Request) -> web.FileResponse:
@@ -245,6 +264,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/admin", admin_page)
     app.router.add_get("/usage", usage_page)
+    app.router.add_get("/admin/vocabulary.js", vocabulary_module)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_static("/admin/static", STATIC)
     app.add_routes(member_routes.routes)

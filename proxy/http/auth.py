@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.admin.actors import OPERATOR, Actor, member_actor
 from proxy.core.credentials import ADMIN_TOKEN_PREFIX, PROXY_KEY_PREFIX, hash_secret, org_of
-from proxy.core.errors import AuthenticationFailed, InternalError, PermissionDenied
-from proxy.storage.model import OFF
-from proxy.storage.store import UNREADABLE, Store, StoreRefusal
+from proxy.core.errors import AuthenticationFailed, PermissionDenied, ProxyError
+from proxy.core.refusals import Context, refusal_error
+from proxy.storage.store import ADMIN_TOKEN, PROXY_KEY, Store, StoreRefusal, who_enabled
 
 
 def presented_secret(request: web.Request) -> str | None:
@@ -60,42 +61,20 @@ def _parse_proxy_key(secret: str) -> ProxyKey | None:
     return None if org is None else ProxyKey(org, hash_secret(secret))
 
 
-UNKNOWN_KEY_CODES = frozenset(
-    {"unknown_key", "unknown_org", "unknown_credential", "unknown_member"}
-)
-
-
-def raise_for_identity(refusal: StoreRefusal) -> None:
-    """Translate a script's refusal about the caller into 401/403."""
-    if refusal.code in UNKNOWN_KEY_CODES:
-        raise AuthenticationFailed("invalid x-api-key: unknown or revoked key") from refusal
-    if refusal.code in ("member_disabled", "org_disabled"):
-        what = "member" if refusal.code == "member_disabled" else "organization"
-        raise PermissionDenied(
-            f"this {what} is disabled; ask an owner of your organization"
-        ) from refusal
-
-
-def raise_for_store(refusal: StoreRefusal) -> None:
-    """A refusal that is not about the caller: the store answered a reply it cannot read
-    (a value no API lets in) — a 500 an operator must act on, neither an outage nor the
-    caller's fault."""
-    if refusal.code == UNREADABLE:
-        raise InternalError(
-            "the usage store holds a value for this organization that the proxy cannot read; "
-            "nothing is charged and nothing was sent: an operator must look"
-        ) from refusal
+def answered(context: str, refusal: StoreRefusal) -> ProxyError:
+    """A script's refusal as the error a client of ``context`` sees (the one table:
+    ``proxy.core.refusals``)."""
+    return refusal_error(context, refusal.code, refusal.detail)
 
 
 async def member_of_key(store: Store, request: web.Request) -> dict[str, str]:
     """Resolve a proxy key to its member (one read), or raise 401/403."""
     key = proxy_key(request)
     try:
-        who = await store.whois(key.org, "k", key.secret_hash)
+        who = await store.whois(key.org, PROXY_KEY, key.secret_hash)
     except StoreRefusal as exc:
-        raise_for_identity(exc)
-        raise
-    if who["enabled"] == OFF:
+        raise answered(Context.PROXY, exc) from exc
+    if not who_enabled(who):
         raise PermissionDenied("this member is disabled; ask an owner of your organization")
     return {**who, "org": key.org}
 
@@ -115,41 +94,25 @@ def is_token(presented: str | None, expected: str) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who acts on the admin API: the operator, or a member with a role in one org."""
-
-    name: str
-    role: str  # operator | primary_owner | owner | admin | member
-    org: str | None = None
-    member: str | None = None
-
-    @property
-    def operator(self) -> bool:
-        return self.role == "operator"
-
-    def can_read(self, org: str) -> bool:
-        return self.operator or (
-            self.org == org and self.role in ("primary_owner", "owner", "admin")
-        )
-
-    def can_change(self, org: str) -> bool:
-        return self.operator or (self.org == org and self.role in ("primary_owner", "owner"))
-
-
 async def admin_actor(store: Store, request: web.Request, operator_token: str) -> Actor:
     token = bearer(request)
     if not token:
         raise AuthenticationFailed("missing admin token: send Authorization: Bearer <token>")
     if is_token(token, operator_token):
-        return Actor("operator", "operator")
+        return OPERATOR
     org = org_of(token, ADMIN_TOKEN_PREFIX)
     if org is None:
         raise AuthenticationFailed("invalid admin token")
     try:
-        who = await store.whois(org, "t", hash_secret(token))
+        who = await store.whois(org, ADMIN_TOKEN, hash_secret(token))
     except StoreRefusal as exc:
-        raise AuthenticationFailed("invalid admin token: unknown or revoked") from exc
-    if who["enabled"] == OFF:
+        raise answered(Context.ADMIN_TOKEN, exc) from exc
+    if not who_enabled(who):
         raise PermissionDenied("this member is disabled")
-    return Actor(f"member:{who['member']}", who["role"], org, who["member"])
+    return member_actor(org, who["member"], who["role"])
+
+
+async def member_actor_of_key(store: Store, request: web.Request) -> Actor:
+    """The member a proxy key belongs to, acting on their own settings."""
+    who = await member_of_key(store, request)
+    return member_actor(who["org"], who["member"], who["role"])

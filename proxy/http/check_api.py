@@ -18,21 +18,27 @@ from aiohttp import web
 
 from proxy.core.admission import Admission
 from proxy.core.decision import iso, status_document, utilization
-from proxy.core.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from proxy.core.errors import AuthenticationFailed, InvalidRequest, NotFound, ProxyError
 from proxy.core.ids import MEMBER_ID, ORG_ID
 from proxy.core.money import format_usd
 from proxy.core.pricing import UsageError, usage_from_mapping
+from proxy.core.refusals import Context, refusal_error
 from proxy.core.request_fields import MAX_TOKENS_LIMIT
 from proxy.core.validate import boolean, only, string
+from proxy.core.vocabulary import Decision, Mode, Reason, Refusal
 from proxy.http.appkeys import CONFIG, METER, STORE
-from proxy.http.auth import bearer, is_token, raise_for_store
+from proxy.http.auth import bearer, is_token
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
-from proxy.storage.model import Op
-from proxy.storage.store import StoreRefusal
+from proxy.storage.store import BY_MEMBER_ID, StoreRefusal, check_op_id
 
 routes = web.RouteTableDef()
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def answer(refusal: StoreRefusal, org: str, member: str = "") -> ProxyError:
+    """A script's refusal as the check API answers it (``proxy.core.refusals``)."""
+    return refusal_error(Context.CHECK, refusal.code, refusal.detail, org=org, member=member)
 
 
 def service(request: web.Request) -> None:
@@ -61,7 +67,7 @@ def parse_reservation(doc: dict[str, Any]) -> tuple[str, str, str]:
             raise ValueError
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
         raise NotFound("reservation_id: not a reservation this service issued") from exc
-    return org, Op.CHECK_PREFIX + request_id, model
+    return org, check_op_id(request_id), model
 
 
 def _int(doc: dict[str, Any], name: str, *, low: int, high: int) -> int:
@@ -81,14 +87,14 @@ def decision_document(a: Admission, rsv: str | None, fit_message: str | None) ->
     now = a.nano("now")
     allowed = a.allowed
     reason = a["reason"] or None
-    if a["reason"] in ("member_spend_limit", "seat_tier_spend_limit", "org_spend_limit"):
+    if a["reason"] in Reason.SPEND_LIMITS:
         resets = a.nano("eu_reset")
-    elif a["reason"] == "out_of_credits":
+    elif a["reason"] == Reason.BALANCE:
         resets = None
     else:
         resets = a.nano("claim_reset")
     return {
-        "decision": "allow" if allowed else "deny",
+        "decision": Decision.ALLOW if allowed else Decision.DENY,
         "mode": a["mode"] or None,
         "reservation_id": rsv if allowed else None,
         "reserved": format_usd(a.nano("amount")) if allowed else None,
@@ -151,8 +157,8 @@ async def check(request: web.Request) -> web.Response:
     try:
         a = await request.app[STORE].admit(
             org,
-            Op.CHECK_PREFIX + request_id,
-            who="m",
+            check_op_id(request_id),
+            who=BY_MEMBER_ID,
             credential=member,
             max_cost=max_cost,
             est_cost=est_cost,
@@ -160,27 +166,17 @@ async def check(request: web.Request) -> web.Response:
             reserve=reserve,
         )
     except StoreRefusal as exc:
-        raise_for_store(exc)
-        if exc.code == "unknown_org":
-            raise NotFound(f"organization {org!r} not found") from exc
-        if exc.code == "unknown_member":
-            raise NotFound(f"member {member!r} not found") from exc
-        if exc.code in ("member_disabled", "org_disabled"):
+        if exc.code in (Refusal.MEMBER_DISABLED, Refusal.ORG_DISABLED):
             # every "this member may not" is the same answer: a denial, with its reason
             return web.json_response(
-                {"decision": "deny", "reason": exc.code, "mode": None, "reservation_id": None}
+                {
+                    "decision": Decision.DENY,
+                    "reason": exc.code,
+                    "mode": None,
+                    "reservation_id": None,
+                }
             )
-        if exc.code == "request_id_taken":
-            raise Conflict(
-                "request_id: already used for another member's request; request ids belong "
-                "to one member: use a new one"
-            ) from exc
-        if exc.code == "duplicate_id":
-            raise Conflict(
-                "request_id: already used by a reservation that was settled or "
-                "released; use a new request id"
-            ) from exc
-        raise Conflict(f"check refused: {exc.code}") from exc
+        raise answer(exc, org, member) from exc
     meter.record_decision(a)
     message = None
     if not a.allowed:
@@ -207,11 +203,9 @@ async def settle(request: web.Request) -> web.Response:
     try:
         result = await request.app[METER].charge(org, op_id, model, usage, source="check")
     except StoreRefusal as exc:
-        if exc.code == "released":
-            raise Conflict("reservation_id: this reservation was released") from exc
-        raise NotFound("reservation_id: no such reservation (or it expired long ago)") from exc
+        raise answer(exc, org) from exc
     cost = int(result["cost"])
-    extra = result["mode"] == "extra_usage"
+    extra = result["mode"] == Mode.EXTRA_USAGE
     return web.json_response(
         {
             "reservation_id": doc["reservation_id"],
@@ -237,9 +231,7 @@ async def release(request: web.Request) -> web.Response:
     try:
         result = await request.app[STORE].release(org, op_id)
     except StoreRefusal as exc:
-        if exc.code == "settled":
-            raise Conflict("reservation_id: this reservation was already settled") from exc
-        raise NotFound("reservation_id: no such reservation") from exc
+        raise answer(exc, org) from exc
     return web.json_response(
         {
             "reservation_id": doc["reservation_id"],
@@ -256,10 +248,7 @@ async def member(request: web.Request) -> web.Response:
     org, member_id = request.match_info["org"], request.match_info["member"]
     if not ORG_ID.match(org) or not MEMBER_ID.match(member_id):
         raise NotFound("no such member")
-    try:
-        a = await member_status(request.app[STORE], org, who="m", credential=member_id)
-    except Exception as exc:
-        if isinstance(exc, AuthenticationFailed):
-            raise NotFound(f"member {member_id!r} of {org!r} not found") from exc
-        raise
+    a = await member_status(
+        request.app[STORE], org, who=BY_MEMBER_ID, credential=member_id, context=Context.CHECK
+    )
     return web.json_response({"org_id": org, **status_document(a)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.core.vocabulary import Consent, Decision, Mode, Plan, Policy, RequestState, Role, Scope
+
 USD = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "USD, decimal string"}
 USD_OR_NULL = {"oneOf": [USD, {"type": "null"}]}
 AMOUNT_IN = {
@@ -118,7 +120,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "string"},
             "name": {"type": "string"},
-            "plan": {"enum": ["team", "enterprise"]},
+            "plan": {"enum": list(Plan.ALL)},
             "enabled": {"type": "boolean"},
             "upstream_credential": {"type": ["string", "null"]},
         },
@@ -128,7 +130,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "org_id": {"type": "string"},
             "member_id": {"type": "string"},
-            "role": {"enum": ["primary_owner", "owner", "admin", "member"]},
+            "role": {"enum": list(Role.ALL)},
             "tier": {"type": "string"},
             "enabled": {"type": "boolean"},
         },
@@ -136,12 +138,12 @@ SCHEMAS: dict[str, Any] = {
     ),
     "ExtraUsage": obj(
         {
-            "plan": {"enum": ["team", "enterprise"]},
+            "plan": {"enum": list(Plan.ALL)},
             "enabled": {"type": "boolean"},
-            "member_consent": {"enum": ["automatic", "required"]},
+            "member_consent": {"enum": list(Consent.ALL)},
             "monthly_limit": USD_OR_NULL,
             "balance": USD,
-            "member_scope": {"enum": ["all", "selected"]},
+            "member_scope": {"enum": list(Scope.ALL)},
             "requests_enabled": {"type": "boolean"},
             "auto_reload": ANY,
             "tier_limits": ANY,
@@ -152,15 +154,15 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "string"},
             "member_id": {"type": "string"},
-            "state": {"enum": ["pending", "approved", "dismissed"]},
+            "state": {"enum": list(RequestState.ALL)},
             "amount": USD_OR_NULL,
         },
         ["id", "member_id", "state"],
     ),
     "Decision": obj(
         {
-            "decision": {"enum": ["allow", "deny"]},
-            "mode": {"enum": ["included", "extra_usage", None]},
+            "decision": {"enum": list(Decision.ALL)},
+            "mode": {"enum": [*Mode.ALL, None]},
             "reservation_id": {"type": ["string", "null"]},
             "reason": {"type": ["string", "null"]},
             "retry_after": {"type": ["integer", "null"]},
@@ -175,7 +177,7 @@ SCHEMAS: dict[str, Any] = {
             "member_id": {"type": "string"},
             "plan": {"type": "string"},
             "tier": {"type": "string"},
-            "mode": {"enum": ["included", "extra_usage", "limited"]},
+            "mode": {"enum": [*Mode.ALL, Mode.LIMITED]},
             "windows": ANY,
             "extra_usage": ANY,
         },
@@ -212,11 +214,11 @@ USAGE = obj(
 EU_PATCH = obj(
     {
         "enabled": {"type": "boolean"},
-        "member_scope": {"enum": ["all", "selected"]},
-        "member_consent": {"enum": ["automatic", "required"]},
+        "member_scope": {"enum": list(Scope.ALL)},
+        "member_consent": {"enum": list(Consent.ALL)},
         "monthly_limit": LIMIT_IN,
         "requests_enabled": {"type": "boolean"},
-        "reservation_policy": {"enum": ["strict", "estimate", "none", None]},
+        "reservation_policy": {"enum": [*Policy.ALL, None]},
         "auto_reload": obj(
             {"enabled": {"type": "boolean"}, "threshold": AMOUNT_IN, "amount": POSITIVE_IN},
             minProperties=1,
@@ -298,7 +300,7 @@ def document() -> dict[str, Any]:
                         {
                             "id": ID,
                             "name": TEXT,
-                            "plan": {"enum": ["team", "enterprise"]},
+                            "plan": {"enum": list(Plan.ALL)},
                             "upstream_credential": ENV,
                         },
                         ["id", "plan"],
@@ -315,7 +317,7 @@ def document() -> dict[str, Any]:
                     body=obj(
                         {
                             "name": TEXT,
-                            "plan": {"enum": ["team", "enterprise"]},
+                            "plan": {"enum": list(Plan.ALL)},
                             "upstream_credential": {"oneOf": [ENV, {"type": "null"}]},
                             "enabled": {"type": "boolean"},
                         },
@@ -330,7 +332,7 @@ def document() -> dict[str, Any]:
                     params=[ORG, MEMBER_P],
                     body=obj(
                         {
-                            "role": {"enum": ["primary_owner", "owner", "admin", "member"]},
+                            "role": {"enum": list(Role.ALL)},
                             "tier": TIER,
                             "enabled": {"type": "boolean"},
                         },

@@ -15,7 +15,6 @@ import time
 from aiohttp import web
 
 from proxy.core.errors import (
-    InternalError,
     InvalidRequest,
     NotFound,
     ProxyError,
@@ -23,7 +22,9 @@ from proxy.core.errors import (
     StoreUnavailable,
     UpstreamUnavailable,
 )
+from proxy.core.refusals import Context
 from proxy.core.request_fields import parse_message_request, web_search_bound
+from proxy.core.vocabulary import Decision
 from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
@@ -34,13 +35,7 @@ from proxy.http.appkeys import (
     STORE,
     UPSTREAM,
 )
-from proxy.http.auth import (
-    ProxyKey,
-    member_of_key,
-    proxy_key,
-    raise_for_identity,
-    raise_for_store,
-)
+from proxy.http.auth import ProxyKey, answered, member_of_key, proxy_key
 from proxy.http.body import read_body
 from proxy.http.forwarding import Metered, forward_body, forward_error, forward_stream, release
 from proxy.http.headers import response_headers, upstream_headers
@@ -229,18 +224,7 @@ async def _admit(
             unbounded=searches is None,
         )
     except StoreRefusal as exc:
-        raise_for_identity(exc)
-        raise_for_store(exc)
-        if exc.code == "unbounded_server_tool":
-            raise InvalidRequest(
-                "this request would run on extra usage under your organization's strict spend "
-                "policy, which must bound every cost: give its web search tool a max_uses"
-            ) from exc
-        if exc.code == "unknown_tier":
-            raise InternalError(
-                f"this member's seat tier {exc.detail!r} is not configured on the proxy"
-            ) from exc
-        raise InternalError(f"admission refused: {exc.code}") from exc
+        raise answered(Context.PROXY, exc) from exc
     price = meter.prices.resolve(model)
     if not price.known:
         metrics.child(metrics.unknown_models, price.line or "none").inc()
@@ -252,7 +236,7 @@ async def _admit(
             request_id=rid,
             org=key.org,
             member=adm["member"],
-            mode="deny",
+            mode=Decision.DENY,
             reason=adm["reason"],
             status=429,
             cost="0",

@@ -22,10 +22,10 @@ from proxy.core.admission import Admission
 from proxy.core.decision import Fit, refusal
 from proxy.core.errors import Refused, StoreUnavailable
 from proxy.core.pricing import Price, PriceTable, Usage, cost_of
+from proxy.core.vocabulary import Decision, Mode, Refusal
 from proxy.metering.journal import Journal
 from proxy.metering.payments import Payments
 from proxy.obs.metrics import NANO, Metrics
-from proxy.storage.model import EXTRA_USAGE
 from proxy.storage.scripts import Reply
 from proxy.storage.store import Store, StoreRefusal
 from proxy.upstream.upload import MAX_KNOWN_KEYS
@@ -156,7 +156,7 @@ class Meter:
 
     def record_decision(self, a: Admission) -> None:
         m = self.metrics
-        m.child(m.decisions, a["mode"] or "deny", a["reason"] or "none").inc()
+        m.child(m.decisions, a["mode"] or Decision.DENY, a["reason"] or "none").inc()
 
     def refuse(
         self, a: Admission, model: str, prompt_tokens: int, max_cost: int, page: str = ""
@@ -324,7 +324,7 @@ class Meter:
             if detail[kind]:
                 m.child(m.tokens, family, kind).inc(detail[kind])
         cost = int(result["cost"])
-        if result["mode"] == EXTRA_USAGE:
+        if result["mode"] == Mode.EXTRA_USAGE:
             m.spend(org, cost / NANO)
             over = int(result["overshoot"] or 0)
             if over > 0:
@@ -384,7 +384,7 @@ class Meter:
                 org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
             )
         except StoreRefusal as exc:
-            if exc.code == "duplicate_id":  # settled (its reply was lost) or released: done
+            if exc.code == Refusal.DUPLICATE_ID:  # settled (its reply was lost) or released: done
                 return
             raise
         await self.charge(

@@ -1,6 +1,7 @@
 // "Your usage": a member's own windows and extra usage. Plain ES module, no build step. The
 // proxy key the member pasted is kept in sessionStorage (this tab only), never in a URL.
 import { $, ApiError, apiClient, banners } from "./common.js";
+import vocabulary from "/admin/vocabulary.js";
 
 const KEY = "eup-proxy-key";
 
@@ -25,15 +26,9 @@ function bar(id, fraction) {
   el.classList.toggle("full", fraction >= 1);
 }
 
-const WHY = {
-  org_level_disabled: "Extra usage is off for your organization; an owner can turn it on.",
-  member_level_disabled: "Extra usage is not enabled for you.",
-  consent_required: "You can continue on extra usage, billed at API prices, once you accept.",
-  member_spend_limit: "Your monthly spend limit is reached.",
-  seat_tier_spend_limit: "Your seat tier's monthly spend limit is reached.",
-  org_spend_limit: "Your organization's monthly spend limit is reached.",
-  out_of_credits: "Your organization's prepaid credit is used up.",
-};
+// why extra usage is not available, in the member's words (the vocabulary's table)
+const WHY = Object.fromEntries(
+  Object.entries(vocabulary.REASON_WORDS).filter(([, w]) => w.member).map(([r, w]) => [r, w.member]));
 
 function window_(prefix, w, label) {
   $(`${prefix}-text`).textContent = `${Math.round(w.utilization * 100)}% of ${money(w.allowance)}`;
@@ -67,7 +62,7 @@ async function load() {
   const needsConsent = eu.org_enabled && eu.consent === "required";
   $("consent").hidden = !needsConsent || eu.accepted;
   $("withdraw").hidden = !needsConsent || !eu.accepted;
-  const askable = doc.plan === "enterprise" && eu.org_enabled;
+  const askable = doc.plan === vocabulary.Plan.ENTERPRISE && eu.org_enabled;
   $("ask").hidden = !askable;
   if (askable) {
     const mine = await api("GET", "/v1/usage/me/extra-usage-requests");

@@ -30,29 +30,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from proxy.config import RESERVATION_POLICIES
-from proxy.core.admission import (
-    ALLOW,
-    CLAIMS,
-    DENY,
-    DISABLED_REASONS,
-    EXTRA_USAGE,
-    INCLUDED,
-    MODES,
-    MalformedAnswer,
-    parse_answer,
+from proxy.core.admission import MalformedAnswer, parse_answer
+from proxy.core.vocabulary import (
+    Consent,
+    Plan,
+    Refusal,
+    Role,
+    Scope,
+    words,
 )
-
-__all__ = [
-    "ALLOW",
-    "CLAIMS",
-    "DENY",
-    "DISABLED_REASONS",
-    "EXTRA_USAGE",
-    "INCLUDED",
-    "MODES",
-    "RESERVATION_POLICIES",
-]
 
 # -- encodings ---------------------------------------------------------------------------
 ON: Final = "1"
@@ -77,25 +63,18 @@ ENCODING_VALUE: Final = (
     "this hash's fields by hash instead of scanning it"
 )
 
-# -- plans, roles, settings' values ------------------------------------------------------
-TEAM: Final = "team"
-ENTERPRISE: Final = "enterprise"
-PLANS: Final = (TEAM, ENTERPRISE)
-ROLES: Final = ("primary_owner", "owner", "admin", "member")
-SCOPE_ALL: Final = "all"
-SCOPE_SELECTED: Final = "selected"
-SCOPES: Final = (SCOPE_ALL, SCOPE_SELECTED)
-CONSENT_AUTOMATIC: Final = "automatic"
-CONSENT_REQUIRED: Final = "required"
-CONSENTS: Final = (CONSENT_AUTOMATIC, CONSENT_REQUIRED)
+# -- the words of the vocabulary the model spells (proxy.core.vocabulary declares them) -----
+TEAM: Final = Plan.TEAM
+ENTERPRISE: Final = Plan.ENTERPRISE
+SCOPE_SELECTED: Final = Scope.SELECTED
 
 # -- defaults, stated once (a field that is absent reads as its default) ------------------
 DEFAULT_CONSENT: Final[Mapping[str, str]] = {
-    TEAM: CONSENT_AUTOMATIC,
-    ENTERPRISE: CONSENT_REQUIRED,
+    Plan.TEAM: Consent.AUTOMATIC,
+    Plan.ENTERPRISE: Consent.REQUIRED,
 }
-DEFAULT_SCOPE: Final = SCOPE_ALL
-DEFAULT_ROLE: Final = "member"
+DEFAULT_SCOPE: Final = Scope.ALL_MEMBERS
+DEFAULT_ROLE: Final = Role.MEMBER
 DEFAULT_ENABLED: Final = ON  # an org or member without "enabled" is enabled
 DEFAULT_REQUESTS_ON: Final = ON  # Enterprise extra-usage requests are on unless turned off
 
@@ -180,6 +159,22 @@ class Member:
         """(member, name) of a members-hash field; ("", field) for one of the hash's own."""
         member, _, name = field.rpartition(MEMBER_SEP)
         return member, name
+
+
+class Guard:
+    """write.lua's guards: what must hold of the target hash for a write to happen."""
+
+    @staticmethod
+    def exists(field: str) -> str:
+        return f"+{field}"  # else "not_found"
+
+    @staticmethod
+    def absent(field: str) -> str:
+        return f"-{field}"  # else "exists"
+
+    @staticmethod
+    def equals(field: str, value: str) -> str:
+        return f"={field}={value}"  # else "conflict"
 
 
 class Cred:
@@ -342,27 +337,7 @@ class Audit:
 
 
 # -- what a script answers when it refuses ({"ok": 0, "err": <code>, "detail": ...}) -----
-REFUSALS: Final = (
-    "unknown_org",
-    "org_disabled",
-    "unknown_key",
-    "unknown_member",
-    "member_disabled",
-    "unknown_tier",
-    "unknown_credential",
-    "duplicate_id",  # admit: the request id was settled or released
-    "request_id_taken",  # admit: the check API's request id is another member's
-    "unbounded_server_tool",  # admit: strict extra usage, and a web search without max_uses
-    "unknown_reservation",
-    "released",  # settle: the reservation was released
-    "settled",  # release: the reservation was settled
-    "not_team",  # purchase: only Team has credit
-    "idempotency_conflict",  # purchase: the key was used with another amount
-    "unknown_reload",
-    "not_found",  # write: a "+field" guard
-    "exists",  # write: a "-field" guard; credential: the id is taken
-    "conflict",  # write: a "=field=value" guard
-)
+REFUSALS: Final = Refusal.ALL
 REPLY_STATUS: Final = ("ok", "err", "detail")
 
 
@@ -397,13 +372,11 @@ def lua_prelude() -> str:
 def vocabulary() -> frozenset[str]:
     """Every word the scripts may spell: field names (prefixes included), states, codes,
     encodings and values. The data-model test checks the Lua against it."""
-    words: set[str] = set(PLANS) | set(ROLES) | set(SCOPES) | set(CONSENTS)
-    words |= set(RESERVATION_POLICIES) | set(MODES) | set(CLAIMS) | set(DISABLED_REASONS)
-    words |= set(REFUSALS) | set(REPLY_STATUS) | {ALLOW, DENY, ON, OFF}
+    words_: set[str] = set(words()) | set(REPLY_STATUS) | {ON, OFF}
     for holder in (Org, Member, Cred, Op):
-        words |= {v for k, v in vars(holder).items() if k.isupper() and isinstance(v, str)}
-    words |= set(Member.VIEW) | set(Op.STATES) | set(Op.FIELDS) | set(Op.RELOAD_FIELDS)
-    words |= {kind + Cred.BY_HASH for kind in Cred.KINDS} | {k + Cred.BY_ID for k in Cred.KINDS}
-    words |= set(Ledger.FIELDS) | set(Ledger.KINDS) | set(Ledger.SOURCES) | {Ledger.PACKED}
-    words |= set(Audit.FIELDS) | set(Audit.SCRIPT_ACTIONS) | set(Audit.SCRIPT_PAYLOAD)
-    return frozenset(words)
+        words_ |= {v for k, v in vars(holder).items() if k.isupper() and isinstance(v, str)}
+    words_ |= set(Member.VIEW) | set(Op.STATES) | set(Op.FIELDS) | set(Op.RELOAD_FIELDS)
+    words_ |= {kind + Cred.BY_HASH for kind in Cred.KINDS} | {k + Cred.BY_ID for k in Cred.KINDS}
+    words_ |= set(Ledger.FIELDS) | set(Ledger.KINDS) | set(Ledger.SOURCES) | {Ledger.PACKED}
+    words_ |= set(Audit.FIELDS) | set(Audit.SCRIPT_ACTIONS) | set(Audit.SCRIPT_PAYLOAD)
+    return frozenset(words_)

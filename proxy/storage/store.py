@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
@@ -30,6 +30,7 @@ from proxy.config import PolicyConfig, RedisConfig, TierConfig
 from proxy.core.admission import Admission, MalformedAnswer, parse_answer
 from proxy.core.errors import StoreUnavailable
 from proxy.core.statements import calendar_month
+from proxy.core.vocabulary import Refusal
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import Metrics
 from proxy.storage.functions import Library, LuaScript
@@ -40,6 +41,7 @@ from proxy.storage.model import (
     ENCODING_VALUE,
     OFF,
     ON,
+    Cred,
     Ledger,
     Member,
     Op,
@@ -63,10 +65,25 @@ from proxy.storage.scripts import (
 RedisClient = aioredis.Redis | RedisCluster
 
 
-# what a client is told: never the library's text, which names hosts and ports
 # the refusal of a reply the store cannot read: a value no API lets in (a "|" in an
 # admission's answer) that would shift every value after it
-UNREADABLE = "unreadable_reply"
+UNREADABLE = Refusal.UNREADABLE
+
+# how a caller names a member to admit and whois: by a credential's hash, of a proxy key or
+# an admin token; or (admit, the check API) by the member's id
+PROXY_KEY: Final = Cred.PROXY_KEY
+ADMIN_TOKEN: Final = Cred.ADMIN_TOKEN
+BY_MEMBER_ID: Final = "m"
+
+
+def check_op_id(request_id: str) -> str:
+    """The operation id of a check API request id (apart from the proxy's own ids)."""
+    return Op.CHECK_PREFIX + request_id
+
+
+def who_enabled(who: Mapping[str, str]) -> bool:
+    """Whether whois found the member enabled."""
+    return who["enabled"] != OFF
 
 
 def unavailable(exc: RedisError) -> str:
@@ -77,7 +94,19 @@ def unavailable(exc: RedisError) -> str:
 
 failures = Throttled(logging.getLogger(__name__))
 
-__all__ = ["DELETE", "NOT_SENT", "Store", "StoreRefusal", "make_client", "script_source"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "BY_MEMBER_ID",
+    "DELETE",
+    "NOT_SENT",
+    "PROXY_KEY",
+    "Store",
+    "StoreRefusal",
+    "check_op_id",
+    "make_client",
+    "script_source",
+    "who_enabled",
+]
 
 
 class StoreRefusal(Exception):

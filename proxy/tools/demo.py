@@ -22,6 +22,7 @@ from aiohttp import web
 
 from proxy.config import Config, parse_config
 from proxy.core.money import format_usd, parse_usd
+from proxy.core.vocabulary import Claim, Consent, Mode, Plan, Role
 from proxy.http.app import build_app
 from proxy.tools.embedded import EmbeddedRedis, free_port
 from proxy.tools.mock_upstream import build_mock_app
@@ -62,7 +63,7 @@ class Demo:
                 raise RuntimeError(f"{method} {path}: {r.status} {doc}")
             return doc
 
-    async def member(self, org: str, mid: str, tier: str, role: str = "member") -> Member:
+    async def member(self, org: str, mid: str, tier: str, role: str = Role.MEMBER) -> Member:
         await self.admin("PUT", f"/admin/v1/orgs/{org}/members/{mid}", {"role": role, "tier": tier})
         m = Member(org, mid, tier)
         m.key = (await self.admin("POST", f"/admin/v1/orgs/{org}/members/{mid}/keys"))["key"]
@@ -97,9 +98,9 @@ class Demo:
             m.requests += 1
             if r.status == 200:
                 claim = h.get("anthropic-ratelimit-unified-representative-claim")
-                mode = "extra usage" if claim == "overage" else "included"
+                mode = "extra usage" if claim == Claim.OVERAGE else Mode.INCLUDED
                 cost = parse_usd("0.15")
-                if claim == "overage":
+                if claim == Claim.OVERAGE:
                     m.extra += cost
                 else:
                     m.included += cost
@@ -143,7 +144,7 @@ class Demo:
                 f"${spend['organization_spend']} of "
                 f"{'$' + doc['monthly_limit'] if doc['monthly_limit'] else 'unlimited'}"
             )
-            if doc["plan"] == "team":
+            if doc["plan"] == Plan.TEAM:
                 line += f", balance ${doc['balance']}"
             self.say(line)
         self.say(
@@ -163,8 +164,8 @@ class Demo:
 async def scenario(demo: Demo) -> None:
     say = demo.say
     # Team: prepaid credit, auto-reload, a monthly org limit
-    await demo.admin("POST", "/admin/v1/orgs", {"id": "acme", "name": "Acme", "plan": "team"})
-    await demo.member("acme", "alice", "premium", "primary_owner")
+    await demo.admin("POST", "/admin/v1/orgs", {"id": "acme", "name": "Acme", "plan": Plan.TEAM})
+    await demo.member("acme", "alice", "premium", Role.PRIMARY_OWNER)
     bob = await demo.member("acme", "bob", "standard")
     carol = await demo.member("acme", "carol", "standard")
     await demo.admin(
@@ -191,15 +192,15 @@ async def scenario(demo: Demo) -> None:
 
     # Enterprise: postpaid, seat-tier and member limits, consent
     await demo.admin(
-        "POST", "/admin/v1/orgs", {"id": "globex", "name": "Globex", "plan": "enterprise"}
+        "POST", "/admin/v1/orgs", {"id": "globex", "name": "Globex", "plan": Plan.ENTERPRISE}
     )
-    await demo.member("globex", "grace", "premium", "primary_owner")
+    await demo.member("globex", "grace", "premium", Role.PRIMARY_OWNER)
     dave = await demo.member("globex", "dave", "standard")
     erin = await demo.member("globex", "erin", "premium")
     await demo.admin(
         "PATCH",
         "/admin/v1/orgs/globex/extra-usage",
-        {"enabled": True, "monthly_limit": "5.00", "member_consent": "required"},
+        {"enabled": True, "monthly_limit": "5.00", "member_consent": Consent.REQUIRED},
     )
     await demo.admin(
         "PUT", "/admin/v1/orgs/globex/extra-usage/tiers/standard", {"monthly_limit": "0.30"}
