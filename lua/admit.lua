@@ -109,28 +109,35 @@ end
 -- (every number in these hashes is a plain integer), so no formatting per request. Returns
 -- nil when the tier is not configured, else (session allowance, weekly allowance, each
 -- window's used and reset, whether each is open, whether the seat allows).
-local function windows(tiers, now_s, tier, m)
+local function windows(tiers, now_s, tier, s_end, s_used, w_end, w_used)
   local at = string.find(tiers, ';' .. tier .. ',', 1, true)
   if not at then return nil end
   local sa_s, wa_s, sl_s, wl_s = string.match(tiers, '^(%d+),(%d+),(%d+),(%d+)', at + #tier + 2)
   if not sa_s then return nil end
-  local s_open, w_open = m[3] and dlt(now_s, m[3]), m[5] and dlt(now_s, m[5])
-  local s_used_s = s_open and (m[4] or '0') or '0'
-  local w_used_s = w_open and (m[6] or '0') or '0'
-  local s_reset_s = s_open and m[3] or fmt(tonumber(now_s) + tonumber(sl_s))
-  local w_reset_s = w_open and m[5] or fmt(tonumber(now_s) + tonumber(wl_s))
+  local s_open, w_open = s_end and dlt(now_s, s_end), w_end and dlt(now_s, w_end)
+  local s_used_s = s_open and (s_used or '0') or '0'
+  local w_used_s = w_open and (w_used or '0') or '0'
+  local s_reset_s = s_open and s_end or fmt(tonumber(now_s) + tonumber(sl_s))
+  local w_reset_s = w_open and w_end or fmt(tonumber(now_s) + tonumber(wl_s))
   return sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open,
     dlt(s_used_s, sa_s) and dlt(w_used_s, wa_s)
 end
 
 -- conditions 1 and 2 of extra usage: on for the org, on for the member ('' when both hold)
-local function eu_condition(plan, o, m, member_limit)
-  if o[2] ~= '1' then return 'org_level_disabled' end
-  if plan == 'team' and o[3] == 'selected' and m[11] ~= '1' then
+local function eu_condition(plan, eu_on, scope, member_eu, member_limit)
+  if eu_on ~= '1' then return 'org_level_disabled' end
+  if plan == 'team' and scope == 'selected' and member_eu ~= '1' then
     return 'member_level_disabled'
   end
   if plan == 'enterprise' and member_limit == 0 then return 'member_level_disabled' end
   return ''
+end
+
+-- the monthly limits that apply (nil: none): Enterprise's member and seat-tier limits, and
+-- the org's
+local function limits_of(org_k, plan, tier, member_limit_s, org_limit_s)
+  if plan ~= 'enterprise' then return nil, nil, opt(org_limit_s) end
+  return opt(member_limit_s), opt(redis.call('HGET', org_k, 'tlimit:' .. tier)), opt(org_limit_s)
 end
 
 -- condition 4, one limit: folds `limit` (named `name`, with `used` spent and `held` reserved
@@ -150,6 +157,39 @@ local function limit_room(policy, max_s, remaining, limit_reason, fits, name, li
     end
   end
   return remaining, limit_reason, fits
+end
+
+-- extra usage now: conditions 1 and 2 (on for the org and the member), 4 (every limit that
+-- applies and the balance, in admission's order) and 3 (consent). Returns (whether it is available; why not, ''
+-- when it is: the condition first, then consent, then the first limit that refuses; the
+-- condition alone; the least room left, nil when unlimited; '0' when a strict maximum does
+-- not fit)
+local function extra_usage(policy, max_s, accept, plan, eu_on, scope, consent_mode, m_eu,
+                           m_consent, member_limit, tier_limit, org_limit, balance, m_spend,
+                           m_res, org_spend, org_res)
+  local eu_reason = eu_condition(plan, eu_on, scope, m_eu, member_limit)
+  local remaining, limit_reason, fits = nil, '', '1'
+  if member_limit then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'member_spend_limit', member_limit, m_spend, m_res)
+  end
+  if tier_limit then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'seat_tier_spend_limit', tier_limit, m_spend, m_res)
+  end
+  if org_limit then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'org_spend_limit', org_limit, org_spend, org_res)
+  end
+  if plan == 'team' then
+    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
+      'out_of_credits', balance, 0, org_res)
+  end
+  local consent_ok = consent_mode ~= 'required' or m_consent == '1' or accept == '1'
+  local disabled = eu_reason
+  if disabled == '' and not consent_ok then disabled = 'consent_required' end
+  if disabled == '' then disabled = limit_reason end
+  return disabled == '', disabled, eu_reason, remaining, fits
 end
 
 -- the decision: (decision, mode, reason, amount to reserve); `max_s`/`est_s`: the strict
@@ -173,102 +213,109 @@ local function decide(policy, seat_ok, eu_available, eu_reason, eu_disabled, rem
   return 'deny', '', eu_disabled, 0
 end
 
+-- the rest of the whole answer (the check API, a status, every denial), after what every
+-- answer carries: FULL_FIELDS after LEAN_FIELDS, each value after a "|"; with the three
+-- fields only it reads
+local function answer_rest(org_k, mem_k, p, rid, plan, kid, now_s, period, eu_on, remaining,
+                           fits, consent_mode, m_consent, balance, m_res)
+  local ar_pending, requests_on = unpack(redis.call('HMGET', org_k, 'ar_pending', 'requests_on'))
+  local role = redis.call('HGET', mem_k, p .. 'role')
+  return '|' .. rid .. '|' .. plan .. '|' .. kid .. '|' .. (role or DEFAULT_ROLE) .. '|'
+    .. now_s .. '|' .. period .. '|' .. (eu_on == '1' and '1' or '0') .. '|'
+    .. (remaining and fmt(remaining) or '') .. '|' .. fits .. '|' .. consent_mode .. '|'
+    .. (m_consent == '1' and '1' or '0') .. '|' .. (plan == 'team' and fmt(balance) or '')
+    .. '|' .. fmt(m_res) .. '|' .. (requests_on or DEFAULT_REQUESTS_ON) .. '|'
+    .. (ar_pending or '')
+end
+
+-- the org's "rc" as it now stands ('' none held), written when it moved
+local function keep_rc(org_k, rc, rc_moved, ow)
+  if not rc_moved then return end
+  if rc == '' then
+    redis.call('HDEL', org_k, 'rc')
+  elseif ow then
+    put(ow, 'rc', rc)
+  else
+    redis.call('HSET', org_k, 'rc', rc)
+  end
+end
+
+-- an allowed, reserving admission's writes, one HSET per hash, then its record (the answer
+-- itself): a window opened now (ending at its reset, as answered), the clock, and an extra
+-- usage reservation (held by the org and the member, and due at its expiry)
+local function reserve(org_k, mem_k, due_k, op_k, p, mid, rid, now_s, advanced, s_opened,
+                       w_opened, amount, org_res, m_res, rc, rc_moved, ttl_s, window_s, answer)
+  local ow, mw = {}, {}
+  if advanced then put(ow, 'clock', now_s) end
+  if s_opened then put(mw, p .. 's_end', s_opened, p .. 's_used', '0') end
+  if w_opened then put(mw, p .. 'w_end', w_opened, p .. 'w_used', '0') end
+  local ttl = tonumber(ttl_s)
+  if amount > 0 then
+    put(ow, 'eu_res', fmt(org_res + amount))
+    put(mw, p .. 'eu_res', fmt(m_res + amount))
+    local exp = tonumber(now_s) + ttl
+    redis.call('ZADD', due_k, exp, fmt(amount) .. '|' .. mid .. '|' .. rid)
+    if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
+  end
+  keep_rc(org_k, rc, rc_moved, ow)
+  hset_all(org_k, ow)
+  hset_all(mem_k, mw)
+  redis.call('SET', op_k, answer, 'EX', ttl + tonumber(window_s))
+end
+
 -- the admission: each step above, in order
 local function admit(KEYS, ARGV)
-  local org_k, mem_k, cred_k, due_k, op_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-  local rid = ARGV[1]
+  local org_k, mem_k, cred_k, due_k, op_k, rid = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+    ARGV[1]
   local policy_default, ttl_s, accept, reserve_s, pinned, window_s, force, lean, unbounded,
     period_hint, period_start, period_end, tiers = unpack(tail_of(ADMIT_TAILS, ARGV[6], ADMIT_TAIL))
-  local reserve = reserve_s == '1'
+  local reserving, whole = reserve_s == '1', lean ~= '1'
 
-  if reserve then
+  if reserving then
     local prior = admit_replayed(op_k, ARGV[2] == 'm' and ARGV[3] or nil)
     if prior then return prior end
   end
 
-  -- the org's fields; what only the whole answer shows (15, 16) is read when it is asked for
-  -- (a lean denial reads it then)
-  local o
-  if lean == '1' then
-    o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-      'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'clock', 'rc')
-  else
-    o = redis.call('HMGET', org_k, 'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance',
-      'eu_res', 'spend_p', 'spend', 'policy', 'upstream', 'enabled', 'clock', 'rc', 'ar_pending',
-      'requests_on')
-  end
-  local plan = o[1]
+  -- the org's fields, and the member's below: what every answer needs (the whole answer reads
+  -- a few more: answer_rest)
+  local plan, eu_on, scope, consent_mode, org_limit_s, balance_s, org_res_s, org_spend_p,
+    org_spend_v, org_policy, upstream, org_enabled, clock, rc = unpack(redis.call('HMGET', org_k,
+    'plan', 'eu_on', 'scope', 'consent', 'limit', 'balance', 'eu_res', 'spend_p', 'spend',
+    'policy', 'upstream', 'enabled', 'clock', 'rc'))
   if not plan then return fail('unknown_org') end
-  if o[12] == '0' then return fail('org_disabled') end
+  if org_enabled == '0' then return fail('org_disabled') end
 
   local mid, kid, kgen = identify(cred_k, ARGV[2], ARGV[3])
   if not mid then return kid end
 
-  local now_s, advanced = clock_str(o[13], pinned)
+  local now_s, advanced = clock_str(clock, pinned)
   local period, month_end_s = period_at(now_s, period_hint, period_start, period_end)
-  local org_res, rc, rc_moved = reclaim(org_k, mem_k, due_k, now_s, num(o[7]), o[14])
+  local org_res, rc_moved
+  org_res, rc, rc_moved = reclaim(org_k, mem_k, due_k, now_s, num(org_res_s), rc)
 
   local p = mid .. '|'
-  -- the member's fields; the role (14) only for the whole answer, as above
-  local m
-  if lean == '1' then
-    m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'enabled', p .. 's_end', p .. 's_used',
-      p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res', p .. 'limit',
-      p .. 'eu', p .. 'consent', p .. 'gen')
-  else
-    m = redis.call('HMGET', mem_k, p .. 'tier', p .. 'enabled', p .. 's_end', p .. 's_used',
-      p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend', p .. 'eu_res', p .. 'limit',
-      p .. 'eu', p .. 'consent', p .. 'gen', p .. 'role')
-  end
-  local tier = m[1]
+  local tier, m_enabled, s_end, s_used, w_end, w_used, m_spend_p, m_spend_v, m_res_s, m_limit_s,
+    m_eu, m_consent, m_gen = unpack(redis.call('HMGET', mem_k, p .. 'tier', p .. 'enabled',
+    p .. 's_end', p .. 's_used', p .. 'w_end', p .. 'w_used', p .. 'spend_p', p .. 'spend',
+    p .. 'eu_res', p .. 'limit', p .. 'eu', p .. 'consent', p .. 'gen'))
   if not tier then return fail('unknown_member', mid) end
   -- a key issued before its member was removed is dead, even if the member is added again
-  if kgen and kgen ~= (m[13] or '') then return fail('unknown_key') end
-  if m[2] == '0' then return fail('member_disabled', mid) end
+  if kgen and kgen ~= (m_gen or '') then return fail('unknown_key') end
+  if m_enabled == '0' then return fail('member_disabled', mid) end
   local sa_s, wa_s, s_used_s, s_reset_s, s_open, w_used_s, w_reset_s, w_open, seat_ok =
-    windows(tiers, now_s, tier, m)
+    windows(tiers, now_s, tier, s_end, s_used, w_end, w_used)
   if not sa_s then return fail('unknown_tier', tier) end
 
-  -- extra usage: the conditions, then every applicable limit and the balance
-  local policy = o[10] or policy_default
-  local m_spend_s = in_period(m[7], m[8], period)
-  local org_spend_s = in_period(o[8], o[9], period)
-  local m_spend, org_spend = num(m_spend_s), num(org_spend_s)
-  local m_res = num(m[9])
-  local member_limit = (plan == 'enterprise') and opt(m[10]) or nil
-  local tier_limit = nil
-  if plan == 'enterprise' then tier_limit = opt(redis.call('HGET', org_k, 'tlimit:' .. tier)) end
-  local org_limit = opt(o[5])
-  local balance = num(o[6])
-  local consent_mode = o[4]
+  local policy = org_policy or policy_default
+  local m_spend_s = in_period(m_spend_p, m_spend_v, period)
+  local org_spend_s = in_period(org_spend_p, org_spend_v, period)
+  local m_res, balance = num(m_res_s), num(balance_s)
+  local member_limit, tier_limit, org_limit = limits_of(org_k, plan, tier, m_limit_s, org_limit_s)
+  consent_mode = consent_mode
     or (plan == 'team' and DEFAULT_CONSENT_TEAM or DEFAULT_CONSENT_ENTERPRISE)
-  local eu_reason = eu_condition(plan, o, m, member_limit)
-
-  local max_s, remaining, limit_reason, fits = ARGV[4], nil, '', '1'
-  if member_limit then
-    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
-      'member_spend_limit', member_limit, m_spend, m_res)
-  end
-  if tier_limit then
-    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
-      'seat_tier_spend_limit', tier_limit, m_spend, m_res)
-  end
-  if org_limit then
-    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
-      'org_spend_limit', org_limit, org_spend, org_res)
-  end
-  if plan == 'team' then
-    remaining, limit_reason, fits = limit_room(policy, max_s, remaining, limit_reason, fits,
-      'out_of_credits', balance, 0, org_res)
-  end
-
-  -- condition 3: consent
-  local consent_ok = consent_mode ~= 'required' or m[12] == '1' or accept == '1'
-  local eu_available = eu_reason == '' and limit_reason == '' and consent_ok
-  local eu_disabled = eu_reason
-  if eu_disabled == '' and not consent_ok then eu_disabled = 'consent_required' end
-  if eu_disabled == '' then eu_disabled = limit_reason end
-
+  local eu_available, eu_disabled, eu_reason, remaining, fits = extra_usage(policy, ARGV[4],
+    accept, plan, eu_on, scope, consent_mode, m_eu, m_consent, member_limit, tier_limit,
+    org_limit, balance, num(m_spend_s), m_res, num(org_spend_s), org_res)
   local decision, mode, reason, amount = decide(policy, seat_ok, eu_available, eu_reason,
     eu_disabled, remaining, ARGV[4], ARGV[5], force)
   -- strict bounds every cost: a request whose server tools have no bound cannot run on it
@@ -276,57 +323,24 @@ local function admit(KEYS, ARGV)
     return fail('unbounded_server_tool')
   end
 
-  -- the answer, its values joined by "|" (admission.py's LEAN_FIELDS, then FULL_FIELDS):
-  -- the rest of the decision first (for the check API and every denial), then what every
-  -- answer carries (the proxy's lean answer when allowed)
-  local rest = ''
-  if decision ~= 'allow' or lean ~= '1' then
-    if lean == '1' then  -- a lean denial: what the whole answer adds
-      local more = redis.call('HMGET', org_k, 'ar_pending', 'requests_on')
-      o[15], o[16], m[14] = more[1], more[2], redis.call('HGET', mem_k, p .. 'role')
-    end
-    rest = '|' .. rid .. '|' .. plan .. '|' .. kid .. '|' .. (m[14] or DEFAULT_ROLE) .. '|'
-      .. now_s .. '|' .. period .. '|' .. (o[2] == '1' and '1' or '0') .. '|'
-      .. (remaining and fmt(remaining) or '') .. '|' .. fits .. '|' .. consent_mode .. '|'
-      .. (m[12] == '1' and '1' or '0') .. '|' .. (plan == 'team' and fmt(balance) or '') .. '|'
-      .. fmt(m_res) .. '|' .. (o[16] or DEFAULT_REQUESTS_ON) .. '|' .. (o[15] or '')
-  end
+  -- the answer, its values joined by "|" in admission.py's LEAN_FIELDS order, then (for the
+  -- check API and every denial) the rest of FULL_FIELDS
+  local rest = (decision ~= 'allow' or whole) and answer_rest(org_k, mem_k, p, rid, plan, kid,
+    now_s, period, eu_on, remaining, fits, consent_mode, m_consent, balance, m_res) or ''
   local answer = '1|' .. decision .. '|' .. mode .. '|' .. reason .. '|' .. fmt(amount) .. '|'
-    .. tier .. '|' .. mid .. '|' .. (o[11] or '') .. '|' .. policy .. '|' .. s_used_s .. '|'
+    .. tier .. '|' .. mid .. '|' .. (upstream or '') .. '|' .. policy .. '|' .. s_used_s .. '|'
     .. sa_s .. '|' .. s_reset_s .. '|' .. w_used_s .. '|' .. wa_s .. '|' .. w_reset_s .. '|'
     .. (eu_available and '1' or '0') .. '|' .. eu_disabled .. '|' .. month_end_s .. '|'
     .. m_spend_s .. '|' .. org_spend_s .. '|' .. (member_limit and fmt(member_limit) or '')
     .. '|' .. (tier_limit and fmt(tier_limit) or '') .. '|' .. (org_limit and fmt(org_limit) or '')
     .. rest
 
-  if decision ~= 'allow' or not reserve then
-    if rc_moved then
-      if rc == '' then redis.call('HDEL', org_k, 'rc') else redis.call('HSET', org_k, 'rc', rc) end
-    end
+  if decision ~= 'allow' or not reserving then
+    keep_rc(org_k, rc, rc_moved, nil)
     return answer
   end
-
-  -- what the admission moves, as field/value pairs (one HSET per hash), then the record: the
-  -- answer itself
-  local ow, mw = {}, {}
-  if advanced then put(ow, 'clock', now_s) end
-  -- a window opened now ends at its reset, as answered
-  if not s_open then put(mw, p .. 's_end', s_reset_s, p .. 's_used', '0') end
-  if not w_open then put(mw, p .. 'w_end', w_reset_s, p .. 'w_used', '0') end
-  local ttl = tonumber(ttl_s)
-  if mode == 'extra_usage' and amount > 0 then
-    local amount_s = fmt(amount)
-    put(ow, 'eu_res', fmt(org_res + amount))
-    put(mw, p .. 'eu_res', fmt(m_res + amount))
-    local exp = tonumber(now_s) + ttl
-    redis.call('ZADD', due_k, exp, amount_s .. '|' .. mid .. '|' .. rid)
-    if rc == '' or num(rc) > exp then rc, rc_moved = fmt(exp), true end
-  end
-  if rc_moved then
-    if rc == '' then redis.call('HDEL', org_k, 'rc') else put(ow, 'rc', rc) end
-  end
-  hset_all(org_k, ow)
-  hset_all(mem_k, mw)
-  redis.call('SET', op_k, answer, 'EX', ttl + tonumber(window_s))
+  reserve(org_k, mem_k, due_k, op_k, p, mid, rid, now_s, advanced, not s_open and s_reset_s,
+    not w_open and w_reset_s, mode == 'extra_usage' and amount or 0, org_res, m_res, rc,
+    rc_moved, ttl_s, window_s, answer)
   return answer
 end

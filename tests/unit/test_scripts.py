@@ -195,3 +195,29 @@ def test_a_packed_ledger_entry_reads_as_the_fields_it_packs() -> None:
     estimated = {**packed, "u": packed["u"].replace("|proxy|0|", "|proxy|1|")}
     assert Ledger.unpack(estimated) == {"id": "1-0", **fields, "estimated": "1"}
     assert set(Ledger.PACKED_FIELDS) | {"op", "kind", "model", "usage"} == set(Ledger.FIELDS)
+
+
+def function_lengths(src: str) -> dict[str, int]:
+    """Lines of each top-level ``local function`` of a script (to its closing ``end``)."""
+    lengths: dict[str, int] = {}
+    name, start = "", 0
+    for i, line in enumerate(src.splitlines()):
+        m = re.match(r"local function (\w+)", line)
+        if m:
+            name, start = m.group(1), i
+        elif line == "end" and name:
+            lengths[name], name = i - start + 1, ""
+    return lengths
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in LUA.glob("*.lua")))
+def test_no_script_function_is_over_80_lines(name: str) -> None:
+    lengths = function_lengths((LUA / f"{name}.lua").read_text())
+    assert lengths, "the scan finds the script's functions"
+    long = {f: n for f, n in lengths.items() if n > 80}
+    assert not long, f"{name}.lua: split {long} into named steps"
+
+
+def test_the_length_scan_counts_what_it_checks() -> None:
+    src = "local function a(x)\n" + "  x = 1\n" * 80 + "end\nlocal function b()\nend\n"
+    assert function_lengths(src) == {"a": 82, "b": 2}
