@@ -84,7 +84,7 @@ class PolicyConfig:
     reservation_ttl_s: int = 900
     # how long a finished request's record stays in Redis for replays: redis-py's retries
     # (seconds), a restarted worker's journal (minutes); past it a replay is checked against
-    # the durable ledger, or refused and counted (README, "Replays")
+    # the durable ledger, or refused and counted (docs/operations.md, "Replays")
     replay_window_s: int = 3600
     # how long a check API request id keeps its idempotency (Stripe keeps 24 h): first-party
     # backends retry on schedules of their own

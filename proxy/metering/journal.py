@@ -20,7 +20,7 @@ process ever sees it unlocked while its owner lives. Lines, by kind (``k``):
 ``a``/``u``/``d`` lines are a group commit: every request touched in one event-loop turn is
 written at the end of that turn with one ``write`` (no ``fsync``: they guard against the
 process dying, which loses nothing the kernel already has; a machine crash may lose the last
-of them — README, known limits). A chunk is metered, its request marked, and the chunk
+of them — docs/known-limits.md). A chunk is metered, its request marked, and the chunk
 written to the member in the same turn, so what a killed worker's member was sent is on
 disk but for the chunks of the turn it died in. A request whose answer comes and whose
 settlement goes out within one turn (most short JSON answers) writes nothing at all.
