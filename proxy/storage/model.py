@@ -56,7 +56,8 @@ def flag(value: bool) -> str:
 # default), so Redis keeps each hash in its hashtable encoding from the start, where a field
 # is found by its hash rather than by scanning a listpack. An admission and a settlement
 # look up about 40 fields: on listpacks of a small org that scan was a fifth of their cost
-# (bench/redis_ceiling.py, docs/performance.md, "Redis cost"). Not a member, a setting or a credential.
+# (bench/redis_ceiling.py, docs/performance.md, "Redis cost"). Not a member, a setting or a
+# credential.
 ENCODING_FIELD: Final = "|encoding"
 ENCODING_VALUE: Final = (
     "hashtable: this value is longer than hash-max-listpack-value, so that Redis looks up "
