@@ -45,6 +45,8 @@ def test_wheel_ships_scripts_and_defaults(tmp_path: Path) -> None:
         "proxy/static/admin.html",
         "proxy/static/admin.js",
         "proxy/static/admin.css",
+        "proxy/static/admin/api.js",
+        "proxy/static/admin/members.js",
         "proxy/migrations/001_ledger.sql",
     } <= names
     code = (
