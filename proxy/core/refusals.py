@@ -40,33 +40,35 @@ _UNREADABLE: Final[Answer] = (
     "the usage store holds a value for this organization that the proxy cannot read; "
     "nothing is charged and nothing was sent: an operator must look",
 )
-_DEAD_KEY: Final[Answer] = (AuthenticationFailed, "invalid x-api-key: unknown or revoked key")
-_DEAD_TOKEN: Final[Answer] = (AuthenticationFailed, "invalid admin token: unknown or revoked")
+_UNKNOWN_TIER: Final[Answer] = (
+    InternalError,
+    "this member's seat tier {detail!r} is not configured on the proxy",
+)
+
+
+def _identity(credential: str, noun: str, disabled_hint: str) -> dict[str, Answer]:
+    """Who the caller is, as a credential's holder hears it: a dead credential (unknown,
+    revoked, its member or org gone) is a 401, a disabled member or org a 403."""
+    dead = (AuthenticationFailed, f"invalid {credential}: unknown or revoked {noun}")
+    return {
+        **dict.fromkeys(
+            (R.UNKNOWN_KEY, R.UNKNOWN_ORG, R.UNKNOWN_CREDENTIAL, R.UNKNOWN_MEMBER), dead
+        ),
+        R.MEMBER_DISABLED: (PermissionDenied, f"this member is disabled{disabled_hint}"),
+        R.ORG_DISABLED: (PermissionDenied, f"this organization is disabled{disabled_hint}"),
+        R.UNREADABLE: _UNREADABLE,
+    }
+
 
 TABLE: Final[dict[str, dict[str, Answer]]] = {
     Context.PROXY: {
-        R.UNKNOWN_KEY: _DEAD_KEY,
-        R.UNKNOWN_ORG: _DEAD_KEY,
-        R.UNKNOWN_CREDENTIAL: _DEAD_KEY,
-        R.UNKNOWN_MEMBER: _DEAD_KEY,
-        R.MEMBER_DISABLED: (
-            PermissionDenied,
-            "this member is disabled; ask an owner of your organization",
-        ),
-        R.ORG_DISABLED: (
-            PermissionDenied,
-            "this organization is disabled; ask an owner of your organization",
-        ),
+        **_identity("x-api-key", "key", "; ask an owner of your organization"),
         R.UNBOUNDED_SERVER_TOOL: (
             InvalidRequest,
             "this request would run on extra usage under your organization's strict spend "
             "policy, which must bound every cost: give its web search tool a max_uses",
         ),
-        R.UNKNOWN_TIER: (
-            InternalError,
-            "this member's seat tier {detail!r} is not configured on the proxy",
-        ),
-        R.UNREADABLE: _UNREADABLE,
+        R.UNKNOWN_TIER: _UNKNOWN_TIER,
     },
     Context.CHECK: {
         R.UNKNOWN_ORG: (NotFound, "organization {org!r} not found"),
@@ -87,10 +89,7 @@ TABLE: Final[dict[str, dict[str, Answer]]] = {
             NotFound,
             "reservation_id: no such reservation (or it expired long ago)",
         ),
-        R.UNKNOWN_TIER: (
-            InternalError,
-            "this member's seat tier {detail!r} is not configured on the proxy",
-        ),
+        R.UNKNOWN_TIER: _UNKNOWN_TIER,
         R.UNREADABLE: _UNREADABLE,
     },
     Context.ADMIN: {
@@ -108,15 +107,7 @@ TABLE: Final[dict[str, dict[str, Answer]]] = {
         R.UNKNOWN_RELOAD: (NotFound, "{subject} not found"),
         R.UNREADABLE: _UNREADABLE,
     },
-    Context.ADMIN_TOKEN: {
-        R.UNKNOWN_KEY: _DEAD_TOKEN,
-        R.UNKNOWN_ORG: _DEAD_TOKEN,
-        R.UNKNOWN_CREDENTIAL: _DEAD_TOKEN,
-        R.UNKNOWN_MEMBER: _DEAD_TOKEN,
-        R.MEMBER_DISABLED: (PermissionDenied, "this member is disabled"),
-        R.ORG_DISABLED: (PermissionDenied, "this organization is disabled"),
-        R.UNREADABLE: _UNREADABLE,
-    },
+    Context.ADMIN_TOKEN: _identity("admin token", "token", ""),
 }
 
 
