@@ -37,6 +37,21 @@ class ServerConfig:
     header_timeout_s: float = 30.0  # a request's line and headers must arrive within this
     body_timeout_s: float = 120.0  # and its body within this
     keepalive_timeout_s: float = 75.0  # an idle kept-alive connection is closed after this
+    # what one connection may hold of a request's line and headers (431 beyond), and what every
+    # connection may hold of them at once in this process
+    max_header_bytes: int = 64 * 1024
+    max_header_bytes_total: int = 32 * 1024 * 1024
+    # open connections from one client address, and in all (0: three quarters of the
+    # process's open-files limit); over either, a new connection is answered 503 and closed
+    max_connections_per_client: int = 256
+    max_connections: int = 0
+    # a stream's write to a member who stopped reading: after this, the member counts as gone
+    write_timeout_s: float = 60.0
+    # decoded compressed request bodies held at once in this process (a 413's cousin: a
+    # retryable 429 beyond, so that small gzip bodies cannot add up to gigabytes)
+    max_decoded_bytes_in_flight: int = 256 * 1024 * 1024
+    # serve /metrics on this port of its own (0: on the members' port, as the probes)
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,9 @@ class PolicyConfig:
     # from it); false: they are not, and a killed worker's requests in flight are charged
     # nothing (their reservations are reclaimed after reservation_ttl_s)
     journal_in_flight: bool = True
+    # under fail_open, only a key this process checked in Redis within this many seconds is let
+    # through (a bounded local cache): a made-up key is refused even while Redis is down
+    fail_open_known_s: int = 3600
 
 
 SESSION_WINDOW_S = 18000  # 5 hours
@@ -293,7 +311,26 @@ def parse_config(
         header_timeout_s=float(r.positive("header_timeout_s", _SERVER.header_timeout_s)),
         body_timeout_s=float(r.positive("body_timeout_s", _SERVER.body_timeout_s)),
         keepalive_timeout_s=float(r.positive("keepalive_timeout_s", _SERVER.keepalive_timeout_s)),
+        max_header_bytes=r.positive("max_header_bytes", _SERVER.max_header_bytes, integer=True),
+        max_header_bytes_total=r.positive(
+            "max_header_bytes_total", _SERVER.max_header_bytes_total, integer=True
+        ),
+        max_connections_per_client=r.positive(
+            "max_connections_per_client", _SERVER.max_connections_per_client, integer=True
+        ),
+        max_connections=r.get("max_connections", int, _SERVER.max_connections),
+        write_timeout_s=float(r.positive("write_timeout_s", _SERVER.write_timeout_s)),
+        max_decoded_bytes_in_flight=r.positive(
+            "max_decoded_bytes_in_flight", _SERVER.max_decoded_bytes_in_flight, integer=True
+        ),
+        metrics_port=r.get("metrics_port", int, _SERVER.metrics_port),
     )
+    if server.max_connections < 0:
+        raise r.fail("max_connections", "must be 0 (from the open-files limit) or more")
+    if not 0 <= server.metrics_port <= 65535 or (
+        server.metrics_port and server.metrics_port == server.port
+    ):
+        raise r.fail("metrics_port", "must be 0 or a port other than server.port")
     if server.public_url and not re.match(
         r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$", server.public_url
     ):
@@ -361,6 +398,7 @@ def parse_config(
         check_id_window_s=r.positive("check_id_window_s", _POLICY.check_id_window_s, integer=True),
         journal_dir=r.get("journal_dir", str, _POLICY.journal_dir),
         journal_in_flight=r.get("journal_in_flight", bool, _POLICY.journal_in_flight),
+        fail_open_known_s=r.positive("fail_open_known_s", _POLICY.fail_open_known_s, integer=True),
     )
     if "op_retention_s" in r.table:
         raise r.fail("op_retention_s", "was replaced by replay_window_s (seconds)")

@@ -28,3 +28,6 @@ LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
 METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it
+# the request carried a credential checked just now (a key, a token, the service token): only
+# then is its connection kept alive, so that unauthenticated probes cannot hold connections
+VERIFIED = web.RequestKey("verified", bool)

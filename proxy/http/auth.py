@@ -12,6 +12,7 @@ from proxy.admin.actors import OPERATOR, Actor, member_actor
 from proxy.core.credentials import ADMIN_TOKEN_PREFIX, PROXY_KEY_PREFIX, hash_secret, org_of
 from proxy.core.errors import AuthenticationFailed, PermissionDenied, ProxyError
 from proxy.core.refusals import Context, refusal_error
+from proxy.http.appkeys import VERIFIED
 from proxy.storage.store import ADMIN_TOKEN, PROXY_KEY, Store, StoreRefusal, who_enabled
 
 
@@ -76,6 +77,7 @@ async def member_of_key(store: Store, request: web.Request) -> dict[str, str]:
         raise answered(Context.PROXY, exc) from exc
     if not who_enabled(who):
         raise PermissionDenied("this member is disabled; ask an owner of your organization")
+    request[VERIFIED] = True
     return {**who, "org": key.org}
 
 
@@ -99,6 +101,7 @@ async def admin_actor(store: Store, request: web.Request, operator_token: str) -
     if not token:
         raise AuthenticationFailed("missing admin token: send Authorization: Bearer <token>")
     if is_token(token, operator_token):
+        request[VERIFIED] = True
         return OPERATOR
     org = org_of(token, ADMIN_TOKEN_PREFIX)
     if org is None:
@@ -109,6 +112,7 @@ async def admin_actor(store: Store, request: web.Request, operator_token: str) -
         raise answered(Context.ADMIN_TOKEN, exc) from exc
     if not who_enabled(who):
         raise PermissionDenied("this member is disabled")
+    request[VERIFIED] = True
     return member_actor(org, who["member"], who["role"])
 
 

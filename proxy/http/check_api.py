@@ -26,7 +26,7 @@ from proxy.core.refusals import Context, refusal_error
 from proxy.core.request_fields import MAX_TOKENS_LIMIT
 from proxy.core.validate import boolean, only, string
 from proxy.core.vocabulary import Decision, Mode, Reason, Refusal
-from proxy.http.appkeys import CONFIG, METER, STORE
+from proxy.http.appkeys import CONFIG, METER, STORE, VERIFIED
 from proxy.http.auth import bearer, is_token
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
@@ -44,6 +44,7 @@ def answer(refusal: StoreRefusal, org: str, member: str = "") -> ProxyError:
 def service(request: web.Request) -> None:
     if not is_token(bearer(request), request.app[CONFIG].service_token):
         raise AuthenticationFailed("the check API needs the service token (Authorization: Bearer)")
+    request[VERIFIED] = True
 
 
 def reservation_id(org: str, request_id: str, model: str) -> str:

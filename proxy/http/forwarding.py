@@ -30,7 +30,7 @@ from proxy.core.decision import unified_headers
 from proxy.core.errors import UpstreamUnavailable
 from proxy.core.pricing import Usage
 from proxy.core.usage import StreamUsage, body_usage
-from proxy.http.appkeys import ACCESS_LOG, METER, METRICS
+from proxy.http.appkeys import ACCESS_LOG, CONFIG, METER, METRICS
 from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
 from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
@@ -38,6 +38,10 @@ from proxy.metering.journal import InFlight
 from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
+
+# bytes waiting in the member's connection beyond which a stream's write is timed: the
+# transport stops taking more at 64 KiB, so a write can wait only past it
+WRITE_BACKLOG = 64 * 1024
 
 
 class Metered:
@@ -302,6 +306,7 @@ async def forward_stream(
     settled = False
     metrics.active_streams.inc()
     flight, journal = m.flight, app[METER].journal
+    write_timeout_s = app[CONFIG].server.write_timeout_s
     if flight is not None:
         flight.seen = seen
     try:
@@ -313,7 +318,14 @@ async def forward_stream(
             seen.feed(chunk)
             if flight is not None:
                 journal.touched(flight)
-            await resp.write(chunk)
+            transport = request.transport
+            if transport is not None and transport.get_write_buffer_size() >= WRITE_BACKLOG:
+                # the member is not reading: a write may wait, but not for ever (the org's
+                # upstream slot is held meanwhile)
+                async with asyncio.timeout(write_timeout_s):
+                    await resp.write(chunk)
+            else:
+                await resp.write(chunk)
         outcome = "upstream_error_event" if seen.errored else outcome
         settling, sent = settle_and_log(
             app,
@@ -334,6 +346,12 @@ async def forward_stream(
         # the client went away: stop paying for tokens nobody reads
         outcome = "client_disconnected"
         upstream.close()
+    except TimeoutError:  # the member stopped reading: gone, as far as the API is concerned
+        outcome = "write_timeout"
+        metrics.write_timeouts.inc()
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
     except UpstreamError:
         outcome = "upstream_broken"
         metrics.upstream_errors.labels("mid_stream").inc()

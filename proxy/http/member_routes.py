@@ -11,7 +11,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.refusals import Context, refusal_error
 from proxy.core.statusline import status_line
 from proxy.core.validate import boolean, only
-from proxy.http.appkeys import STORE
+from proxy.http.appkeys import STORE, VERIFIED
 from proxy.http.auth import member_actor_of_key, proxy_key
 from proxy.http.body import json_object
 from proxy.http.middleware import new_request_id
@@ -44,6 +44,7 @@ async def member_status(
 async def usage_me(request: web.Request) -> web.Response:
     key = proxy_key(request)
     a = await member_status(request.app[STORE], key.org, who=PROXY_KEY, credential=key.secret_hash)
+    request[VERIFIED] = True
     return web.json_response({"org_id": key.org, **status_document(a)})
 
 
@@ -59,6 +60,7 @@ async def statusline(request: web.Request) -> web.Response:
         )
     except ProxyError as err:
         return web.Response(text=f"usage: {err.message}\n", status=err.status)
+    request[VERIFIED] = True
     return web.Response(text=status_line(a) + "\n", headers={"cache-control": "no-store"})
 
 

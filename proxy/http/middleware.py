@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.core.errors import InternalError, InvalidRequest, ProxyError, StoreUnavailable
-from proxy.http.appkeys import ACCESS_LOG, METRICS, REQUEST_ID
+from proxy.http.appkeys import ACCESS_LOG, METRICS, REQUEST_ID, VERIFIED
 from proxy.http.auth import org_of_request
 from proxy.http.errors import error_response
 
@@ -133,6 +133,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         _log(request, rid, response.status, started)
         if not response.prepared:
             security_headers(request.path, response)
+    if VERIFIED not in request:
+        # no credential checked: the connection is not kept alive for it (an unauthenticated
+        # probe cannot hold a connection open by renewing its idle timer)
+        response.force_close()
     return response
 
 

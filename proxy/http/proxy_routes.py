@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 
 from aiohttp import web
@@ -34,6 +33,7 @@ from proxy.http.appkeys import (
     SLOTS,
     STORE,
     UPSTREAM,
+    VERIFIED,
 )
 from proxy.http.auth import ProxyKey, answered, member_of_key, proxy_key
 from proxy.http.body import read_body
@@ -49,19 +49,21 @@ from proxy.upstream.upload import Upload, streamable
 failures = Throttled(logging.getLogger(__name__))
 
 
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$")
+# the request holds one of its org's upstream slots (given back when its handler ends)
+HOLDS_SLOT = web.RequestKey("holds_slot", bool)
+
+
+def take_slot(request: web.Request, org: str) -> None:
+    """One of the org's upstream slots, taken when the request is about to use the API (its
+    body read, or its upload starting): a member sending a body slowly holds none."""
+    request.app[SLOTS].take(org)
+    request[HOLDS_SLOT] = True
 
 
 def usage_page(request: web.Request) -> str:
-    """The absolute URL of the member's usage page: under server.public_url, else the host
-    this request came to (when it is a plain host name)."""
-    base = request.app[CONFIG].server.public_url
-    if not base:
-        host = request.host
-        if not _HOST.match(host):
-            return ""
-        base = f"{request.scheme}://{host}"
-    return base + "/usage"
+    """The member's usage page: its absolute URL under ``server.public_url``, else its path
+    (never a URL made of the request's ``Host``, which the caller chose)."""
+    return request.app[CONFIG].server.public_url + "/usage"
 
 
 def upstream_failure(exc: UpstreamError) -> str:
@@ -78,12 +80,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
     the org's upstream slots."""
     started = time.perf_counter()
     key = proxy_key(request)
-    slots = request.app[SLOTS]
-    slots.take(key.org)
     try:
         return await _messages(request, key, started)
     finally:
-        slots.give(key.org)
+        if HOLDS_SLOT in request:
+            request.app[SLOTS].give(key.org)
 
 
 async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.StreamResponse:
@@ -99,6 +100,7 @@ async def _messages(request: web.Request, key: ProxyKey, started: float) -> web.
     try:
         if upload is None:
             body = await read_body(request, cfg.server.max_body_bytes, cfg.server.body_timeout_s)
+            take_slot(request, key.org)  # only once the body is in: a slow body holds none
         else:
             try:
                 async with asyncio.timeout(cfg.server.body_timeout_s):
@@ -198,6 +200,7 @@ async def _upload_early(request: web.Request, key: ProxyKey, checked: bool) -> U
     except ProxyError:
         return None
     headers = upstream_headers(request.headers, api_key)
+    take_slot(request, key.org)  # the upload holds an upstream connection from now on
     return Upload(app[UPSTREAM], request.raw_path, headers, length, ref)
 
 
@@ -225,6 +228,7 @@ async def _admit(
         )
     except StoreRefusal as exc:
         raise answered(Context.PROXY, exc) from exc
+    request[VERIFIED] = True  # admitted or refused, the key is the member's
     price = meter.prices.resolve(model)
     if not price.known:
         metrics.child(metrics.unknown_models, price.line or "none").inc()
@@ -255,12 +259,11 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     """count_tokens and models: forwarded for a valid member, never blocked (but by the org's
     upstream slots), not metered."""
     key = proxy_key(request)
-    slots = request.app[SLOTS]
-    slots.take(key.org)
     try:
         return await _passthrough(request, key)
     finally:
-        slots.give(key.org)
+        if HOLDS_SLOT in request:
+            request.app[SLOTS].give(key.org)
 
 
 async def _passthrough(request: web.Request, key: ProxyKey) -> web.StreamResponse:
@@ -275,6 +278,7 @@ async def _passthrough(request: web.Request, key: ProxyKey) -> web.StreamRespons
     api_key = upstream_key(app[CONFIG].upstream, ref)
     server = app[CONFIG].server
     body = await read_body(request, server.max_body_bytes, server.body_timeout_s)
+    take_slot(request, key.org)
     headers = upstream_headers(request.headers, api_key)
     # HEAD goes upstream as GET: an answer to HEAD has no body, and the client would wait
     # for the one its Content-Length announces (aiohttp sends the member no body for HEAD)

@@ -183,6 +183,24 @@ class Metrics:
         self.upstream_errors = Counter(
             "eup_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=r
         )
+        self.connections_refused = Counter(
+            "eup_connections_refused_total",
+            "Connections or request heads refused by the server's bounds: total, per_client "
+            "(open connections), head_per_connection, head_total (request head bytes)",
+            ["reason"],
+            registry=r,
+        )
+        self.body_budget_refused = Counter(
+            "eup_decoded_bodies_refused_total",
+            "Compressed request bodies refused because the decoded bodies in flight were at "
+            "server.max_decoded_bytes_in_flight",
+            registry=r,
+        )
+        self.write_timeouts = Counter(
+            "eup_write_timeouts_total",
+            "Answers cut because the member stopped reading for server.write_timeout_s",
+            registry=r,
+        )
         self.uploads = Counter(
             "eup_streamed_uploads_total",
             "Large bodies forwarded as they arrived: sent (admitted, last chunk released), "

@@ -126,4 +126,11 @@ async def test_a_refusal_names_the_members_usage_page(proxy_factory: Any) -> Non
         )
         message = orjson.loads(body)["error"]["message"]
         assert status == 429
-        assert message.endswith(f" · your usage: {public_url or p.url}/usage"), message
+        assert message.endswith(f" · your usage: {public_url}/usage"), message
+        # a forged Host never makes the link
+        status, _, body = await p.post(
+            key,
+            {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []},
+            headers={"host": "evil.example"},
+        )
+        assert status == 429 and b"evil.example" not in body
