@@ -9,7 +9,7 @@
 --                     field must exist; "-field" it must not ("not_found"/"exists"/"conflict")
 -- ARGV[5..] field, value pairs; the value "\0" deletes the field
 -- Reply: JSON {ok=1, before={...}, after={...}} or {ok=0, err, detail=<field>}.
--- Idempotent: writing the same values twice leaves the same state (the audit notes both).
+-- Idempotent: writing the same values again changes nothing and writes no audit entry.
 
 local function write(KEYS, ARGV)
   local key, audit_k = KEYS[1], KEYS[2]
@@ -30,15 +30,23 @@ local function write(KEYS, ARGV)
   local sets, dels = {}, {}
   for i = 5, #ARGV, 2 do
     local f, v = ARGV[i], ARGV[i + 1]
-    before[f] = redis.call('HGET', key, f) or cjson.null
+    local cur = redis.call('HGET', key, f)
+    before[f] = cur or cjson.null
     if v == '\0' then
-      dels[#dels + 1] = f
+      if cur then dels[#dels + 1] = f end
       after[f] = cjson.null
     else
-      sets[#sets + 1] = f
-      sets[#sets + 1] = v
+      if cur ~= v then
+        sets[#sets + 1] = f
+        sets[#sets + 1] = v
+      end
       after[f] = v
     end
+  end
+  -- a write that changes nothing leaves no audit entry (a member toggling a setting to what
+  -- it already is cannot bury the owners' changes)
+  if #sets == 0 and #dels == 0 then
+    return cjson.encode({ ok = 1, before = before, after = after })
   end
   if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
   if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end

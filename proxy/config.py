@@ -170,8 +170,8 @@ class Config:
 
 
 RESERVATION_POLICIES = Policy.ALL
-PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$")
-ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{3,63}$")
+PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?\Z")
+ENV_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{3,63}\Z")
 # the proxy's own secrets and endpoints: never an org's upstream credential
 PROXY_VARIABLES = frozenset(
     {"OPERATOR_TOKEN", "SERVICE_TOKEN", "DATABASE_URL", "REDIS_URL", "UPSTREAM_URL"}
@@ -331,9 +331,7 @@ def parse_config(
         server.metrics_port and server.metrics_port == server.port
     ):
         raise r.fail("metrics_port", "must be 0 or a port other than server.port")
-    if server.public_url and not re.match(
-        r"^https?://[A-Za-z0-9.\-:\[\]]+(/[\w./-]*)?$", server.public_url
-    ):
+    if server.public_url and not PUBLIC_URL.match(server.public_url):
         raise r.fail("public_url", f"must be an http(s) URL or empty (got {server.public_url!r})")
     if not 0 <= server.port <= 65535:
         raise r.fail("port", f"must be between 0 and 65535 (got {server.port})")

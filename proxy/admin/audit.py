@@ -3,11 +3,13 @@ summary an owner reads ("monthly limit $100.00 → Unlimited")."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from proxy.admin.actors import Actor, require
+from proxy.core.errors import InvalidRequest
 from proxy.core.money import stored_usd
 from proxy.storage.model import MEMBER_SEP, ON, Member, Org
 from proxy.storage.store import Store
@@ -15,11 +17,25 @@ from proxy.storage.store import Store
 MAX_ENTRIES = 1000
 
 
-async def audit(store: Store, actor: Actor, org: str, count: int) -> dict[str, Any]:
-    """The newest ``count`` entries (1 to ``MAX_ENTRIES``), newest first."""
+CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+async def audit(
+    store: Store, actor: Actor, org: str, count: int, cursor: str | None = None
+) -> dict[str, Any]:
+    """A page of ``count`` entries (1 to ``MAX_ENTRIES``), newest first, from ``cursor`` (the
+    ``next_cursor`` of the page before; None: the newest); ``next_cursor`` is None on the
+    last page."""
     require(actor, org)
-    rows = await store.audit(org, min(max(count, 1), MAX_ENTRIES))
-    return {"org_id": org, "entries": [_audit_entry(r) for r in rows]}
+    if cursor is not None and not CURSOR.fullmatch(cursor):
+        raise InvalidRequest("cursor: not a cursor this API gave (use next_cursor as it came)")
+    count = min(max(count, 1), MAX_ENTRIES)
+    rows = await store.audit(org, count, cursor)
+    return {
+        "org_id": org,
+        "entries": [_audit_entry(r) for r in rows],
+        "next_cursor": rows[-1]["id"] if len(rows) == count else None,
+    }
 
 
 # how the admin API names and shows what the audit log's entries changed: an org field, or a

@@ -10,7 +10,7 @@ import re
 
 NANO_PER_USD = 1_000_000_000
 
-_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,11})(?:\.([0-9]{1,9}))?$")
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,11})(?:\.([0-9]{1,9}))?\Z")
 
 
 class AmountError(ValueError):
@@ -24,12 +24,12 @@ def parse_usd(value: object, *, field: str = "amount") -> int:
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise AmountError(f'{field} must be a decimal string in USD such as "12.50"')
-    text = str(value).strip()
+    text = str(value)  # as sent: an amount padded with spaces, NBSP or a newline is refused
     match = _AMOUNT.match(text)
     if match is None:
         if text.startswith("-"):
             raise AmountError(f"{field} must not be negative (got {text!r})")
-        if re.match(r"^[0-9]+\.[0-9]{10,}$", text):
+        if re.match(r"^[0-9]+\.[0-9]{10,}\Z", text):
             raise AmountError(f"{field} has more than 9 decimal places (got {text!r})")
         raise AmountError(f'{field} must be a decimal amount in USD such as "12.50" (got {text!r})')
     whole, frac = match.group(1), match.group(2) or ""

@@ -15,7 +15,7 @@ import orjson
 from proxy.core.money import format_usd
 from proxy.core.vocabulary import Mode, Plan
 
-PERIOD = re.compile(r"^(2\d{3})-(0[1-9]|1[0-2])$")  # years 2000-2999
+PERIOD = re.compile(r"^(2\d{3})-(0[1-9]|1[0-2])\Z")  # years 2000-2999
 TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",
@@ -69,7 +69,7 @@ def statement_document(
         est = int(r.get("estimated_nano") or 0)
         estimated += est
         requests += int(r["requests"])
-        if r["mode"] == "extra_usage":
+        if r["mode"] == Mode.EXTRA_USAGE:
             extra += cost
         else:
             included += cost
@@ -122,9 +122,32 @@ def statement_document(
     return doc
 
 
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A cell a spreadsheet reads as text: no formula (a cell starting with = + - @ or a tab
+    gets a leading '), no line break inside (a bare CR would start a row in some readers)."""
+    if not isinstance(value, str) or _NUMBER.fullmatch(value):
+        return value
+    text = value.replace("\r", " ").replace("\n", " ")
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
+class _Cells:
+    """A csv writer whose every cell goes through ``csv_cell``."""
+
+    def __init__(self, buf: io.StringIO) -> None:
+        self.w = csv.writer(buf, lineterminator="\n")
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self.w.writerow([csv_cell(v) for v in row])
+
+
 def statement_csv(doc: Mapping[str, Any]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = _Cells(buf)
     w.writerow(
         [
             "period",
@@ -175,7 +198,7 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
             "TOTAL extra usage",
             "",
             "",
-            "extra_usage",
+            Mode.EXTRA_USAGE,
             "",
             *([""] * len(TOKEN_COLUMNS)),
             t["extra_usage"],
@@ -199,7 +222,7 @@ def fold(entries: Iterable[Mapping[str, str]], period: str) -> dict[str, int]:
         if e["kind"] != "usage" or e["period"] != period:
             continue
         cost = int(e["cost"])
-        if e["mode"] == "extra_usage":
+        if e["mode"] == Mode.EXTRA_USAGE:
             add(f"member:{e['member']}:spend", cost)
             add(f"tier:{e['tier']}:spend", cost)
             add("org:spend", cost)

@@ -51,7 +51,7 @@ def string(
     return value
 
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def env_name(doc: dict[str, Any], name: str) -> str | None:

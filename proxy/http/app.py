@@ -28,6 +28,7 @@ from proxy.http.admin import billing, extra_usage, orgs, requests
 from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
+    DECODED,
     LEDGER,
     METER,
     METRICS,
@@ -36,6 +37,7 @@ from proxy.http.appkeys import (
     STORE,
     UPSTREAM,
 )
+from proxy.http.body import DecodedBodies
 from proxy.http.middleware import errors_middleware
 from proxy.http.openapi import document
 from proxy.http.proxy_routes import head_root, messages, passthrough, refuse_unmetered
@@ -106,6 +108,17 @@ async def metrics_handler(request: web.Request) -> web.Response:
         body=request.app[METRICS].render(),
         headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+def metrics_app(app: web.Application) -> web.Application:
+    """``/metrics`` of ``app`` alone, for ``server.metrics_port``: scraped on a port of its
+    own (a cluster's network policy can keep it from members), not on the members' port."""
+    metrics = web.Application(middlewares=[errors_middleware])
+    metrics[CONFIG] = app[CONFIG]
+    metrics[METRICS] = app[METRICS]
+    metrics[ACCESS_LOG] = AccessLog(None)
+    metrics.router.add_get("/metrics", metrics_handler)
+    return metrics
 
 
 async def _every(seconds: float, work: Callable[[], None]) -> None:
@@ -237,6 +250,7 @@ def build_app(
     app[CONFIG] = config
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
     app[ACCESS_LOG] = AccessLog(access_log_fd)
+    app[DECODED] = DecodedBodies(config.server.max_decoded_bytes_in_flight)
     # opened in this order, closed in the reverse
     app.cleanup_ctx.extend(
         [
@@ -261,7 +275,8 @@ def _routes(app: web.Application) -> None:
     app.router.add_route("HEAD", "/", head_root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    if not app[CONFIG].server.metrics_port:  # else on a port of its own (metrics_app)
+        app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/admin", admin_page)
     app.router.add_get("/usage", usage_page)
     app.router.add_get("/admin/vocabulary.js", vocabulary_module)

@@ -11,6 +11,7 @@ from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Metrics
 
 if TYPE_CHECKING:
+    from proxy.http.body import DecodedBodies
     from proxy.ledger.db import LazyLedger
     from proxy.metering.meter import Meter
     from proxy.metering.payments import Payments
@@ -27,6 +28,8 @@ PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
 LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
 METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+# decoded compressed request bodies held at once in the process (bounded)
+DECODED: web.AppKey[DecodedBodies] = web.AppKey("decoded_bodies")
 REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it
 # the request carried a credential checked just now (a key, a token, the service token): only
 # then is its connection kept alive, so that unauthenticated probes cannot hold connections

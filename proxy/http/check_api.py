@@ -33,7 +33,7 @@ from proxy.http.member_routes import member_status
 from proxy.storage.store import BY_MEMBER_ID, StoreRefusal, check_op_id
 
 routes = web.RouteTableDef()
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 def answer(refusal: StoreRefusal, org: str, member: str = "") -> ProxyError:

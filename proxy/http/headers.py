@@ -48,9 +48,10 @@ def upstream_headers(incoming: CIMultiDictProxy[str], api_key: str) -> list[tupl
     """The member's headers as the API gets them, with the org's key. Headers the member's
     ``Connection`` names are hop-by-hop too (RFC 9110 §7.6.1): dropped."""
     drop = DROP_REQUEST
-    connection = incoming.get("connection")
-    if connection:
-        named = {t.strip().lower() for t in connection.split(",")} - _CONNECTION_OPTIONS
+    if "connection" in incoming:  # every Connection header: a second one names headers too
+        named = {
+            t.strip().lower() for c in incoming.getall("connection") for t in c.split(",")
+        } - _CONNECTION_OPTIONS
         if named:
             drop = drop | named
     out = [(name, value) for name, value in incoming.items() if name.lower() not in drop]

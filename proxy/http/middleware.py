@@ -4,6 +4,7 @@ Anthropic envelope carrying the id, and an access line and a count by route and 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -14,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.core.errors import InternalError, InvalidRequest, ProxyError, StoreUnavailable
-from proxy.http.appkeys import ACCESS_LOG, METRICS, REQUEST_ID, VERIFIED
+from proxy.http.appkeys import ACCESS_LOG, DECODED, METRICS, REQUEST_ID, VERIFIED
 from proxy.http.auth import org_of_request
+from proxy.http.body import DECODED_HELD
 from proxy.http.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         check_path(request.raw_path)
         response = await handler(request)
         logged = isinstance(response, Logged)
+    except asyncio.CancelledError:
+        if DECODED_HELD in request:  # the member went away: its decoded body is let go
+            request.app[DECODED].give_back(request)
+        raise
     except ProxyError as err:
         if isinstance(err, StoreUnavailable):
             request.app[METRICS].redis_errors.labels("request").inc()
@@ -133,6 +139,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         _log(request, rid, response.status, started)
         if not response.prepared:
             security_headers(request.path, response)
+    if DECODED_HELD in request:
+        request.app[DECODED].give_back(request)
     if VERIFIED not in request:
         # no credential checked: the connection is not kept alive for it (an unauthenticated
         # probe cannot hold a connection open by renewing its idle timer)

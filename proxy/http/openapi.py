@@ -496,7 +496,8 @@ def document() -> dict[str, Any]:
             },
             base + "/audit": {
                 "get": op(
-                    "The audit log, newest first",
+                    "The audit log, newest first, a page at a time (next_cursor: the next "
+                    "page's cursor, null on the last)",
                     ANY,
                     params=[
                         ORG,
@@ -505,6 +506,12 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
                         },
                     ],
                 )

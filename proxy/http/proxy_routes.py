@@ -178,7 +178,8 @@ async def _authenticate(request: web.Request) -> None:
     try:
         await member_of_key(request.app[STORE], request)
     except StoreUnavailable:
-        request.app[METER].let_through()  # fail_open: the admission decides, as before
+        # fail_open: a key this process knows goes on to the admission, as before
+        request.app[METER].let_through(proxy_key(request).secret_hash)
 
 
 async def _upload_early(request: web.Request, key: ProxyKey, checked: bool) -> Upload | None:
@@ -272,7 +273,7 @@ async def _passthrough(request: web.Request, key: ProxyKey) -> web.StreamRespons
         who = await member_of_key(app[STORE], request)
         ref = who["upstream"]
     except StoreUnavailable:
-        app[METER].let_through()
+        app[METER].let_through(key.secret_hash)
         # fail_open: nothing to meter here, so the key's shape is all that can be checked
         ref = app[METER].upstream_refs.get(key.org, "")
     api_key = upstream_key(app[CONFIG].upstream, ref)

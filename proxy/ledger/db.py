@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from proxy.core.errors import StoreUnavailable
+from proxy.core.vocabulary import Mode
 
 INSERT = """
 INSERT INTO ledger_entries (org_id, op_id, stream_id, kind, ts, period, statement_period,
@@ -196,7 +197,7 @@ class LedgerDB:
             period,
         ):
             cost = int(r["cost"])
-            if r["mode"] == "extra_usage":
+            if r["mode"] == Mode.EXTRA_USAGE:
                 out[f"member:{r['member_id']}:spend"] = (
                     out.get(f"member:{r['member_id']}:spend", 0) + cost
                 )

@@ -47,6 +47,10 @@ FAIL_CLOSED_MESSAGE = (
     "the usage store (Redis) is unavailable and this proxy fails closed: requests are "
     "refused until it is back"
 )
+FAIL_OPEN_UNKNOWN_MESSAGE = (
+    "the usage store (Redis) is unavailable, and this proxy lets through only keys it checked "
+    "recently: try again when it is back"
+)
 # what the caller does once a settlement is finished: its result, None when it was journaled
 # or refused
 Settled = Callable[[Reply | None], None]
@@ -117,13 +121,20 @@ class Meter:
                 unbounded=unbounded,
             )
         except StoreUnavailable:
-            self.let_through()
+            self.let_through(key_hash)
             return None
 
-    def let_through(self) -> None:
-        """Redis is unavailable: raise the fail_closed 503, or count a fail_open pass."""
-        if self.config.policy.fail_mode != "open":
+    def let_through(self, key_hash: str) -> None:
+        """Redis is unavailable: raise the fail_closed 503, or count a fail_open pass — for a
+        key this process checked in Redis within ``policy.fail_open_known_s`` only (a key it
+        cannot vouch for, made up or revoked long ago, gets the 503 as under fail_closed)."""
+        policy = self.config.policy
+        if policy.fail_mode != "open":
             raise StoreUnavailable(FAIL_CLOSED_MESSAGE) from None
+        seen = self.known_keys.get(key_hash)
+        if seen is None or time.monotonic() - seen > policy.fail_open_known_s:
+            self.metrics.fail_open_refused.inc()
+            raise StoreUnavailable(FAIL_OPEN_UNKNOWN_MESSAGE) from None
         self.metrics.fail_open.inc()
 
     def admitted(self, org: str, a: Admission, key_hash: str) -> None:

@@ -12,6 +12,19 @@ from typing import Any
 
 import orjson
 
+# U+2028 and U+2029, which orjson leaves raw: some log viewers (and JavaScript) read them as
+# line breaks, so that a value could seem to start a log line of its own
+_SEPARATORS = ("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029")
+
+
+def json_line(doc: dict[str, Any]) -> bytes:
+    """One log line: JSON with every line break escaped (U+2028 and U+2029 too)."""
+    line = orjson.dumps(doc, default=str)
+    if b"\xe2\x80" in line:
+        for raw, escaped in _SEPARATORS:
+            line = line.replace(raw, escaped)
+    return line
+
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -27,7 +40,7 @@ class JSONFormatter(logging.Formatter):
             doc.update(fields)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        return json_line(doc).decode()
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -105,7 +118,7 @@ class AccessLog:
         )
 
     def _add(self, doc: dict[str, Any]) -> None:
-        self.lines.append(orjson.dumps(doc, default=str) + b"\n")
+        self.lines.append(json_line(doc) + b"\n")
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_later(self.every_s, self.flush)

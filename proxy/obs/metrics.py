@@ -236,6 +236,12 @@ class Metrics:
             "Requests let through unmetered while Redis was unavailable",
             registry=r,
         )
+        self.fail_open_refused = Counter(
+            "eup_fail_open_refused_total",
+            "Requests refused under fail_open with Redis down: a key this process had not "
+            "checked within policy.fail_open_known_s",
+            registry=r,
+        )
         # the series every metered request updates, looked up once
         self.h_overhead = self.child(self.overhead)
         self.h_upstream_ttfb = self.child(self.upstream_ttfb)

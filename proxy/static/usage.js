@@ -43,7 +43,7 @@ async function load() {
   window_("s", doc.windows.five_hour, "Session limit");
   window_("w", doc.windows.seven_day, "Weekly limit");
   let status = eu.available
-    ? (doc.mode === "extra_usage" ? "You are on extra usage, billed at API prices." : "Extra usage is available when you reach your seat limit.")
+    ? (doc.mode === vocabulary.Mode.EXTRA_USAGE ? "You are on extra usage, billed at API prices." : "Extra usage is available when you reach your seat limit.")
     : WHY[eu.disabled_reason] || "Extra usage is not available.";
   if (eu.balance !== undefined) status += ` Prepaid balance: ${money(eu.balance)}.`;
   $("eu-status").textContent = status;

@@ -569,8 +569,13 @@ class Store:
         last = as_str(info.get("last-generated-id") or b"0-0")
         return last, int(info.get("entries-added", info.get("length", 0)))
 
-    async def audit(self, org: str, count: int = 200) -> list[dict[str, str]]:
-        rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, count=count))
+    async def audit(
+        self, org: str, count: int = 200, before: str | None = None
+    ) -> list[dict[str, str]]:
+        """The newest ``count`` audit entries, newest first; ``before``: those older than
+        that entry id (a page's cursor)."""
+        newest = "+" if before is None else "(" + before
+        rows = await self._cmd(self.client.xrevrange(self.keys(org).audit, max=newest, count=count))
         return stream_entries(rows)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from proxy.config import Config, ConfigError, load_config
-from proxy.http.app import build_app
+from proxy.http.app import build_app, metrics_app
 from proxy.http.server import ProxyRunner
 from proxy.obs.logs import setup_logging
 from proxy.storage.store import Store
@@ -43,6 +43,16 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
         runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=2048
     )
     await site.start()
+    metrics_runner = None
+    if config.server.metrics_port:
+        metrics_runner = ProxyRunner(metrics_app(app), access_log=None, handle_signals=False)
+        await metrics_runner.setup()
+        await web.TCPSite(
+            metrics_runner,
+            config.server.host,
+            config.server.metrics_port,
+            reuse_port=reuse_port or None,
+        ).start()
     log.info(
         "serving",
         extra={
@@ -65,6 +75,8 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
     # stops listening, waits up to shutdown_timeout for open requests (streams included),
     # cancels the rest (their handlers still settle), then closes Redis and the upstream
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     log.info("stopped")
 
 

@@ -18,6 +18,8 @@ from proxy.http.body import json_object
 routes = web.RouteTableDef()
 
 PROXY_KEY, ADMIN_TOKEN = members.CREDENTIAL_KINDS
+# an answer that shows a secret (once) is never kept by a cache or a browser
+SECRET_SHOWN = {"cache-control": "no-store"}
 
 
 @routes.get("/admin/v1/me")
@@ -34,7 +36,8 @@ async def audit(request: web.Request) -> web.Response:
         count = int(request.query.get("limit", "100"))
     except ValueError as exc:
         raise InvalidRequest("limit: must be an integer from 1 to 1000") from exc
-    view = await audit_log.audit(request.app[STORE], await actor(request), org, count)
+    cursor = request.query.get("cursor")
+    view = await audit_log.audit(request.app[STORE], await actor(request), org, count, cursor)
     return web.json_response(view)
 
 
@@ -117,12 +120,11 @@ async def _issue(request: web.Request, kind: str) -> web.Response:
     cred_id, secret = await members.issue(
         request.app[STORE], await actor(request), org, member, kind
     )
-    if kind == PROXY_KEY:
-        return web.json_response(
-            {"key_id": cred_id, "key": secret, "member_id": member}, status=201
-        )
+    names = ("key_id", "key") if kind == PROXY_KEY else ("token_id", "token")
     return web.json_response(
-        {"token_id": cred_id, "token": secret, "member_id": member}, status=201
+        {names[0]: cred_id, names[1]: secret, "member_id": member},
+        status=201,
+        headers=SECRET_SHOWN,
     )
 
 
