@@ -41,10 +41,12 @@ class ServerConfig:
     # connection may hold of them at once in this process
     max_header_bytes: int = 64 * 1024
     max_header_bytes_total: int = 32 * 1024 * 1024
-    # open connections from one client address, and in all (0: three quarters of the
-    # process's open-files limit); over either, a new connection is answered 503 and closed
-    max_connections_per_client: int = 256
+    # open connections in all (0: three quarters of the process's open-files limit) and from
+    # one client address (0: a quarter of that, at least 64; raise it when many members come
+    # through one address, a NAT or a load balancer); over either, a new connection is
+    # answered 503 and closed
     max_connections: int = 0
+    max_connections_per_client: int = 0
     # a stream's write to a member who stopped reading: after this, the member counts as gone
     write_timeout_s: float = 60.0
     # decoded compressed request bodies held at once in this process (a 413's cousin: a
@@ -315,8 +317,8 @@ def parse_config(
         max_header_bytes_total=r.positive(
             "max_header_bytes_total", _SERVER.max_header_bytes_total, integer=True
         ),
-        max_connections_per_client=r.positive(
-            "max_connections_per_client", _SERVER.max_connections_per_client, integer=True
+        max_connections_per_client=r.get(
+            "max_connections_per_client", int, _SERVER.max_connections_per_client
         ),
         max_connections=r.get("max_connections", int, _SERVER.max_connections),
         write_timeout_s=float(r.positive("write_timeout_s", _SERVER.write_timeout_s)),
@@ -325,8 +327,9 @@ def parse_config(
         ),
         metrics_port=r.get("metrics_port", int, _SERVER.metrics_port),
     )
-    if server.max_connections < 0:
-        raise r.fail("max_connections", "must be 0 (from the open-files limit) or more")
+    for name in ("max_connections", "max_connections_per_client"):
+        if getattr(server, name) < 0:
+            raise r.fail(name, "must be 0 (derived: see config/example.toml) or more")
     if not 0 <= server.metrics_port <= 65535 or (
         server.metrics_port and server.metrics_port == server.port
     ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import simdjson
 
 from proxy.core.errors import InvalidRequest
+from proxy.core.ids import MODEL_ID, model_error
 from proxy.core.validate import parse_object
 
 MAX_TOKENS_LIMIT = 1_000_000
@@ -98,8 +99,8 @@ def parse_message_request(body: bytes) -> tuple[str, int, bool]:
     model = doc.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest('model: field required (a model id such as "claude-sonnet-4-5")')
-    if len(model) > 256:
-        raise InvalidRequest("model: must be at most 256 characters")
+    if not MODEL_ID.match(model):
+        raise InvalidRequest(model_error(model))
     max_tokens = doc.get("max_tokens")
     if max_tokens is None:
         raise InvalidRequest("max_tokens: field required")

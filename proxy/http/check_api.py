@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.core.admission import Admission
 from proxy.core.decision import iso, status_document, utilization
 from proxy.core.errors import AuthenticationFailed, InvalidRequest, NotFound, ProxyError
-from proxy.core.ids import MEMBER_ID, ORG_ID
+from proxy.core.ids import MEMBER_ID, MODEL_ID, ORG_ID, model_error
 from proxy.core.money import format_usd
 from proxy.core.pricing import UsageError, usage_from_mapping
 from proxy.core.refusals import Context, refusal_error
@@ -63,7 +63,9 @@ def parse_reservation(doc: dict[str, Any]) -> tuple[str, str, str]:
             isinstance(org, str)
             and ORG_ID.match(org)
             and isinstance(request_id, str)
+            and REQUEST_ID.match(request_id)
             and isinstance(model, str)
+            and MODEL_ID.match(model)
         ):
             raise ValueError
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
@@ -139,6 +141,8 @@ async def check(request: web.Request) -> web.Response:
     org = string(doc, "org_id", max_len=63) or ""
     member = string(doc, "member_id", max_len=128) or ""
     model = string(doc, "model", max_len=256) or ""
+    if not MODEL_ID.match(model):
+        raise InvalidRequest(model_error(model))
     request_id = string(doc, "request_id", max_len=128) or ""
     if not ORG_ID.match(org):
         raise NotFound(f"organization {org!r} not found")

@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from proxy.core.admission import Admission
 from proxy.core.decision import unified_headers
 from proxy.core.errors import UpstreamUnavailable
+from proxy.core.ids import MODEL_ID
 from proxy.core.pricing import Usage
 from proxy.core.usage import StreamUsage, body_usage
 from proxy.http.appkeys import ACCESS_LOG, CONFIG, METER, METRICS
@@ -39,8 +40,8 @@ from proxy.storage.scripts import Reply
 from proxy.storage.store import NOT_SENT
 from proxy.upstream.client import Response, UpstreamError
 
-# bytes waiting in the member's connection beyond which a stream's write is timed: the
-# transport stops taking more at 64 KiB, so a write can wait only past it
+# bytes waiting in the member's connection (with the chunk) from which a stream's write is
+# timed: the transport pauses at 64 KiB, so only a write that takes it there can wait
 WRITE_BACKLOG = 64 * 1024
 
 
@@ -174,7 +175,7 @@ def settle_and_log(
     m.usage, m.status, m.extra = usage, status, extra
     if estimated:
         m.extra["estimated"] = True
-    if model:
+    if model and MODEL_ID.match(model):  # the API's own id, when it is one a ledger can keep
         m.model = model
     if m.adm is None:
         task = meter.journaled(
@@ -319,7 +320,10 @@ async def forward_stream(
             if flight is not None:
                 journal.touched(flight)
             transport = request.transport
-            if transport is not None and transport.get_write_buffer_size() >= WRITE_BACKLOG:
+            if (
+                transport is not None
+                and transport.get_write_buffer_size() + len(chunk) >= WRITE_BACKLOG
+            ):
                 # the member is not reading: a write may wait, but not for ever (the org's
                 # upstream slot is held meanwhile)
                 async with asyncio.timeout(write_timeout_s):

@@ -74,7 +74,7 @@ class ConnectionLimits:
     def of(cls, server: ServerConfig) -> ConnectionLimits:
         total = server.max_connections or max(64, open_files_limit() * 3 // 4)
         return cls(
-            per_client=server.max_connections_per_client,
+            per_client=server.max_connections_per_client or max(64, total // 4),
             total=total,
             head_bytes=server.max_header_bytes,
             head_bytes_total=server.max_header_bytes_total,

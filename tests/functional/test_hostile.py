@@ -192,6 +192,69 @@ async def another_orgs_admin(t: Target) -> tuple[int, bytes]:
     return status, orjson.dumps(body)
 
 
+async def headers_over_the_bound(t: Target) -> tuple[int, bytes]:
+    """~1 MB of header lines (128 of 8,000 bytes): refused at 64 KiB, before any handler."""
+    lines = [b"x-pad-%d: " % i + b"a" * 8000 for i in range(128)]
+    return await raw(t.proxy, request("/v1/models", b"x-api-key: " + t.key.encode(), *lines))
+
+
+async def member_id_ending_in_a_newline(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "PUT",
+        f"/admin/v1/orgs/{t.org}/members/ann%0A",
+        json={"role": "member", "tier": "standard"},
+    )
+    return status, orjson.dumps(body)
+
+
+async def primary_owner_id_ending_in_a_newline(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "PUT",
+        f"/admin/v1/orgs/{t.org}/members/pat%0A",
+        json={"role": "primary_owner", "tier": "standard"},
+    )
+    return status, orjson.dumps(body)
+
+
+async def org_id_ending_in_a_newline(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin("GET", f"/admin/v1/orgs/{t.org}%0A")
+    return status, orjson.dumps(body)
+
+
+async def model_with_a_nul(t: Target) -> tuple[int, bytes]:
+    status, _, body = await t.proxy.post(t.key, message(model="claude-sonnet-4-5\x00x"))
+    return status, body
+
+
+async def model_with_a_nul_through_the_check_api(t: Target) -> tuple[int, bytes]:
+    doc = {**check_request(t, "nul-1"), "model": "claude\x00"}
+    async with t.proxy.session.post(
+        t.proxy.url + "/v1/usage/check", json=doc, headers=SERVICE_AUTH
+    ) as r:
+        return r.status, await r.read()
+
+
+async def amount_padded_with_nbsp(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "POST",
+        f"/admin/v1/orgs/{t.org}/extra-usage/purchases",
+        json={"amount": "\u00a010.00", "idempotency_key": "nbsp", "buy_ahead": True},
+    )
+    return status, orjson.dumps(body)
+
+
+async def amount_ending_in_a_newline(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin(
+        "PATCH", f"/admin/v1/orgs/{t.org}/extra-usage", json={"monthly_limit": "10.00\n"}
+    )
+    return status, orjson.dumps(body)
+
+
+async def audit_cursor_forged(t: Target) -> tuple[int, bytes]:
+    status, body = await t.proxy.admin("GET", f"/admin/v1/orgs/{t.org}/audit?cursor=-%2B")
+    return status, orjson.dumps(body)
+
+
 ATTACKS: list[tuple[Attack, int, str]] = [
     (header_with_nul, 400, "could not be parsed"),
     (header_with_del, 400, "could not be parsed"),
@@ -208,6 +271,15 @@ ATTACKS: list[tuple[Attack, int, str]] = [
     (operator_token_as_upstream_credential, 400, "must name a variable starting with"),
     (primary_owner_disables_themselves, 409, "primary owner cannot be disabled"),
     (another_orgs_admin, 404, "not found"),
+    (headers_over_the_bound, 431, "headers are over 65536 bytes"),
+    (member_id_ending_in_a_newline, 404, "not found"),
+    (primary_owner_id_ending_in_a_newline, 404, "not found"),
+    (org_id_ending_in_a_newline, 404, "not found"),
+    (model_with_a_nul, 400, "model: must be a model id"),
+    (model_with_a_nul_through_the_check_api, 400, "model: must be a model id"),
+    (amount_padded_with_nbsp, 400, "must be a decimal amount"),
+    (amount_ending_in_a_newline, 400, "must be a decimal amount"),
+    (audit_cursor_forged, 400, "cursor: not a cursor"),
 ]
 
 
