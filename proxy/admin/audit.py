@@ -17,7 +17,7 @@ from proxy.storage.store import Store
 MAX_ENTRIES = 1000
 
 
-CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+CURSOR = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")  # a stream entry id (each part < 2^64)
 
 
 async def audit(

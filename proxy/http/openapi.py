@@ -189,7 +189,12 @@ CHECK_BODY = obj(
     {
         "org_id": ID,
         "member_id": MEMBER,
-        "model": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]*$",
+        },
         "input_tokens": {"type": "integer", "minimum": 0, "maximum": 100_000_000},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
         "request_id": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
@@ -511,7 +516,7 @@ def document() -> dict[str, Any]:
                             "name": "cursor",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"},
                         },
                     ],
                 )

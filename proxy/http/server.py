@@ -99,6 +99,15 @@ class ConnectionLimits:
         self.open_total -= 1
 
 
+def head_size(message: Any) -> int:
+    """The bytes of a parsed request's line and headers (near enough: separators counted);
+    0 for what the parser could not parse (aiohttp answers that itself)."""
+    headers = getattr(message, "raw_headers", None)
+    if headers is None:
+        return 0
+    return len(message.path) + sum(len(k) + len(v) + 4 for k, v in headers)
+
+
 class GuardedRequestHandler(RequestHandler):
     header_timeout_s = 30.0  # set by the server that makes it
     limits = ConnectionLimits()  # the process's, set by the server that makes it
@@ -141,22 +150,27 @@ class GuardedRequestHandler(RequestHandler):
         limits = self.limits
         self._head += len(data)
         limits.reading += len(data)
-        if self._head > limits.head_bytes or limits.reading > limits.head_bytes_total:
+        super().data_received(data)
+        if self._messages:  # a head was parsed: what comes with it and after is its body
+            message, self._body = self._messages[-1]
+            self._done_reading()
+            if head_size(message) <= limits.head_bytes:
+                return
+            self._messages.clear()  # a whole head over the bound, come in one read: refused
+            reason = "per_connection"
+        elif self._head > limits.head_bytes or limits.reading > limits.head_bytes_total:
             reason = "per_connection" if self._head > limits.head_bytes else "total"
             self._done_reading()
-            limits.refused(f"head_{reason}")
-            refusals.warning("connections", "request head too large", reason=reason)
-            self._refuse(
-                b"431 Request Header Fields Too Large",
-                f"the request's headers are over {limits.head_bytes} bytes"
-                if reason == "per_connection"
-                else "too many request headers are being read at once; retry shortly",
-            )
+        else:
             return
-        super().data_received(data)
-        if self._messages:  # a head was parsed: what comes next is its body, if it has one
-            self._body = self._messages[-1][1]
-            self._done_reading()
+        limits.refused(f"head_{reason}")
+        refusals.warning("connections", "request head too large", reason=reason)
+        self._refuse(
+            b"431 Request Header Fields Too Large",
+            f"the request's headers are over {limits.head_bytes} bytes"
+            if reason == "per_connection"
+            else "too many request headers are being read at once; retry shortly",
+        )
 
     def _done_reading(self) -> None:
         self.limits.reading -= self._head

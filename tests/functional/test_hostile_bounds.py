@@ -66,6 +66,19 @@ async def test_request_heads_are_bounded_in_all(proxy_factory: Any) -> None:
     assert (await p.post(key, message()))[0] == 200
 
 
+async def test_a_whole_head_over_the_bound_in_one_read_is_refused(proxy: Proxy) -> None:
+    """100 KB of headers that arrive at once, complete: refused (431) all the same, and
+    nothing reaches the API."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "hob")
+    calls = len(proxy.mock.requests)
+    pad = [b"x-pad-%d: %s" % (i, b"a" * 990) for i in range(100)]
+    status, body = await raw(proxy, request("/v1/models", b"x-api-key: " + key.encode(), *pad))
+    assert status == 431 and b"over 65536 bytes" in body
+    assert len(proxy.mock.requests) == calls
+    assert metric(proxy, "eup_connections_refused_total", reason="head_per_connection") >= 1
+
+
 async def test_connections_are_capped_per_client_address(proxy_factory: Any) -> None:
     """Five open connections from one address: the sixth is answered 503 and closed, and
     counted; once one closes, a new one is served."""
