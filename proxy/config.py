@@ -141,6 +141,8 @@ class PaymentsConfig:
 class LedgerConfig:
     database_url: str = "postgresql://127.0.0.1:5432/extra_usage"
     close_after_s: int = 86400
+    # the ledger sink's /metrics and /healthz (0: not served; --metrics-port overrides)
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +454,7 @@ def parse_config(
             r.get("database_url", str, _LEDGER.database_url),
         ),
         close_after_s=r.positive("close_after_s", _LEDGER.close_after_s, integer=True),
+        metrics_port=r.get("metrics_port", int, _LEDGER.metrics_port),
     )
     r.done()
 

@@ -37,7 +37,6 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/extra_usage"
 
     def start(self) -> PostgresServer:
-        import time
 
         data = self.dir / "data"
         subprocess.run(
@@ -55,12 +54,33 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
+        self._run()
+        subprocess.run(
+            [
+                str(self.bin / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "extra_usage",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def _run(self) -> None:
+        """The postgres process on the data folder, and wait until it answers."""
+        import time
+
         self.proc = subprocess.Popen(
             [
                 *self.as_user,
                 str(self.bin / "postgres"),
                 "-D",
-                str(data),
+                str(self.dir / "data"),
                 "-p",
                 str(self.port),
                 "-k",
@@ -84,21 +104,30 @@ class PostgresServer:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("postgres did not start")
             time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the server at once, its clients cut off (its data stays): an outage, until
+        ``resume``."""
         subprocess.run(
             [
-                str(self.bin / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "extra_usage",
+                *self.as_user,
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.dir / "data"),
+                "stop",
+                "-m",
+                "fast",
+                "-w",
             ],
             check=True,
             capture_output=True,
         )
-        return self
+        if self.proc is not None:
+            self.proc.wait(20)
+            self.proc = None
+
+    def resume(self) -> None:
+        self._run()
 
     def cleanup(self) -> None:
         import shutil as sh

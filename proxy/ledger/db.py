@@ -72,6 +72,14 @@ def _row(org: str, e: Mapping[str, str], now_period: str) -> tuple[Any, ...]:
     )
 
 
+class EntryRefused(Exception):
+    """A ledger entry the database cannot take, however often it is sent."""
+
+
+class LedgerUnavailable(StoreUnavailable):
+    """The ledger database (PostgreSQL) cannot be reached just now."""
+
+
 class LedgerDB:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -122,10 +130,23 @@ class LedgerDB:
         return applied
 
     async def insert(self, org: str, entries: Sequence[Mapping[str, str]], *, now: float) -> None:
-        """Write stream entries durably, in one transaction; rows already there are kept."""
-        rows = [_row(org, e, period_of(now)) for e in entries]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(INSERT, rows)
+        """Write stream entries durably, in one transaction; rows already there are kept.
+        Raises ``EntryRefused`` when an entry cannot be stored (a value the database or the
+        row refuses: sent again it would be refused again), ``LedgerUnavailable`` when the
+        database cannot be reached (sent again later, it goes in)."""
+        try:
+            rows = [_row(org, e, period_of(now)) for e in entries]
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            raise EntryRefused(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.executemany(INSERT, rows)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise EntryRefused(f"{type(exc).__name__}: {exc}") from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LedgerUnavailable(
+                f"the ledger database is unavailable ({type(exc).__name__})"
+            ) from exc
 
     async def lines(self, org: str, period: str) -> list[dict[str, Any]]:
         """Usage on a statement: per member, model and mode, with tokens and cost."""

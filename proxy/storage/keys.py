@@ -26,6 +26,7 @@ class OrgKeys:
     due: str  # zset: the live extra-usage reservations ("<amount>|<member>|<id>") by expiry
     ledger: str  # stream: one entry per charge, purchase, reload
     audit: str  # stream: who changed what, before, after, when
+    dead: str  # stream: ledger entries the durable ledger refused, kept for an operator
     requests: str  # hash: extra-usage request id -> JSON (Enterprise)
 
 
@@ -42,6 +43,7 @@ def org_keys(prefix: str, org: str) -> OrgKeys:
         due=f"{tag}:reserved",
         ledger=f"{tag}:ledger",
         audit=f"{tag}:audit",
+        dead=f"{tag}:ledger_dead",
         requests=f"{tag}:requests",
     )
 

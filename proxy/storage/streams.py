@@ -73,6 +73,28 @@ class LedgerStream:
         await self.store._cmd(self.client.xack(stream, GROUP, *ids))
         await self.store._cmd(self.client.xdel(stream, *ids))
 
+    async def dead_letter(self, org: str, entry: dict[str, str], error: str) -> None:
+        """Keep an entry the durable ledger refused in the org's dead-letter stream (its
+        fields as they were, with the reason and the id it had), then take it off the ledger
+        stream: the sink goes on with the others. The dead-letter stream keeps the newest
+        10,000."""
+        stream = self.key(org)
+        fields: dict[Any, Any] = {k: v for k, v in entry.items() if k != "id"}
+        fields.update(dead_error=error[:500], dead_id=entry["id"])
+        await self.store._cmd(
+            self.client.xadd(self.store.keys(org).dead, fields, maxlen=10_000, approximate=True)
+        )
+        await self.done(stream, [entry["id"]])
+
+    async def oldest_ms(self, org: str) -> int | None:
+        """When the oldest entry still in the org's ledger stream was written (ms), or None."""
+        rows = await self.store._cmd(self.client.xrange(self.key(org), count=1))
+        return int(as_str(rows[0][0]).split("-")[0]) if rows else None
+
+    def forget(self, org: str) -> None:
+        """Check the group again on the next pass (Redis may have come back without it)."""
+        self._grouped.discard(self.key(org))
+
     async def state(self, org: str) -> GroupState:
         for info in await self.store._cmd(self.client.xinfo_groups(self.key(org))):
             if as_str(info["name"]) == GROUP:

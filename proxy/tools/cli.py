@@ -213,14 +213,19 @@ def _store(config: Config) -> Store:
 
 
 def cmd_ledger_sink(args: argparse.Namespace) -> int:
-    from proxy.ledger.db import LedgerDB
-    from proxy.ledger.sink import LedgerSink
+    from proxy.ledger.sink import LedgerSink, connect_ledger
+    from proxy.obs.metrics import SinkMetrics
+    from proxy.tools.sink_health import serve_sink_metrics
 
     config = _config_or_exit(args.config)
     setup_logging()
 
+    port = args.metrics_port if args.metrics_port is not None else config.ledger.metrics_port
+
     async def go() -> int:
-        db = await LedgerDB.connect(config.ledger.database_url)
+        metrics = SinkMetrics()
+        site = await serve_sink_metrics(metrics, config.server.host, port, args.interval)
+        db = await connect_ledger(config.ledger.database_url, args.once, metrics)
         store = _store(config)
         try:
             sink = LedgerSink(
@@ -228,14 +233,20 @@ def cmd_ledger_sink(args: argparse.Namespace) -> int:
                 db,
                 consumer=args.consumer,
                 claim_idle_ms=0 if args.once else 60_000,
+                metrics=metrics,
             )
             result = await sink.run(once=args.once, interval_s=args.interval)
             for org, d in result.items():
-                print(f"{org}: written {d.written}, lag {d.lag}, pending {d.pending}")
+                print(
+                    f"{org}: written {d.written}, lag {d.lag}, pending {d.pending}"
+                    + (f", dead letters {d.dead}" if d.dead else "")
+                )
             return 0
         finally:
             await store.close()
             await db.close()
+            if site is not None:
+                await site.cleanup()
 
     try:
         return asyncio.run(go())
@@ -348,6 +359,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--once", action="store_true", help="drain what is there and exit")
     k.add_argument("--consumer", default="sink-1", help="consumer name in the group")
     k.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+    k.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /healthz on this port (default: ledger.metrics_port)",
+    )
     k.set_defaults(func=cmd_ledger_sink)
     r = sub.add_parser("reconcile", help="Redis counters against the durable ledger")
     r.add_argument("org")

@@ -18,7 +18,7 @@ import pytest
 
 from proxy.ledger.db import LedgerDB
 from proxy.ledger.reconcile import reconcile
-from proxy.ledger.sink import GROUP, LedgerSink
+from proxy.ledger.sink import GROUP, Drained, LedgerSink
 from proxy.tools.embedded import RedisServer
 from tests.conftest import Proxy, ProxyFactory, message
 from tests.functional.test_extra_usage import exhaust_seat, settings
@@ -133,7 +133,9 @@ async def test_a_crash_between_commit_and_ack_redelivers_without_duplicates(
     entries = await billing.store.ledger(org)
 
     class Crashing(LedgerSink):
-        async def _write(self, org: str, stream: str, batch: list[dict[str, str]]) -> int:
+        async def _write(
+            self, org: str, stream: str, batch: list[dict[str, str]], done: Drained
+        ) -> int:
             if not batch:
                 return 0
             await self.db.insert(org, batch, now=0)

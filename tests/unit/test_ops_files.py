@@ -10,14 +10,15 @@ from pathlib import Path
 
 import yaml
 
-from proxy.obs.metrics import Metrics
+from proxy.obs.metrics import Metrics, SinkMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def exported() -> set[str]:
     names: set[str] = set()
-    for metric in Metrics().registry.collect():
+    registries = (Metrics().registry, SinkMetrics().registry)
+    for metric in (m for r in registries for m in r.collect()):
         for sample in metric.samples:
             names.add(sample.name)
         names.add(metric.name)
