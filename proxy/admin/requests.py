@@ -7,14 +7,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from proxy.admin.actors import Actor, require
 from proxy.admin.states import MEMBER_STATE_FIELDS, member_state, org_state
-from proxy.admin.writes import org_settings, write
+from proxy.admin.writes import org_settings, refused, write
 from proxy.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from proxy.core.limits import BALANCE, ORG_LIMIT, ORG_OFF, TIER_LIMIT, plan_grant
 from proxy.core.money import format_usd, stored_usd
@@ -132,20 +132,35 @@ async def decide(
         if record["state"] == decision:
             return view(record)  # replayed decision
         raise Conflict(f"this request was already {record['state']}")
+    changes = Changes()
     if decision == RequestState.APPROVED:
-        record.update(await _grant(store, org, actor.name, record, approval))
+        changes = await _grant(store, org, record, approval)
+        record.update(changes.recorded)
     record.update(state=decision, decided_by=actor.name, decided_at=_now())
-    await write(
-        store,
-        org,
-        "requests",
-        actor=actor.name,
-        action=f"extra_usage_request.{decision}",
-        fields={rid: orjson.dumps(record).decode()},
-        guards=[Guard.equals(rid, raw)],
-        subject="the request",
-    )
+    with refused(org=org, member=record["member"], subject="the request"):
+        # the record and the limits in one step: of two decisions, exactly one has effect
+        await store.decide(
+            org,
+            rid,
+            actor=actor.name,
+            action=f"extra_usage_request.{decision}",
+            expected=raw,
+            record=orjson.dumps(record).decode(),
+            member=record["member"] if changes.member_fields else "",
+            org_fields=changes.org_fields,
+            member_fields=changes.member_fields,
+        )
     return view(record)
+
+
+@dataclass
+class Changes:
+    """What an approval writes: the org's and the member's limit fields, and what the
+    request's record keeps of it."""
+
+    org_fields: dict[str, str] = field(default_factory=dict)
+    member_fields: dict[str, str] = field(default_factory=dict)
+    recorded: dict[str, str] = field(default_factory=dict)
 
 
 BLOCKED = {
@@ -158,9 +173,7 @@ BLOCKED = {
 }
 
 
-async def _grant(
-    store: Store, org: str, actor: str, record: dict[str, Any], approval: Approval
-) -> dict[str, Any]:
+async def _grant(store: Store, org: str, record: dict[str, Any], approval: Approval) -> Changes:
     """Approve: the member may spend the amount more this month (the amount asked for unless
     the owner names another), their own limit raised by what it takes, and the tier's or the
     org's limit too when the owner says so; refused (409, nothing written) when another limit
@@ -194,38 +207,18 @@ async def _grant(
             tier=tier.title(), limit=f"${format_usd(int(limit))}" if limit else ""
         )
         raise Conflict(f"approving ${format_usd(grant)} would not let {member} spend more: {why}")
-    org_fields: dict[str, str] = {}
+    out = Changes(recorded={"granted": str(grant)})
     if plan.tier_limit is not None:
-        org_fields[Org.tier_limit(tier)] = str(plan.tier_limit)
+        out.org_fields[Org.tier_limit(tier)] = str(plan.tier_limit)
     if plan.org_limit is not None:
-        org_fields[Org.LIMIT] = str(plan.org_limit)
-    if org_fields:
-        await write(
-            store,
-            org,
-            "org",
-            actor=actor,
-            action="extra_usage.settings",
-            fields=org_fields,
-            subject="the organization",
-        )
+        out.org_fields[Org.LIMIT] = str(plan.org_limit)
     if plan.member_limit is not None:
-        await write(
-            store,
-            org,
-            "members",
-            actor=actor,
-            action="extra_usage.member",
-            fields={Member.field(member, Member.LIMIT): str(plan.member_limit)},
-            guards=[Guard.exists(Member.field(member, Member.TIER))],
-            subject=f"member {member!r}",
-        )
-    out: dict[str, Any] = {"granted": str(grant)}
+        out.member_fields[Member.field(member, Member.LIMIT)] = str(plan.member_limit)
     for name, value in (
         ("new_limit", plan.member_limit),
         ("new_tier_limit", plan.tier_limit),
         ("new_org_limit", plan.org_limit),
     ):
         if value is not None:
-            out[name] = str(value)
+            out.recorded[name] = str(value)
     return out

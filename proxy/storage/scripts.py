@@ -205,6 +205,22 @@ WRITE = ScriptSpec(
     pairs='field, value pairs; the value "\\0" deletes the field',
     reply=("ok", "before", "after"),
 )
+DECIDE = ScriptSpec(
+    "decide",
+    keys=("org", "members", "requests", "audit"),
+    args=(
+        Arg("actor", "who decides"),
+        Arg("action", "what, as the audit log names it"),
+        PINNED,
+        Arg("request_id", "the request decided"),
+        Arg("expected", "the request's record as the decider read it (pending)"),
+        Arg("record", "the request's record once decided"),
+        Arg("member", 'the member whose own limit is raised ("" for none)'),
+        Arg("org_pairs", "how many field, value pairs of the org come first"),
+    ),
+    pairs="the org's field, value pairs, then the member's",
+    reply=("ok", "before", "after"),
+)
 CREDENTIAL = ScriptSpec(
     "credential",
     keys=("creds", "members", "audit"),
@@ -231,7 +247,7 @@ WHOIS = ScriptSpec(
 )
 
 SPECS: dict[str, ScriptSpec] = {
-    s.name: s for s in (ADMIT, SETTLE, RELEASE, RENEW, PURCHASE, WRITE, CREDENTIAL, WHOIS)
+    s.name: s for s in (ADMIT, SETTLE, RELEASE, RENEW, PURCHASE, WRITE, DECIDE, CREDENTIAL, WHOIS)
 }
 FAILURE_FIELDS = REPLY_STATUS  # {"ok": 0, "err": <a code of model.REFUSALS>, "detail": ...}
 # the hashes write.lua may change

@@ -50,6 +50,7 @@ from proxy.storage.pipelining import ClusterPipeliner, Pipeliner
 from proxy.storage.scripts import (
     ADMIT,
     CREDENTIAL,
+    DECIDE,
     PURCHASE,
     RELEASE,
     RENEW,
@@ -451,6 +452,38 @@ class Store:
         return await self._reply(
             WRITE, time.perf_counter(), self._call(WRITE, keys, (*args, *pairs))
         )
+
+    async def decide(
+        self,
+        org: str,
+        request_id: str,
+        *,
+        actor: str,
+        action: str,
+        expected: str,
+        record: str,
+        member: str = "",
+        org_fields: Mapping[str, str] | None = None,
+        member_fields: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """An extra usage request's decision (its record, ``expected`` before) and the
+        limits it raises, with one audit entry, in one atomic step (decide.lua): of two
+        concurrent decisions exactly one has any effect."""
+        org_fields, member_fields = org_fields or {}, member_fields or {}
+        pairs: list[str | int] = []
+        for f, v in (*org_fields.items(), *member_fields.items()):
+            pairs += [f, v]
+        args = DECIDE.args_of(
+            actor=actor,
+            action=action,
+            pinned_now=self.pinned_now,
+            request_id=request_id,
+            expected=expected,
+            record=record,
+            member=member,
+            org_pairs=len(org_fields),
+        )
+        return await self._run(DECIDE, DECIDE.keys_of(self.keys(org)), (*args, *pairs))
 
     async def create_org(self, org: str, fields: Mapping[str, str], actor: str) -> None:
         await self.update(

@@ -4,6 +4,7 @@ too), and the refusals are the admin context's errors."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 
@@ -210,3 +211,37 @@ async def test_an_approval_that_would_not_let_the_member_spend_changes_nothing(
     )
     with pytest.raises(Conflict, match="already approved"):
         await requests.decide(store, OPERATOR, org, asked["id"], RequestState.DISMISSED, Approval())
+
+
+@pytest.mark.parametrize("second", [RequestState.APPROVED, RequestState.DISMISSED])
+async def test_of_two_concurrent_decisions_exactly_one_has_effect(
+    store: Store, second: str
+) -> None:
+    """An approval that raises a limit and a second decision of the same request at once,
+    twelve times: one answers, the other is refused, and the limits are raised only when the
+    approval is the one that took effect (a dismissed request never raised anything)."""
+    for _ in range(12):
+        org = await new_org(store, Plan.ENTERPRISE)
+        await settings.patch_settings(
+            store, OPERATOR, TIERS, org, SettingsChange(enabled=True, sent=("enabled",))
+        )
+        await settings.put_member_setting(store, OPERATOR, org, "ann", limit=10 * 10**9)
+        ann = member_actor(org, "ann", Role.MEMBER)
+        asked, _ = await requests.ask(store, ann, amount=5 * 10**9, message=None)
+        outcomes = await asyncio.gather(
+            requests.decide(store, OPERATOR, org, asked["id"], RequestState.APPROVED, Approval()),
+            requests.decide(store, OPERATOR, org, asked["id"], second, Approval(amount=7 * 10**9)),
+            return_exceptions=True,
+        )
+        won = [o for o in outcomes if isinstance(o, dict)]
+        lost = [o for o in outcomes if isinstance(o, Conflict)]
+        assert len(won) + len(lost) == 2 and won, outcomes
+        # the one decision that took effect: what the request records now
+        (record,) = (await requests.list_requests(store, OPERATOR, org, None))["requests"]
+        # the other was refused, or (the same decision) answered as a replay of it
+        assert all(o == record for o in won), (won, record)
+        limit = int((await store.member_fields(org, "ann", ("limit",)))["limit"])
+        if record["state"] == RequestState.DISMISSED:
+            assert limit == 10 * 10**9  # nothing raised
+        else:  # raised once, by what the winner granted
+            assert limit == 10 * 10**9 + int(record["granted"].replace(".", "")) * 10**7
