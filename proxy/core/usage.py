@@ -40,11 +40,14 @@ def estimate(
     output_reported: bool,
     text_chars: int,
     prompt_bytes: int,
+    max_output: int | None = None,
 ) -> Usage:
     """The one rule for an answer whose usage did not (all) arrive: the API's own counts
     where it reported them (``reported``: the usage fields seen; ``output_reported``: its
     final output count came), input from the request's size when it reported none, output
-    from the text that came when it did not report its final count."""
+    from the text that came when it did not report its final count — at ~4 characters a
+    token, and never more than the request's ``max_tokens`` (``max_output``): what the
+    reservation bounded (text of ~6 characters a token would otherwise be counted 1.5×)."""
     try:
         usage = usage_from_mapping(reported or {})
     except UsageError:
@@ -52,7 +55,8 @@ def estimate(
     if not reported or "input_tokens" not in reported:
         usage.input_tokens = tokens_of_chars(prompt_bytes)
     if not output_reported:
-        usage.output_tokens = max(usage.output_tokens, tokens_of_chars(text_chars))
+        output = max(usage.output_tokens, tokens_of_chars(text_chars))
+        usage.output_tokens = output if max_output is None else min(output, max_output)
     return usage
 
 
@@ -62,7 +66,9 @@ def text_chars_in(body: bytes) -> int:
     return sum(len(m) for m in _TEXT_VALUE.findall(body))
 
 
-def body_usage(body: bytes, prompt_bytes: int) -> tuple[Usage | None, str | None, bool]:
+def body_usage(
+    body: bytes, prompt_bytes: int, max_output: int | None = None
+) -> tuple[Usage | None, str | None, bool]:
     """(usage, model, estimated) of a non-streaming 200 answer, whole or cut: the usage it
     reports, else the estimate (``estimate``); None when nothing at all came."""
     usage, model = response_usage(body)
@@ -72,7 +78,13 @@ def body_usage(body: bytes, prompt_bytes: int) -> tuple[Usage | None, str | None
         return None, model, False
     text = text_chars_in(body)
     return (
-        estimate(None, output_reported=False, text_chars=text, prompt_bytes=prompt_bytes),
+        estimate(
+            None,
+            output_reported=False,
+            text_chars=text,
+            prompt_bytes=prompt_bytes,
+            max_output=max_output,
+        ),
         model,
         True,
     )
@@ -175,15 +187,16 @@ class StreamUsage:
             if isinstance(value, str):
                 self._text_chars += len(value)
 
-    def usage(self, prompt_bytes: int = 0) -> Usage:
+    def usage(self, prompt_bytes: int = 0, max_output: int | None = None) -> Usage:
         """The usage seen so far, by the rule of ``estimate`` where the API's did not come:
-        output from the text when no message_delta came, input from the request's
-        ``prompt_bytes`` when no message_start did."""
+        output from the text when no message_delta came (at most ``max_output``), input from
+        the request's ``prompt_bytes`` when no message_start did."""
         return estimate(
             self._start,
             output_reported=self._delta_seen,
             text_chars=self._text_chars,
             prompt_bytes=prompt_bytes,
+            max_output=max_output,
         )
 
     @property

@@ -55,6 +55,7 @@ class Metered:
         "extra",
         "flight",
         "key",
+        "max_tokens",
         "model",
         "org",
         "prompt_bytes",
@@ -74,6 +75,7 @@ class Metered:
         adm: Admission | None,
         started: float,
         prompt_bytes: int = 0,
+        max_tokens: int | None = None,
     ) -> None:
         self.app, self.rid, self.key, self.org, self.model, self.adm = (
             app,
@@ -84,6 +86,7 @@ class Metered:
             adm,
         )
         self.prompt_bytes = prompt_bytes  # the request body's size: the estimate's input
+        self.max_tokens = max_tokens  # the most output an estimate may count
         self.started = started  # perf_counter() on arrival
         self.sent_at = started  # perf_counter() when it went upstream
         self.status = 0
@@ -95,7 +98,7 @@ class Metered:
         """It goes upstream now: recorded in the journal (a killed worker's requests in flight
         are charged from it)."""
         self.flight = self.app[METER].journal.begin(
-            self.rid, self.org, self.key.secret_hash, self.model, self.prompt_bytes
+            self.rid, self.org, self.key.secret_hash, self.model, self.prompt_bytes, self.max_tokens
         )
         # every admitted request: its record in Redis outlives it only by the replay window,
         # so a long one keeps it (and an extra-usage reservation) alive while it runs
@@ -274,7 +277,7 @@ async def forward_body(request: web.Request, upstream: Response, m: Metered) -> 
         upstream.close()
         _body_cut(app, m, parts, "member_gone", 499, "client_disconnected")
         raise
-    usage, model, est = body_usage(body, m.prompt_bytes)
+    usage, model, est = body_usage(body, m.prompt_bytes, m.max_tokens)
     m.body_came(usage, est)
     settling, sent = settle_and_log(app, m, usage or Usage(), upstream.status, model, est)
     if await sent:
@@ -290,7 +293,7 @@ def _body_cut(
 ) -> None:
     """A JSON answer cut short: counted, and charged on what came of it."""
     app[METRICS].upstream_errors.labels(kind).inc()
-    usage, model, est = body_usage(b"".join(parts), m.prompt_bytes)
+    usage, model, est = body_usage(b"".join(parts), m.prompt_bytes, m.max_tokens)
     m.body_came(usage, est)
     settle_cut(app, m, usage, status, model, est, stream=outcome)
 
@@ -334,7 +337,7 @@ async def forward_stream(
         settling, sent = settle_and_log(
             app,
             m,
-            seen.usage(m.prompt_bytes),
+            seen.usage(m.prompt_bytes, m.max_tokens),
             upstream.status,
             seen.model,
             seen.estimated,
@@ -371,6 +374,6 @@ async def forward_stream(
     finally:
         metrics.active_streams.dec()
         if not settled:
-            usage = seen.usage(m.prompt_bytes) if seen.received else None
+            usage = seen.usage(m.prompt_bytes, m.max_tokens) if seen.received else None
             settle_cut(app, m, usage, upstream.status, seen.model, seen.estimated, stream=outcome)
     return resp

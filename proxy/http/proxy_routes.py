@@ -253,7 +253,7 @@ async def _admit(
     else:
         meter.admitted(key.org, adm, key.secret_hash)
         ref = adm["upstream"]
-    return ref, Metered(app, rid, key, model, adm, started, len(body))
+    return ref, Metered(app, rid, key, model, adm, started, len(body), max_tokens)
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:

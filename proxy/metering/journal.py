@@ -77,6 +77,7 @@ class InFlight:
         "key",
         "lease",
         "model",
+        "mt",
         "org",
         "pb",
         "rid",
@@ -87,9 +88,17 @@ class InFlight:
     )
 
     def __init__(
-        self, rid: str, org: str, key: str, model: str, prompt_bytes: int, now: float
+        self,
+        rid: str,
+        org: str,
+        key: str,
+        model: str,
+        prompt_bytes: int,
+        now: float,
+        max_tokens: int | None = None,
     ) -> None:
         self.rid, self.org, self.key, self.model, self.pb = rid, org, key, model, prompt_bytes
+        self.mt = max_tokens  # the most output an estimate of it may count
         self.lease = False  # it holds a reservation, renewed while it runs (Meter.renew)
         self.since = now  # sent, or its lease last renewed (the loop's clock)
         self.written = False  # its ``a`` line is in the file
@@ -119,11 +128,12 @@ class InFlight:
         if self.seen is not None:
             if not self.seen.received:
                 return None
-            usage, est, model = self.seen.usage(self.pb), self.seen.estimated, self.seen.model
+            usage = self.seen.usage(self.pb, self.mt)
+            est, model = self.seen.estimated, self.seen.model
         elif self.usage is not None:
             usage, est, model = self.usage, self.est, None
         elif self.body:
-            cut, model, est = body_usage(b"".join(self.body), self.pb)
+            cut, model, est = body_usage(b"".join(self.body), self.pb, self.mt)
             if cut is None:
                 return None
             usage = cut
@@ -239,12 +249,20 @@ class Journal:
             self.to_replay += 1
         self.metrics.journal_entries.labels("written").inc()
 
-    def begin(self, rid: str, org: str, key: str, model: str, prompt_bytes: int) -> InFlight:
+    def begin(
+        self,
+        rid: str,
+        org: str,
+        key: str,
+        model: str,
+        prompt_bytes: int,
+        max_tokens: int | None = None,
+    ) -> InFlight:
         """A request goes upstream: known, and written with what first comes of it."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        f = self.active[rid] = InFlight(rid, org, key, model, prompt_bytes, loop.time())
+        f = self.active[rid] = InFlight(rid, org, key, model, prompt_bytes, loop.time(), max_tokens)
         return f
 
     def touched(self, f: InFlight) -> None:

@@ -163,3 +163,17 @@ async def test_an_upstream_500_charges_nothing_and_is_forwarded(proxy: Proxy) ->
     assert orjson.loads(body)["error"]["type"] == "api_error"
     await proxy.settled()
     assert await proxy.store.ledger(org) == []
+
+
+async def test_a_cut_answer_is_never_charged_more_output_than_max_tokens(proxy: Proxy) -> None:
+    """The API cuts a JSON answer whose text, at ~4 characters a token, would count more
+    than the request's max_tokens: the charge's output is max_tokens, marked estimated."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "cap")
+    # the mock writes ~4 characters a token of output_tokens: 4,000 tokens' worth of text
+    raw, headers = as_sent(key, message(max_tokens=300), fault="drop", output_tokens="4000")
+    async with proxy.session.post(proxy.url + "/v1/messages", data=raw, headers=headers) as r:
+        assert r.status == 502
+    rows = await ledger_rows(proxy, org)
+    assert len(rows) == 1 and rows[0]["estimated"] == "1"
+    assert orjson.loads(rows[0]["usage"])["output_tokens"] == 300

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from proxy.core.sse import SSEParser
-from proxy.core.usage import StreamUsage, response_usage
+from proxy.core.usage import StreamUsage, body_usage, estimate, response_usage
 
 
 def event(name: str, data: dict[str, object]) -> bytes:
@@ -158,3 +158,19 @@ def test_response_usage() -> None:
     assert response_usage(b"[]") == (None, None)
     assert response_usage(b'{"model": "m", "usage": {"input_tokens": -1}}') == (None, "m")
     assert response_usage(b'{"usage": 3}') == (None, None)
+
+
+def test_an_estimate_never_counts_more_output_than_max_tokens() -> None:
+    """Text of ~6 characters a token would be counted 1.5× at 4: the estimate is capped at
+    the request's max_tokens, what the reservation bounded."""
+    cut = STREAM.index(b"event: some_future_event")
+    u = StreamUsage()
+    u.feed(STREAM[:cut])
+    assert u.usage(max_output=3).output_tokens == 3  # 13 characters would be 4
+    assert u.usage(max_output=100).output_tokens == 4
+    text = b'{"content":[{"type":"text","text":"' + b"word " * 400  # cut: no usage
+    usage, _, estimated = body_usage(text, 40, max_output=50)
+    assert estimated and usage is not None and usage.output_tokens == 50
+    assert (
+        estimate(None, output_reported=False, text_chars=4000, prompt_bytes=8).output_tokens == 1000
+    )
