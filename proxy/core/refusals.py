@@ -40,6 +40,13 @@ _UNREADABLE: Final[Answer] = (
     "the usage store holds a value for this organization that the proxy cannot read; "
     "nothing is charged and nothing was sent: an operator must look",
 )
+_UNBOUNDED: Final[Answer] = (
+    InvalidRequest,
+    "this request would run on extra usage under your organization's strict spend policy, "
+    "which must bound every cost, and {detail} has none: give every web search tool a "
+    "max_uses, every web fetch tool a max_uses and a max_content_tokens, and send documents "
+    "and images inline rather than by URL",
+)
 _UNKNOWN_TIER: Final[Answer] = (
     InternalError,
     "this member's seat tier {detail!r} is not configured on the proxy",
@@ -63,11 +70,7 @@ def _identity(credential: str, noun: str, disabled_hint: str) -> dict[str, Answe
 TABLE: Final[dict[str, dict[str, Answer]]] = {
     Context.PROXY: {
         **_identity("x-api-key", "key", "; ask an owner of your organization"),
-        R.UNBOUNDED_SERVER_TOOL: (
-            InvalidRequest,
-            "this request would run on extra usage under your organization's strict spend "
-            "policy, which must bound every cost: give its web search tool a max_uses",
-        ),
+        R.UNBOUNDED_SERVER_TOOL: _UNBOUNDED,
         R.UNKNOWN_TIER: _UNKNOWN_TIER,
     },
     Context.CHECK: {
@@ -90,6 +93,7 @@ TABLE: Final[dict[str, dict[str, Answer]]] = {
             "reservation_id: no such reservation (or it expired long ago)",
         ),
         R.UNKNOWN_TIER: _UNKNOWN_TIER,
+        R.UNBOUNDED_SERVER_TOOL: _UNBOUNDED,
         R.UNREADABLE: _UNREADABLE,
     },
     Context.ADMIN: {

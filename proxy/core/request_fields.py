@@ -11,10 +11,6 @@ from proxy.core.ids import MODEL_ID, model_error
 from proxy.core.validate import parse_object
 
 MAX_TOKENS_LIMIT = 1_000_000
-# the most web searches one request may ask for in all (its tools' max_uses summed): far
-# above any real request, and low enough that its bound stays a small exact integer
-MAX_SEARCHES = 10_000
-
 
 REQUEST_FIELDS = ("model", "max_tokens", "stream")
 LAZY_PARSE_FROM = 64 * 1024
@@ -64,33 +60,6 @@ def request_fields(body: bytes) -> dict[str, object]:
         return out
     finally:
         del lazy
-
-
-def web_search_bound(body: bytes) -> int | None:
-    """The most web searches a request may make: the sum of its web search tools'
-    ``max_uses`` (0 without such a tool); None when one has no ``max_uses`` (unbounded).
-    The body is parsed again only when it names a web search tool (rare)."""
-    if b"web_search" not in body:
-        return 0
-    tools = parse_object(body).get("tools")
-    if not isinstance(tools, list):
-        return 0
-    total = 0
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or not str(tool.get("type", "")).startswith("web_search"):
-            continue
-        uses = tool.get("max_uses")
-        if uses is None:
-            return None
-        if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= 1000:
-            raise InvalidRequest(f"tools[{i}].max_uses: must be an integer from 1 to 1000")
-        total += uses
-    if total > MAX_SEARCHES:
-        raise InvalidRequest(
-            f"tools: the web search tools' max_uses add up to {total:,}; at most "
-            f"{MAX_SEARCHES:,} in all"
-        )
-    return total
 
 
 def parse_message_request(body: bytes) -> tuple[str, int, bool]:

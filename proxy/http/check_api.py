@@ -24,6 +24,7 @@ from proxy.core.money import format_usd
 from proxy.core.pricing import UsageError, usage_from_mapping
 from proxy.core.refusals import Context, refusal_error
 from proxy.core.request_fields import MAX_TOKENS_LIMIT
+from proxy.core.tools import tool_bounds
 from proxy.core.validate import boolean, only, string
 from proxy.core.vocabulary import Decision, Mode, Reason, Refusal
 from proxy.http.appkeys import CONFIG, METER, STORE, VERIFIED
@@ -136,6 +137,7 @@ async def check(request: web.Request) -> web.Response:
             "request_id",
             "accept_extra_usage",
             "reserve",
+            "tools",
         },
     )
     org = string(doc, "org_id", max_len=63) or ""
@@ -154,11 +156,14 @@ async def check(request: web.Request) -> web.Response:
     max_tokens = _int(doc, "max_tokens", low=1, high=MAX_TOKENS_LIMIT)
     accept = bool(boolean(doc, "accept_extra_usage", required=False, default=False))
     reserve = bool(boolean(doc, "reserve", required=False, default=True))
+    tools = tool_bounds(doc.get("tools"))
     meter = request.app[METER]
     prices = meter.prices
-    # the backend counted the prompt: it bounds the prompt exactly; the estimate is the same
-    max_cost = prices.max_cost(model, input_tokens, max_tokens)
-    est_cost = prices.estimate(model, input_tokens, max_tokens)
+    # the backend counted the prompt: it bounds the prompt exactly; the estimate is the same.
+    # The server tools it declares are inside both, as for the proxy's requests
+    searches = tools.searches * prices.resolve(model).family.web_search
+    max_cost = prices.max_cost(model, input_tokens + tools.fetched_tokens, max_tokens) + searches
+    est_cost = prices.estimate(model, input_tokens, max_tokens) + searches
     try:
         a = await request.app[STORE].admit(
             org,
@@ -169,8 +174,11 @@ async def check(request: web.Request) -> web.Response:
             est_cost=est_cost,
             accept_extra=accept,
             reserve=reserve,
+            unbounded=bool(tools.unbounded),
         )
     except StoreRefusal as exc:
+        if exc.code == Refusal.UNBOUNDED_SERVER_TOOL:
+            exc.detail = tools.unbounded
         if exc.code in (Refusal.MEMBER_DISABLED, Refusal.ORG_DISABLED):
             # every "this member may not" is the same answer: a denial, with its reason
             return web.json_response(
@@ -243,6 +251,29 @@ async def release(request: web.Request) -> web.Response:
             "released": True,
             "amount": format_usd(int(result["released"])),
             "replay": result.get("replay") == "1",
+        }
+    )
+
+
+@routes.post("/v1/usage/renew")
+async def renew(request: web.Request) -> web.Response:
+    """A long generation keeps its reservation: another ``policy.reservation_ttl_s`` from now
+    (so that its room is not reclaimed and given to others while it runs). Idempotent."""
+    service(request)
+    doc = await json_object(request)
+    only(doc, {"reservation_id"})
+    org, op_id, _ = parse_reservation(doc)
+    try:
+        result = await request.app[STORE].renew(org, op_id)
+    except StoreRefusal as exc:
+        raise answer(exc, org) from exc
+    expires = result.get("exp") or ""
+    return web.json_response(
+        {
+            "reservation_id": doc["reservation_id"],
+            # false: the reservation is over (settled or released): nothing left to keep
+            "renewed": bool(expires),
+            "expires_at": iso(int(expires)) if expires else None,
         }
     )
 

@@ -200,6 +200,22 @@ CHECK_BODY = obj(
         "request_id": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
         "accept_extra_usage": {"type": "boolean"},
         "reserve": {"type": "boolean"},
+        # as in the Messages API: a web search tool's max_uses, a web fetch tool's max_uses
+        # and max_content_tokens count in the reservation (strict refuses a tool without)
+        "tools": {
+            "type": "array",
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "maxLength": 64},
+                    "name": {"type": "string", "maxLength": 128},
+                    "max_uses": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "max_content_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                },
+                "required": ["type"],
+            },
+        },
     },
     ["org_id", "member_id", "model", "input_tokens", "max_tokens", "request_id"],
     additionalProperties=False,
@@ -278,6 +294,19 @@ def document() -> dict[str, Any]:
             "/v1/usage/release": {
                 "post": op(
                     "Release a reservation without charging",
+                    ANY,
+                    body=obj(
+                        {"reservation_id": RSV},
+                        ["reservation_id"],
+                        additionalProperties=False,
+                    ),
+                    security="serviceToken",
+                )
+            },
+            "/v1/usage/renew": {
+                "post": op(
+                    "Keep a reservation another policy.reservation_ttl_s (a long generation); "
+                    "renewed false once it is settled or released",
                     ANY,
                     body=obj(
                         {"reservation_id": RSV},

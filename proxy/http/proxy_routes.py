@@ -22,8 +22,9 @@ from proxy.core.errors import (
     UpstreamUnavailable,
 )
 from proxy.core.refusals import Context
-from proxy.core.request_fields import parse_message_request, web_search_bound
-from proxy.core.vocabulary import Decision
+from proxy.core.request_fields import parse_message_request
+from proxy.core.tools import request_bounds
+from proxy.core.vocabulary import Decision, Refusal
 from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
@@ -214,8 +215,8 @@ async def _admit(
     meter, metrics = app[METER], app[METRICS]
     rid: str = request[REQUEST_ID]
     model, max_tokens, _stream = parse_message_request(body)
-    searches = web_search_bound(body)
-    max_cost, est_cost = meter.bounds(model, len(body), max_tokens, searches or 0)
+    tools = request_bounds(body)
+    max_cost, est_cost = meter.bounds(model, len(body), max_tokens, tools)
     accept = request.headers.get("x-extra-usage", "").strip().lower() == "accept"
     try:
         adm = await meter.admit_request(
@@ -225,9 +226,11 @@ async def _admit(
             max_cost=max_cost,
             est_cost=est_cost,
             accept_extra=accept,
-            unbounded=searches is None,
+            unbounded=bool(tools.unbounded),
         )
     except StoreRefusal as exc:
+        if exc.code == Refusal.UNBOUNDED_SERVER_TOOL:
+            exc.detail = tools.unbounded  # what has no bound, in the member's words
         raise answered(Context.PROXY, exc) from exc
     request[VERIFIED] = True  # admitted or refused, the key is the member's
     price = meter.prices.resolve(model)

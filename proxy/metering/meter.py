@@ -22,6 +22,7 @@ from proxy.core.admission import Admission
 from proxy.core.decision import Fit, refusal
 from proxy.core.errors import Refused, StoreUnavailable
 from proxy.core.pricing import Price, PriceTable, Usage, cost_of
+from proxy.core.tools import NO_TOOLS, ToolBounds
 from proxy.core.vocabulary import Decision, Mode, Refusal
 from proxy.metering.journal import Journal
 from proxy.metering.payments import Payments
@@ -81,18 +82,19 @@ class Meter:
     # -- admission -----------------------------------------------------------------------
 
     def bounds(
-        self, model: str, prompt_bytes: int, max_tokens: int, searches: int = 0
+        self, model: str, prompt_bytes: int, max_tokens: int, tools: ToolBounds = NO_TOOLS
     ) -> tuple[int, int]:
         """(maximum cost, estimated cost) of a request, nano-USD.
 
         Every token is at least one byte, so the body's size bounds the prompt's tokens; the
-        estimate takes ~4 bytes a token. Server tools are inside both: ``searches`` web
-        searches at the model's price.
+        estimate takes ~4 bytes a token. Web searches are inside both, at the model's price;
+        what web fetch may bring is input inside the maximum (strict's bound), and counted
+        as overshoot under estimate, as any input the body does not show.
         """
-        tools = searches * self.prices.resolve(model).family.web_search
+        searches = tools.searches * self.prices.resolve(model).family.web_search
         return (
-            self.prices.max_cost(model, prompt_bytes, max_tokens) + tools,
-            self.prices.estimate(model, prompt_bytes // 4, max_tokens) + tools,
+            self.prices.max_cost(model, prompt_bytes + tools.fetched_tokens, max_tokens) + searches,
+            self.prices.estimate(model, prompt_bytes // 4, max_tokens) + searches,
         )
 
     async def admit_request(

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from proxy.http.appkeys import METER
-from tests.conftest import Proxy, ProxyFactory, message
+from tests.conftest import SERVICE, Proxy, ProxyFactory, message
 from tests.functional.helpers import eventually, ledger_sum, member_counters
 from tests.functional.test_extra_usage import exhaust_seat, settings
 
@@ -75,7 +75,8 @@ async def test_a_web_search_without_max_uses_is_refused_on_strict_extra_usage(
     assert status == 400
     assert h["x-should-retry"] == "false"
     doc = orjson.loads(body)
-    assert "give its web search tool a max_uses" in doc["error"]["message"]
+    assert "a web search tool without max_uses has none" in doc["error"]["message"]
+    assert "give every web search tool a max_uses" in doc["error"]["message"]
     await proxy.settled()
     assert await proxy.store.ledger(org) == []
     assert (await member_counters(proxy.store, org, "m0"))["eu_res"] == 0
@@ -128,3 +129,115 @@ async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(
     text = await (await proxy.session.get(proxy.url + "/metrics")).text()
     assert 'eup_reservation_renewals_total{outcome="renewed"}' in text
     assert not meter.journal.active
+
+
+def checked(t: dict[str, Any], request_id: str, org: str, tools: list[Any]) -> dict[str, Any]:
+    return {
+        "org_id": org,
+        "member_id": "m0",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 1,
+        "max_tokens": 1,
+        "request_id": request_id,
+        "tools": tools,
+    }
+
+
+async def test_the_check_api_declares_server_tools_and_strict_holds_through_it(
+    proxy: Proxy,
+) -> None:
+    """The check API's tools count in the reservation: 40 reservations of 5 web searches
+    each ($0.05) on a $0.10 limit, each settled with its searches — at most the limit is
+    spent (the issue's run spent $2.07); a web search without max_uses is refused under
+    strict, as through the proxy."""
+    org, _ = await strict_org(proxy, "0.10")
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+
+    async def check_and_settle(i: int) -> bool:
+        async with proxy.session.post(
+            proxy.url + "/v1/usage/check", json=checked({}, f"s-{i}", org, [search]), headers=auth
+        ) as r:
+            doc = await r.json()
+            assert r.status == 200, doc
+        if doc["decision"] != "allow":
+            return False
+        usage = {
+            "input_tokens": 1,
+            "output_tokens": 1,
+            "server_tool_use": {"web_search_requests": 5},
+        }
+        async with proxy.session.post(
+            proxy.url + "/v1/usage/settle",
+            json={"reservation_id": doc["reservation_id"], "usage": usage},
+            headers=auth,
+        ) as r:
+            assert r.status == 200, await r.text()
+        return True
+
+    allowed = await asyncio.gather(*(check_and_settle(i) for i in range(40)))
+    spent = await ledger_sum(proxy.store, org, mode="extra_usage")
+    assert spent <= 100_000_000 and allowed.count(True) == 1
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/check",
+        json=checked({}, "unbounded", org, [{"type": "web_search_20250305"}]),
+        headers=auth,
+    ) as r:
+        assert r.status == 400 and "without max_uses" in (await r.json())["error"]["message"]
+
+
+async def test_a_check_api_reservation_renewed_outlives_its_ttl(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """A check API reservation renewed past reservation_ttl_s keeps its room: another
+    member's admission does not reclaim it; settled, renew answers renewed false."""
+    proxy = await proxy_factory(policy={"reservation_ttl_s": 2}, upstream={"read_timeout_s": 1})
+    org, _ = await strict_org(proxy, "0.50")
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    body = {**checked({}, "long-1", org, []), "max_tokens": 1000}
+    async with proxy.session.post(proxy.url + "/v1/usage/check", json=body, headers=auth) as r:
+        doc = await r.json()
+        assert doc["decision"] == "allow", doc
+    rsv = {"reservation_id": doc["reservation_id"]}
+    held = (await member_counters(proxy.store, org, "m0"))["eu_res"]
+    assert held > 0
+    for _ in range(3):  # 3 s in all, past the 2 s TTL, renewed each second
+        await asyncio.sleep(1)
+        async with proxy.session.post(proxy.url + "/v1/usage/renew", json=rsv, headers=auth) as r:
+            renewed = await r.json()
+            assert r.status == 200 and renewed["renewed"] is True, renewed
+    # an admission (which reclaims what has expired) finds it still held
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/check",
+        json={**checked({}, "probe", org, []), "reserve": False},
+        headers=auth,
+    ) as r:
+        assert r.status == 200
+    assert (await member_counters(proxy.store, org, "m0"))["eu_res"] == held
+    usage = {"input_tokens": 1, "output_tokens": 10}
+    async with proxy.session.post(
+        proxy.url + "/v1/usage/settle", json={**rsv, "usage": usage}, headers=auth
+    ) as r:
+        assert r.status == 200
+    async with proxy.session.post(proxy.url + "/v1/usage/renew", json=rsv, headers=auth) as r:
+        assert (await r.json())["renewed"] is False
+
+
+async def test_documents_and_images_by_url_are_refused_under_strict_only(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """The API fetches a URL input itself and bills it as input: strict cannot bound it and
+    refuses it on extra usage, saying why; under estimate it runs."""
+    proxy = await proxy_factory()
+    org, (key,) = await strict_org(proxy, "10.00")
+    body = message(max_tokens=10)
+    body["messages"] = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "source": {"type": "url", "url": "https://x/a.png"}}],
+        }
+    ]
+    status, _, raw = await proxy.post(key, body)
+    assert status == 400 and b"a document or image given by URL has none" in raw
+    await settings(proxy, org, reservation_policy="estimate")
+    assert (await proxy.post(key, body))[0] == 200

@@ -65,24 +65,3 @@ def test_the_shared_parser_serves_one_body_after_another() -> None:
         else:
             model = "h" if body is huge else "m"
             assert parse_message_request(body)[0] == model
-
-
-def test_web_search_bound_sums_max_uses_and_refuses_what_it_cannot_bound() -> None:
-    import orjson
-
-    from proxy.core.request_fields import MAX_SEARCHES, web_search_bound
-
-    def body(*tools: dict[str, object]) -> bytes:
-        return orjson.dumps({"model": "m", "max_tokens": 1, "tools": list(tools)})
-
-    search = {"type": "web_search_20250305", "name": "web_search"}
-    assert web_search_bound(orjson.dumps({"model": "m", "max_tokens": 1})) == 0
-    assert web_search_bound(body({**search, "max_uses": 3}, {**search, "max_uses": 4})) == 7
-    assert web_search_bound(body({"name": "web_search_lookalike", "input_schema": {}})) == 0
-    assert web_search_bound(body(search)) is None
-    for bad in (0, -1, "3", True, 1001):
-        with pytest.raises(InvalidRequest, match=r"tools\[0\]\.max_uses"):
-            web_search_bound(body({**search, "max_uses": bad}))
-    many = [{**search, "max_uses": 1000}] * (MAX_SEARCHES // 1000 + 1)
-    with pytest.raises(InvalidRequest, match="add up to 11,000"):
-        web_search_bound(body(*many))
