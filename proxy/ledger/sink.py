@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 
 from proxy.core.errors import StoreUnavailable
+from proxy.core.statements import current_period
 from proxy.ledger.db import EntryRefused, LedgerDB, LedgerUnavailable
+from proxy.ledger.reconcile import Incomplete, repair
 from proxy.obs.logs import Throttled
 from proxy.obs.metrics import SinkMetrics
 from proxy.storage.store import Store
@@ -61,6 +63,11 @@ class LedgerSink:
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.stream = LedgerStream(store, consumer)
+        # Redis's run id as last seen, and the orgs whose counters must be rebuilt from the
+        # ledger since it changed (a restarted Redis has only what it persisted: its
+        # counters may have rolled back, and strict would then pass its limits)
+        self.run_id: str | None = None
+        self.repair_due: set[str] = set()
 
     async def orgs(self) -> list[str]:
         return await self.store.org_ids()
@@ -118,9 +125,13 @@ class LedgerSink:
         trying every org, so that the caller backs off."""
         out: dict[str, Drained] = {}
         unavailable: StoreUnavailable | None = None
-        for org in await self.orgs():
+        orgs = await self.orgs()
+        await self._watch_restarts(orgs)
+        for org in orgs:
             try:
                 out[org] = await self.drain_org(org)
+                if org in self.repair_due:
+                    await self._repair(org)
             except StoreUnavailable as exc:
                 self.stream.forget(org)  # its group is checked again next time
                 unavailable = exc
@@ -129,6 +140,33 @@ class LedgerSink:
             raise unavailable
         self.metrics.passed(time.time())
         return out
+
+    async def _watch_restarts(self, orgs: list[str]) -> None:
+        run_id = await self.store.run_id()
+        if self.run_id is not None and run_id != self.run_id:
+            self.metrics.redis_restarts.inc()
+            log.warning(
+                "Redis restarted: rebuilding every org's counters from the ledger",
+                extra={"fields": {"orgs": len(orgs)}},
+            )
+            self.repair_due.update(orgs)
+            self.stream.forget()  # the consumer groups may be gone with what it lost
+        self.run_id = run_id
+
+    async def _repair(self, org: str) -> None:
+        """The org's counters of this month, rebuilt from the ledger (everything in the
+        stream was just sunk); tried again next pass while requests are writing."""
+        try:
+            changed = await repair(self.store, self.db, org, current_period(time.time()))
+        except Incomplete:
+            return
+        self.repair_due.discard(org)
+        self.metrics.repairs.inc()
+        if changed:
+            log.warning(
+                "counters rebuilt from the ledger after a Redis restart",
+                extra={"fields": {"org": org, "changed": len(changed)}},
+            )
 
     def _measure(self, result: dict[str, Drained]) -> None:
         m = self.metrics

@@ -272,14 +272,46 @@ class Meter:
             result = await self._account(org, await reply, price, usage, policy)
         except StoreRefusal as exc:
             self.metrics.settle_failures.labels(exc.code).inc()
-            log.error(
-                "settle refused",
-                extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
-            )
+            if exc.code == Refusal.UNKNOWN_RESERVATION:
+                # Redis no longer has its reservation (it came back with less than it had
+                # acknowledged): the API served it all the same, so it is charged all the
+                # same — admitted by force and settled, once, by its request id
+                result = await self._recharge(org, request_id, key_hash, model, usage, estimated)
+            else:
+                log.error(
+                    "settle refused",
+                    extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
+                )
         except StoreUnavailable:
             self.metrics.settle_failures.labels("journaled").inc()
             await self.journal_usage(org, request_id, key_hash, model, usage, estimated)
         then(result)
+        return result
+
+    async def _recharge(
+        self, org: str, request_id: str, key_hash: str, model: str, usage: Usage, estimated: bool
+    ) -> Reply | None:
+        """Charge a request whose reservation Redis lost, as a journal replay would; journaled
+        when Redis is away again (the replay charges it then)."""
+        entry = {"org": org, "rid": request_id, "key": key_hash, "model": model}
+        if estimated:
+            entry["est"] = "1"
+        try:
+            result = await self._charge_ran(entry, usage.as_dict(), source="proxy")
+        except StoreUnavailable:
+            await self.journal_usage(org, request_id, key_hash, model, usage, estimated)
+            return None
+        except StoreRefusal as exc:
+            log.error(
+                "a settlement whose reservation was lost could not be charged",
+                extra={"fields": {"request_id": request_id, "org": org, "code": exc.code}},
+            )
+            return None
+        self.metrics.settle_failures.labels("recharged").inc()
+        log.warning(
+            "reservation lost by Redis: charged again by force",
+            extra={"fields": {"request_id": request_id, "org": org}},
+        )
         return result
 
     async def _account(
@@ -388,24 +420,28 @@ class Meter:
             )
         return outcome != "charged"
 
-    async def _charge_ran(self, entry: dict[str, Any], usage: dict[str, int]) -> None:
+    async def _charge_ran(
+        self, entry: dict[str, Any], usage: dict[str, int], source: str = "journal"
+    ) -> Reply | None:
+        """Charge a request that ran: admitted by force, then settled (both idempotent by
+        its request id); None when it is not to be charged (too late, or done already)."""
         org, rid = entry["org"], entry["rid"]
         if await self._late(entry):
-            return
+            return None
         try:
             await self.store.admit(
                 org, rid, who="k", credential=entry["key"], max_cost=0, est_cost=0, force=True
             )
         except StoreRefusal as exc:
             if exc.code == Refusal.DUPLICATE_ID:  # settled (its reply was lost) or released: done
-                return
+                return None
             raise
-        await self.charge(
+        return await self.charge(
             org,
             rid,
             entry["model"],
             Usage.from_dict(usage),
-            source="journal",
+            source=source,
             estimated=bool(entry.get("est")),
         )
 

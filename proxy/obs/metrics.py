@@ -318,6 +318,17 @@ class SinkMetrics:
             "Ledger entries PostgreSQL refused, moved to the org's dead-letter stream",
             registry=r,
         )
+        self.redis_restarts = Counter(
+            "eup_sink_redis_restarts_total",
+            "Redis restarts the sink saw (its run id changed): each org's counters are then "
+            "rebuilt from the ledger, since a restarted Redis has only what it persisted",
+            registry=r,
+        )
+        self.repairs = Counter(
+            "eup_sink_counter_repairs_total",
+            "Orgs whose counters the sink rebuilt from the ledger after a Redis restart",
+            registry=r,
+        )
         self.last_pass = Gauge(
             "eup_sink_last_pass_timestamp_seconds",
             "When the sink last finished a pass over every org",

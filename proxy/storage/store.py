@@ -296,6 +296,15 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self._cmd(self.client.ping()))
 
+    async def run_id(self) -> str:
+        """Redis's run id (on a Cluster, every master's, in order): it changes when a server
+        restarts — and what a restarted server has is what its persistence kept."""
+        info = await self._cmd(self.client.info("server"))
+        if "run_id" in info:
+            return str(info["run_id"])
+        ids = sorted(str(v.get("run_id")) for v in info.values() if isinstance(v, dict))
+        return ",".join(ids)
+
     # -- the request path: two round trips per metered request ---------------------------
 
     async def admit(

@@ -91,9 +91,13 @@ class LedgerStream:
         rows = await self.store._cmd(self.client.xrange(self.key(org), count=1))
         return int(as_str(rows[0][0]).split("-")[0]) if rows else None
 
-    def forget(self, org: str) -> None:
-        """Check the group again on the next pass (Redis may have come back without it)."""
-        self._grouped.discard(self.key(org))
+    def forget(self, org: str | None = None) -> None:
+        """Check the group (of ``org``; None: every org's) again on the next pass: Redis may
+        have come back without it."""
+        if org is None:
+            self._grouped.clear()
+        else:
+            self._grouped.discard(self.key(org))
 
     async def state(self, org: str) -> GroupState:
         for info in await self.store._cmd(self.client.xinfo_groups(self.key(org))):

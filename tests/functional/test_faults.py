@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
+from proxy.http.appkeys import METRICS
 from proxy.storage.model import Op
 from tests.conftest import Proxy, message
 from tests.functional.helpers import eventually, member_counters
@@ -138,3 +140,37 @@ async def test_client_disconnect_cancels_upstream_and_settles(proxy: Proxy) -> N
     assert 100 * 3000 + 30 * 15000 <= cost < 100 * 3000 + 1000 * 15000
     await asyncio.sleep(0.2)
     assert len(await proxy.store.ledger(org)) == 1
+
+
+async def test_a_settlement_whose_reservation_redis_lost_is_charged_all_the_same(
+    proxy: Proxy,
+) -> None:
+    """Redis comes back without a request's reservation while it streams (the last second
+    of an AOF everysec lost): its settlement is refused as unknown, and the proxy charges it
+    all the same — once, on what the API reported, counted."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "rae")
+    body = message(stream=True)
+    slow = {"x-mock-events": "6", "x-mock-delay-ms": "100", "x-mock-output-tokens": "60"}
+    task = asyncio.create_task(proxy.post(key, body, headers=slow))
+    ops: dict[str, Any] = {}
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        ops = await proxy.store.operations(org)
+        if ops:
+            break
+    (rid,) = ops
+    k = proxy.store.keys(org)
+    await proxy.store.client.delete(k.ops + rid)  # the reservation is gone from Redis
+    status, _, _ = await task
+    assert status == 200
+    await proxy.settled()
+    rows = [r for r in await proxy.store.ledger(org) if r["kind"] == "usage"]
+    assert len(rows) == 1 and rows[0]["op"] == rid
+    served = proxy.mock.requests[-1]
+    assert orjson.loads(rows[0]["usage"])["output_tokens"] == 60 and served["completed"]
+    metrics = proxy.server.app[METRICS].registry
+    assert metrics.get_sample_value("eup_settle_failures_total", {"reason": "recharged"}) == 1
+    # and charged once: a replay of the same settlement changes nothing
+    await proxy.settled()
+    assert len([r for r in await proxy.store.ledger(org) if r["kind"] == "usage"]) == 1

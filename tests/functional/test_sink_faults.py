@@ -163,3 +163,37 @@ async def test_the_sink_waits_for_a_database_that_is_not_up_yet() -> None:
     waiting.cancel()
     with pytest.raises(Exception, match="unavailable"):
         await connect_ledger(pg.url, True, metrics)
+
+
+async def test_a_redis_that_came_back_with_less_has_its_counters_rebuilt(
+    proxy_factory: ProxyFactory, db: LedgerDB
+) -> None:
+    """Redis restarts with what it persisted a while ago (here: a snapshot taken before the
+    last requests): its counters have rolled back while PostgreSQL holds every charge. The
+    running sink sees the restart, counts it, and rebuilds the org's counters from the
+    ledger, so that admission — strict included — counts every charge again."""
+    redis = RedisServer().start()
+    try:
+        proxy = await proxy_factory(redis={"url": redis.url})
+        org = await traffic(proxy)
+        await proxy.store.client.save()  # what the restarted Redis will have
+        key = await proxy.member(org, "ben")
+        for _ in range(4):
+            assert (await proxy.post(key, message()))[0] == 200
+        await proxy.settled()
+        metrics = SinkMetrics()
+        sink = LedgerSink(proxy.store, db, consumer="restart", claim_idle_ms=0, metrics=metrics)
+        await sink.run(once=True)  # every charge is in PostgreSQL now
+        before = await proxy.store.member_fields(org, "ben", ("inc",))
+        assert int(before["inc"]) > 0
+        redis.kill()
+        redis.start()  # back with the snapshot: ben's charges are gone from Redis
+        await proxy.store.client.ping()
+        assert (await proxy.store.member_fields(org, "ben", ("inc",))).get("inc") is None
+        await sink.run(once=True)
+        assert value(metrics, "eup_sink_redis_restarts_total") == 1
+        assert value(metrics, "eup_sink_counter_repairs_total") >= 1
+        after = await proxy.store.member_fields(org, "ben", ("inc",))
+        assert after["inc"] == before["inc"]  # rebuilt from the ledger
+    finally:
+        redis.cleanup()
