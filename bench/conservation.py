@@ -94,6 +94,7 @@ class Stack:
     policy: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, Any] = field(default_factory=dict)
     aof: bool = False
+    sink: bool = False  # a PostgreSQL and a running ledger-sink: charges counted in both
 
     async def start(self) -> Stack:
         self.dir = Path(tempfile.mkdtemp(prefix="eup-conservation-"))
@@ -124,11 +125,36 @@ class Stack:
             doc, "<conservation>", {"OPERATOR_TOKEN": OPERATOR}
         ).prices
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pg: Any = None
+        self.db: Any = None
+        self.sink_proc: subprocess.Popen[bytes] | None = None
+        if self.sink:
+            await self.start_sink()
         self.start_proxy()
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.client = aioredis.Redis.from_url(self.redis.url)
         await self.wait_ready()
         return self
+
+    async def start_sink(self) -> None:
+        """A throwaway PostgreSQL, migrated, and ``ledger-sink`` moving the streams into it."""
+        from proxy.ledger.db import LedgerDB
+        from tests.servers import PostgresServer
+
+        self.pg = PostgresServer().start()
+        self.db = await LedgerDB.connect(self.pg.url)
+        await self.db.migrate()
+        self.run_sink()
+
+    def run_sink(self) -> None:
+        env = {**os.environ, "REDIS_URL": self.redis.url, "DATABASE_URL": self.pg.url}
+        with open(self.dir / "sink.log", "ab") as log:
+            self.sink_proc = subprocess.Popen(
+                [str(BIN), "ledger-sink", "--interval", "0.2"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def start_proxy(self) -> None:
         env = {
@@ -214,7 +240,25 @@ class Stack:
         return name, keys
 
     async def ledger(self, org: str) -> list[dict[str, str]]:
-        return stream_entries(await self.client.xrange(org_keys("eup", org).ledger))
+        """The org's ledger: what is still in its Redis stream, and (with a sink) what is in
+        PostgreSQL — an entry in both (written, not yet trimmed) once."""
+        entries = stream_entries(await self.client.xrange(org_keys("eup", org).ledger))
+        if self.db is None:
+            return entries
+        seen = {e["op"] for e in entries}
+        async with self.db.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT op_id, kind, cost_nano AS cost, input_tokens FROM ledger_entries "
+                "WHERE org_id = $1",
+                org,
+            )
+        for r in rows:
+            if r["op_id"] not in seen:
+                usage = orjson.dumps({"input_tokens": r["input_tokens"]}).decode()
+                entries.append(
+                    {"op": r["op_id"], "kind": r["kind"], "cost": str(r["cost"]), "usage": usage}
+                )
+        return entries
 
     async def spends(self, org: str) -> dict[str, int]:
         """Every monthly extra-usage counter and the balance, by name."""
@@ -237,6 +281,12 @@ class Stack:
         await self.session.close()
         await self.client.aclose()
         await self.mock_runner.cleanup()
+        if self.sink_proc is not None:
+            self.sink_proc.terminate()
+            self.sink_proc.wait(15)
+        if self.db is not None:
+            await self.db.close()
+            self.pg.cleanup()
         self.redis.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -265,13 +315,17 @@ class Load:
     def body(
         self, stream: bool, max_tokens: int, extra: dict[str, Any] | None = None
     ) -> tuple[bytes, int]:
+        extra = dict(extra or {})
+        blocks = extra.pop("blocks", None)  # content blocks before the request's own text
         while True:
+            text = "x" * (4 * self.next)
+            content: Any = text if blocks is None else [*blocks, {"type": "text", "text": text}]
             doc = {
                 "model": MODEL,
                 "max_tokens": max_tokens,
                 "stream": stream,
-                "messages": [{"role": "user", "content": "x" * (4 * self.next)}],
-                **(extra or {}),
+                "messages": [{"role": "user", "content": content}],
+                **extra,
             }
             raw = orjson.dumps(doc)
             self.next += 1
@@ -669,6 +723,222 @@ async def check_api_races(stack: Stack) -> Row:
     return row
 
 
+async def check_api_search(stack: Stack) -> Row:
+    """A first-party backend declaring web search through the check API under strict: 40
+    reservations of 5 searches ($0.05 each) at once on a $0.10 member limit, each settled
+    with its searches — the limit holds (before the check API took tools: $2.07 spent)."""
+    org, _ = await stack.org("checksearch", "enterprise", 1, reservation_policy="strict")
+    await stack.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "0.10"}
+    )
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    row = Row("check API under strict: web search declared in check, 40 at once")
+    served: dict[int, int] = {}
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+
+    async def one(i: int) -> None:
+        n = 7000 + i
+        ask = {
+            "org_id": org,
+            "member_id": "m0",
+            "model": MODEL,
+            "input_tokens": n,
+            "max_tokens": 10,
+            "request_id": f"search-{i}",
+            "tools": [search],
+        }
+        async with stack.session.post(stack.url + "/v1/usage/check", json=ask, headers=auth) as r:
+            d = await r.json()
+        if d.get("decision") != "allow":
+            return
+        usage = {
+            "input_tokens": n,
+            "output_tokens": 10,
+            "server_tool_use": {"web_search_requests": 5},
+        }
+        served[n] = stack.prices.cost(MODEL, usage_from_mapping(usage))
+        settle = {"reservation_id": d["reservation_id"], "usage": usage}
+        async with stack.session.post(
+            stack.url + "/v1/usage/settle", json=settle, headers=auth
+        ) as r:
+            assert r.status == 200, await r.text()
+
+    await asyncio.gather(*(one(i) for i in range(40)))
+    row.requests = 40
+    tally(row, served, await charges(stack, [org]))
+    row.over_limit = over(await stack.spends(org), {"m0|spend": NANO // 10})
+    return row
+
+
+async def check_api_long(stack: Stack) -> Row:
+    """Check API reservations that outlive reservation_ttl_s (2 s), renewed while they run,
+    with 20 short ones competing for the same $0.50 member limit under strict."""
+    org, _ = await stack.org("checklong", "enterprise", 1, reservation_policy="strict")
+    await stack.admin(
+        "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "0.50"}
+    )
+    auth = {"authorization": f"Bearer {SERVICE}"}
+    row = Row("check API under strict: reservations renewed past reservation_ttl_s")
+    served: dict[int, int] = {}
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        async with stack.session.post(stack.url + path, json=body, headers=auth) as r:
+            return await r.json(content_type=None)
+
+    async def one(i: int, long: bool) -> None:
+        n = 9000 + i
+        ask = {
+            "org_id": org,
+            "member_id": "m0",
+            "model": MODEL,
+            "input_tokens": n,
+            "max_tokens": 10_000,
+            "request_id": f"long-{i}",
+        }
+        d = await post("/v1/usage/check", ask)
+        if d.get("decision") != "allow":
+            return
+        rsv = {"reservation_id": d["reservation_id"]}
+        if long:
+            for _ in range(4):  # 4 s: twice the TTL, renewed each second
+                await asyncio.sleep(1)
+                await post("/v1/usage/renew", rsv)
+        usage = {"input_tokens": n, "output_tokens": 10_000}
+        served[n] = stack.prices.cost(MODEL, usage_from_mapping(usage))
+        await post("/v1/usage/settle", {**rsv, "usage": usage})
+
+    longs = [asyncio.ensure_future(one(i, True)) for i in range(2)]
+    await asyncio.sleep(2.5)  # past the TTL: the renewed reservations hold their room
+    await asyncio.gather(*(one(i, False) for i in range(2, 22)))
+    await asyncio.gather(*longs)
+    row.requests = 22
+    tally(row, served, await charges(stack, [org]))
+    row.over_limit = over(await stack.spends(org), {"m0|spend": NANO // 2})
+    return row
+
+
+async def url_inputs(stack: Stack) -> Row:
+    """Requests with an image given by URL (which the API fetches and bills as input) on
+    extra usage: refused under strict, which cannot bound them; nothing served or charged
+    for them, and the limit holds."""
+    org, keys = await stack.org("urls", "enterprise", 2, reservation_policy="strict")
+    for i in range(2):
+        await stack.admin(
+            "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m{i}", {"monthly_limit": "0.20"}
+        )
+    load = Load(stack)
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    extra = {"blocks": [image]}
+    await asyncio.gather(
+        *(load.send(keys[i % 2], max_tokens=100, output=100, extra=extra) for i in range(20))
+    )
+    await asyncio.gather(*(load.send(keys[i % 2], max_tokens=100, output=100) for i in range(20)))
+    await settle_down(stack, load, [org])
+    row = await account(stack, load, [org], "strict: documents and images by URL refused")
+    row.over_limit = over(await stack.spends(org), {f"m{i}|spend": NANO // 5 for i in range(2)})
+    return row
+
+
+async def sink_faults(stack: Stack) -> Row:
+    """Members at work while the ledger sink meets its faults: PostgreSQL stopped and
+    resumed, an entry it refuses (a NUL in a model, as an older version could write) in the
+    stream, Redis killed and restarted (AOF always): every charge reaches PostgreSQL once,
+    the refused entry goes to the dead-letter stream and is charged to no one."""
+    org, keys = await stack.org("sinkfaults", "enterprise", 4)
+    load = Load(stack)
+    stop = asyncio.Event()
+
+    async def member(i: int) -> None:
+        while not stop.is_set():
+            await load.send(keys[i % 4], stream=i % 2 == 0, output=20)
+
+    tasks = [asyncio.ensure_future(member(i)) for i in range(8)]
+    await asyncio.sleep(1.0)
+    stack.pg.stop()  # PostgreSQL down: the sink waits it out
+    await asyncio.sleep(2.0)
+    stack.pg.resume()
+    poisoned = {
+        "op": "poisoned-entry",
+        "kind": "usage",
+        "ts": str(int(time.time())),
+        "period": time.strftime("%Y-%m", time.gmtime()),
+        "member": "m0",
+        "tier": "standard",
+        "mode": "extra_usage",
+        "model": "claude\x00sonnet",
+        "cost": "1",
+        "balance_delta": "0",
+        "usage": orjson.dumps({"input_tokens": 1}).decode(),
+        "source": "proxy",
+    }
+    await stack.client.xadd(org_keys("eup", org).ledger, poisoned)
+    await asyncio.sleep(1.0)
+    port, folder = stack.redis.port, stack.redis.dir
+    stack.redis.kill()  # Redis down: members get 503 (fail_closed), the sink waits
+    await asyncio.sleep(1.5)
+    stack.redis = RedisServer(
+        "--appendonly", "yes", "--appendfsync", "always", port=port, directory=folder
+    ).start()
+    await stack.client.aclose()
+    stack.client = aioredis.Redis.from_url(stack.redis.url)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await settle_down(stack, load, [org], within=30)
+    key = org_keys("eup", org).ledger
+    for _ in range(300):  # the sink catches up: the stream empties
+        if not await stack.client.xlen(key):
+            break
+        await asyncio.sleep(0.1)
+    row = await account(
+        stack, load, [org], "ledger sink: PostgreSQL and Redis outages, a refused entry"
+    )
+    dead = await stack.client.xlen(org_keys("eup", org).dead)
+    row.twice += dead != 1  # the refused entry is in the dead letters, and only there
+    return row
+
+
+async def redis_rollback(stack: Stack) -> Row:
+    """A host crash that loses what Redis acknowledged last (emulated: Redis comes back
+    from a snapshot taken 1.5 s before it died, with streams running): the requests running
+    at the crash are charged in full when they settle (their reservations were lost), the
+    running sink rebuilds the counters from the ledger, and what was settled and sunk before
+    the crash is in PostgreSQL. What was settled after the snapshot and not yet sunk is lost
+    with it: counted here as uncharged."""
+    org, keys = await stack.org("rollback", "enterprise", 4)
+    load = Load(stack)
+    stop = asyncio.Event()
+    slow = {"x-mock-delay-ms": "100", "x-mock-events": "10"}
+
+    async def member(i: int) -> None:
+        while not stop.is_set():
+            await load.send(keys[i % 4], stream=True, output=20, headers=slow)
+
+    tasks = [asyncio.ensure_future(member(i)) for i in range(8)]
+    await asyncio.sleep(1.5)
+    await stack.client.save()  # what the "disk" will have
+    await asyncio.sleep(1.5)
+    port, folder = stack.redis.port, stack.redis.dir
+    stack.redis.kill()
+    aof = Path(folder) / "appendonlydir"
+    shutil.rmtree(aof, ignore_errors=True)  # the lost tail: back from the snapshot alone
+    stack.redis = RedisServer(port=port, directory=folder).start()
+    await stack.client.aclose()
+    stack.client = aioredis.Redis.from_url(stack.redis.url)
+    await asyncio.sleep(2.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await settle_down(stack, load, [org], within=30)
+    key = org_keys("eup", org).ledger
+    for _ in range(300):
+        if not await stack.client.xlen(key):
+            break
+        await asyncio.sleep(0.1)
+    return await account(
+        stack, load, [org], "Redis back from an older snapshot (a host crash), sink running"
+    )
+
+
 SCENARIOS: dict[str, tuple[Callable[[Stack], Awaitable[Row]], dict[str, Any]]] = {
     "clean": (clean, {}),
     "faults": (upstream_faults, {}),
@@ -682,6 +952,14 @@ SCENARIOS: dict[str, tuple[Callable[[Stack], Awaitable[Row]], dict[str, Any]]] =
     ),
     "strict": (strict_limits, {}),
     "check_api": (check_api_races, {}),
+    "check_api_search": (check_api_search, {}),
+    "check_api_long": (
+        check_api_long,
+        {"policy": {"reservation_ttl_s": 2}, "upstream": {"read_timeout_s": 1}},
+    ),
+    "url_inputs": (url_inputs, {}),
+    "sink_faults": (sink_faults, {"aof": True, "sink": True}),
+    "redis_rollback": (redis_rollback, {"sink": True}),
     "long_streams": (
         long_streams,
         {"policy": {"reservation_ttl_s": 2}, "upstream": {"read_timeout_s": 1}},
