@@ -25,6 +25,7 @@ def error_response(err: ProxyError, request_id: str | None) -> web.Response:
         headers.setdefault("x-should-retry", "false")
     if request_id:
         headers.setdefault("request-id", request_id)
+        headers.setdefault("x-request-id", request_id)
     return web.Response(
         status=err.status, body=error_body(err.error_type, err.message, request_id), headers=headers
     )

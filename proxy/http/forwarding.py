@@ -63,6 +63,7 @@ class Metered:
         "sent_at",
         "started",
         "status",
+        "upstream_id",
         "usage",
     )
 
@@ -87,6 +88,7 @@ class Metered:
         )
         self.prompt_bytes = prompt_bytes  # the request body's size: the estimate's input
         self.max_tokens = max_tokens  # the most output an estimate may count
+        self.upstream_id: str | None = None  # the API's request-id for it, once it answered
         self.started = started  # perf_counter() on arrival
         self.sent_at = started  # perf_counter() when it went upstream
         self.status = 0
@@ -142,12 +144,17 @@ class Metered:
             cost=cost,
             status=self.status,
             started=self.started,
+            upstream_request_id=self.upstream_id,
             **self.extra,
         )
 
 
 def out_headers(upstream: Response, m: Metered) -> CIMultiDict[str]:
+    """The API's headers as the member gets them, with the proxy's request id (the one its
+    access line and any error carry) beside the API's own ``request-id``."""
     out = response_headers(upstream.headers)
+    m.upstream_id = upstream.headers.get("request-id")
+    out["x-request-id"] = m.rid
     if m.adm is not None:
         out.update(unified_headers(m.adm))
     return out
@@ -248,10 +255,11 @@ async def forward_error(request: web.Request, upstream: Response, m: Metered) ->
         status=upstream.status,
         cost="0",
         started=m.started,
+        upstream_request_id=upstream.headers.get("request-id"),
     )
-    return LoggedResponse(
-        status=upstream.status, body=body, headers=response_headers(upstream.headers)
-    )
+    headers = response_headers(upstream.headers)  # as the API sent them, and the proxy's id
+    headers["x-request-id"] = m.rid
+    return LoggedResponse(status=upstream.status, body=body, headers=headers)
 
 
 async def forward_body(request: web.Request, upstream: Response, m: Metered) -> web.StreamResponse:

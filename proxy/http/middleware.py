@@ -135,6 +135,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
         response = error_response(InternalError("internal error in the proxy"), rid)
+    if not response.prepared:
+        response.headers.setdefault("x-request-id", rid)  # every answer names its request
     if not logged:
         _log(request, rid, response.status, started)
         if not response.prepared:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+
 import orjson
+import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.tools.mock_upstream import MockUpstream
@@ -69,3 +72,22 @@ async def test_a_cookie_the_api_sets_reaches_its_member_and_no_one_else(
     assert status == 200
     # the proxy's one upstream session keeps no cookies: bob's request carries none
     assert "Cookie" not in proxy.mock.requests[-1]["headers"]
+
+
+async def test_every_answer_names_the_proxys_request_id_and_the_line_both(
+    proxy: Proxy, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A 200 carries the API's request-id and the proxy's x-request-id; a refusal the same
+    id in its header and its envelope; the access line carries both ids."""
+    org = await proxy.org("team")
+    key = await proxy.member(org, "rid")
+    status, headers, _ = await proxy.post(key, message())
+    assert status == 200
+    ours, theirs = headers["x-request-id"], headers["request-id"]
+    assert ours.startswith("req_eup_") and theirs.startswith("req_mock_")
+    status, headers, body = await proxy.post("sk-eup-nope-" + "0" * 32, message())
+    assert status == 401 and headers["x-request-id"] == orjson.loads(body)["request_id"]
+    await proxy.settled()
+    await asyncio.sleep(0.3)  # the access log is flushed in batches
+    lines = [orjson.loads(x) for x in capfd.readouterr().err.splitlines() if ours in x]
+    assert any(line.get("upstream_request_id") == theirs for line in lines), lines
