@@ -31,6 +31,9 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+    # on SIGTERM, readiness answers 503 at once and the listener stays open this long (the
+    # load balancer sees the pod leave), before open requests get shutdown_grace_s to finish
+    drain_delay_s: float = 5.0
     # how members reach the proxy ("https://claude-proxy.example.com"): refusals name the usage
     # page under it; "" = the host the request came to
     public_url: str = ""
@@ -287,7 +290,7 @@ def parse_config(
     doc: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> Config:
     """Validate a parsed TOML document and apply the environment overrides."""
-    env = os.environ if env is None else env
+    env = secret_files(os.environ if env is None else env)
     known = {
         "server",
         "redis",
@@ -311,6 +314,7 @@ def parse_config(
         port=r.get("port", int, _SERVER.port),
         max_body_bytes=r.positive("max_body_bytes", _SERVER.max_body_bytes, integer=True),
         shutdown_grace_s=float(r.positive("shutdown_grace_s", _SERVER.shutdown_grace_s)),
+        drain_delay_s=float(r.get("drain_delay_s", (int, float), _SERVER.drain_delay_s)),
         public_url=r.get("public_url", str, _SERVER.public_url).rstrip("/"),
         header_timeout_s=float(r.positive("header_timeout_s", _SERVER.header_timeout_s)),
         body_timeout_s=float(r.positive("body_timeout_s", _SERVER.body_timeout_s)),
@@ -350,6 +354,7 @@ def parse_config(
         timeout_s=float(r.positive("timeout_s", _REDIS.timeout_s)),
         max_connections=r.positive("max_connections", _REDIS.max_connections, integer=True),
     )
+    _check_url(r, "url", redis.url, ("redis", "rediss", "unix"), "REDIS_URL")
     # each try gets a third of the budget unless set (the client tries three times at most)
     per_try = float(r.positive("socket_timeout_s", redis.timeout_s / 3))
     redis = replace(redis, socket_timeout_s=per_try)
@@ -371,6 +376,7 @@ def parse_config(
             "max_connections_per_org", int, _UPSTREAM.max_connections_per_org
         ),
     )
+    _check_url(r, "url", upstream.url, ("https", "http"), "UPSTREAM_URL")
     if upstream.max_connections_per_org < 0:
         raise r.fail("max_connections_per_org", "must be 0 (half of max_connections) or more")
     if not upstream.max_connections_per_org:
@@ -456,6 +462,7 @@ def parse_config(
         close_after_s=r.positive("close_after_s", _LEDGER.close_after_s, integer=True),
         metrics_port=r.get("metrics_port", int, _LEDGER.metrics_port),
     )
+    _check_url(r, "database_url", ledger.database_url, ("postgresql", "postgres"), "DATABASE_URL")
     r.done()
 
     r = _section(source, doc, "metrics")
@@ -511,6 +518,57 @@ def _prices(source: str, doc: Mapping[str, Any]) -> PriceTable:
         raise r.fail("unknown_model", f"must name a family of the price table (got {unknown!r})")
     r.done()
     return PriceTable(families, unknown)
+
+
+# the variables that may come from a file (NAME_FILE): the proxy's own secrets and
+# endpoints, and the orgs' upstream credentials (UPSTREAM_API_KEY_*)
+SECRET_VARIABLES = PROXY_VARIABLES | {"UPSTREAM_API_KEY", "EUP_SECRETS_KEY"}
+SECRET_PREFIX = "UPSTREAM_API_KEY_"
+
+
+def secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment with every secret that comes from a file: ``NAME_FILE`` (a path, as a
+    Kubernetes secret mounted as a file) gives ``NAME`` when ``NAME`` itself is not set, for
+    the proxy's secrets and the orgs' upstream credentials; the file's content without its
+    final newline."""
+    out = dict(env)
+    for key, path in env.items():
+        name = key.removesuffix("_FILE")
+        if name == key or out.get(name):
+            continue
+        if name not in SECRET_VARIABLES and not name.startswith(SECRET_PREFIX):
+            continue
+        try:
+            out[name] = Path(path).read_text("utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path!r} ({exc.strerror})") from exc
+    return out
+
+
+def _check_url(r: _Reader, key: str, url: str, schemes: tuple[str, ...], env: str) -> None:
+    """A URL the process will connect to: a known scheme and a host (or a socket path)."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise r.fail(
+            key,
+            f"must be a URL such as {schemes[0]}://host:port (schemes: {', '.join(schemes)}; "
+            f"{env} overrides it) — got {url[:80]!r}",
+        )
+
+
+def missing_secrets(config: Config) -> list[str]:
+    """What ``serve`` will run without: each a warning line (the proxy still starts)."""
+    out = []
+    if not config.upstream.api_key:
+        out.append(
+            f"UPSTREAM_API_KEY (or {config.upstream.api_key_env}) is not set: only orgs with "
+            "an upstream_credential of their own can be served"
+        )
+    if not config.operator_token:
+        out.append("OPERATOR_TOKEN is not set: no one can provision organizations")
+    if not config.service_token:
+        out.append("SERVICE_TOKEN is not set: the check API refuses every call")
+    return out
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from proxy.http.appkeys import (
     ACCESS_LOG,
     CONFIG,
     DECODED,
+    DRAINING,
     LEDGER,
     METER,
     METRICS,
@@ -60,13 +62,45 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+# the supervisor of ``serve --workers N`` writes "<alive> <expected>" here as workers come
+# and go: a pod serves at full strength only with every worker alive
+WORKERS_FILE = "EUP_WORKERS_FILE"
+
+
+def workers_alive() -> tuple[int, int] | None:
+    path = os.environ.get(WORKERS_FILE)
+    if not path:
+        return None
     try:
-        await request.app[STORE].ping()
-        await request.app[STORE].load_scripts()
+        alive, expected = Path(path).read_text().split()
+        return int(alive), int(expected)
+    except (OSError, ValueError):
+        return None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Whether this pod should get traffic: not while it drains, not while a worker is down
+    (a replacement is on its way). Redis unavailable takes it out only under fail_closed on a
+    single Redis — under fail_open the pod serves through the outage, and on a Cluster one
+    master's trouble is not every org's — and the body says so either way."""
+    app = request.app
+    if app[DRAINING].is_set():
+        return web.json_response({"status": "draining"}, status=503)
+    doc: dict[str, object] = {"status": "ready"}
+    workers = workers_alive()
+    if workers is not None:
+        doc["workers"] = f"{workers[0]}/{workers[1]}"
+        if workers[0] < workers[1]:
+            return web.json_response({**doc, "status": "degraded"}, status=503)
+    try:
+        await app[STORE].ping()
+        await app[STORE].load_scripts()
     except ProxyError as err:
-        return web.json_response({"status": "unavailable", "reason": err.message}, status=503)
-    return web.json_response({"status": "ready"})
+        config = app[CONFIG]
+        doc.update(redis="unavailable", reason=err.message, fail_mode=config.policy.fail_mode)
+        if config.policy.fail_mode != "open" and not config.redis.cluster:
+            return web.json_response({**doc, "status": "unavailable"}, status=503)
+    return web.json_response(doc)
 
 
 STATIC = Path(__file__).parent.parent / "static"
@@ -251,6 +285,7 @@ def build_app(
     app[METRICS] = metrics or Metrics(org_labels=config.metrics.org_labels)
     app[ACCESS_LOG] = AccessLog(access_log_fd)
     app[DECODED] = DecodedBodies(config.server.max_decoded_bytes_in_flight)
+    app[DRAINING] = asyncio.Event()
     # opened in this order, closed in the reverse
     app.cleanup_ctx.extend(
         [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -28,6 +29,8 @@ PAYMENTS: web.AppKey[Payments] = web.AppKey("payments")
 LEDGER: web.AppKey[LazyLedger] = web.AppKey("ledger")
 METER: web.AppKey[Meter] = web.AppKey("meter")  # admission and settlement around a request
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+# set on SIGTERM: readiness answers 503 while the process drains
+DRAINING = web.AppKey("draining", asyncio.Event)
 # decoded compressed request bodies held at once in the process (bounded)
 DECODED: web.AppKey[DecodedBodies] = web.AppKey("decoded_bodies")
 REQUEST_ID = web.RequestKey("request_id", str)  # the id the errors middleware gave it

@@ -183,6 +183,11 @@ class Metrics:
         self.upstream_errors = Counter(
             "eup_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=r
         )
+        self.worker_restarts = Counter(
+            "eup_worker_restarts_total",
+            "Workers of serve --workers N that died and were replaced (the supervisor counts)",
+            registry=r,
+        )
         self.connections_refused = Counter(
             "eup_connections_refused_total",
             "Connections or request heads refused by the server's bounds: total, per_client "

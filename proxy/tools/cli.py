@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, load_config
-from proxy.http.app import build_app, metrics_app
+from proxy.config import Config, ConfigError, load_config, missing_secrets, secret_files
+from proxy.http.app import WORKERS_FILE, build_app, metrics_app
+from proxy.http.appkeys import DRAINING
 from proxy.http.server import ProxyRunner
 from proxy.obs.logs import setup_logging
 from proxy.storage.store import Store
@@ -29,6 +34,10 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class StartupError(Exception):
+    """A reason the proxy cannot start, said in one line (no traceback)."""
+
+
 async def _serve(config: Config, *, reuse_port: bool) -> None:
     app = build_app(config)
     runner = ProxyRunner(
@@ -39,28 +48,25 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
         header_timeout_s=config.server.header_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=2048
-    )
-    await site.start()
+    server = config.server
+    try:
+        await web.TCPSite(
+            runner, server.host, server.port, reuse_port=reuse_port or None, backlog=2048
+        ).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from exc
     metrics_runner = None
-    if config.server.metrics_port:
+    if server.metrics_port:
         metrics_runner = ProxyRunner(metrics_app(app), access_log=None, handle_signals=False)
         await metrics_runner.setup()
         await web.TCPSite(
-            metrics_runner,
-            config.server.host,
-            config.server.metrics_port,
-            reuse_port=reuse_port or None,
+            metrics_runner, server.host, server.metrics_port, reuse_port=reuse_port or None
         ).start()
     log.info(
         "serving",
         extra={
-            "fields": {
-                "host": config.server.host,
-                "port": config.server.port,
-                "upstream": config.upstream.url,
-            }
+            "fields": {"host": server.host, "port": server.port, "upstream": config.upstream.url}
         },
     )
     stop = asyncio.Event()
@@ -68,15 +74,28 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # the drain: readiness answers 503 at once, so that the load balancer stops sending; the
+    # listener stays open meanwhile (requests still in its path are served) ...
+    app[DRAINING].set()
+    log.info(
+        "draining: readiness is 503; listening for drain_delay_s more",
+        extra={"fields": {"drain_delay_s": server.drain_delay_s}},
+    )
+    await asyncio.sleep(server.drain_delay_s)
+    # ... then it stops listening, lets open requests and streams finish for up to
+    # shutdown_grace_s, cancels the rest (their handlers still settle), and closes Redis and
+    # the upstream — bounded as a whole, so that the process is gone within the pod's grace
     log.info(
         "shutting down: letting open streams finish",
-        extra={"fields": {"grace_s": config.server.shutdown_grace_s}},
+        extra={"fields": {"grace_s": server.shutdown_grace_s}},
     )
-    # stops listening, waits up to shutdown_timeout for open requests (streams included),
-    # cancels the rest (their handlers still settle), then closes Redis and the upstream
-    await runner.cleanup()
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    try:
+        async with asyncio.timeout(server.shutdown_grace_s + 2):
+            await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+    except TimeoutError:
+        log.warning("shutdown did not finish within the grace: exiting (the journal recovers)")
     log.info("stopped")
 
 
@@ -84,20 +103,33 @@ def _serve_worker(path: str | None, host: str | None, port: int | None) -> None:
     setup_logging()
     _install_uvloop()
     config = _with_listen(load_config(path), host, port)
-    asyncio.run(_serve(config, reuse_port=True))
+    try:
+        asyncio.run(_serve(config, reuse_port=True))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
+        # secrets mounted as files (NAME_FILE) are read once, here: orgs' upstream credentials
+        # are looked up in the environment when their requests come
+        os.environ.update(secret_files(os.environ))
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = _with_listen(config, args.host, args.port)
+    for missing in missing_secrets(config):
+        print(f"warning: {missing}", file=sys.stderr)
     if args.workers <= 1:
         setup_logging()
         _install_uvloop()
-        asyncio.run(_serve(config, reuse_port=False))
+        try:
+            asyncio.run(_serve(config, reuse_port=False))
+        except StartupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     return _run_workers(args)
 
@@ -115,39 +147,84 @@ def _with_listen(config: Config, host: str | None, port: int | None) -> Config:
 
 def _run_workers(args: argparse.Namespace) -> int:
     """N processes on one port (SO_REUSEPORT), each with its own Redis pool, upstream session
-    and scripts; metrics are shared through prometheus-client's multiprocess files."""
+    and scripts; metrics are shared through prometheus-client's multiprocess files.
+
+    Supervised: a worker that dies is replaced within a second (counted in
+    ``eup_worker_restarts_total``, logged), and readiness is 503 until it is back; SIGTERM
+    and SIGINT reach every worker, every time, and the supervisor exits once all have."""
     import multiprocessing as mp
-    import os
     import shutil
     import tempfile
+    from multiprocessing.connection import wait
 
-    from prometheus_client import multiprocess
+    from prometheus_client import Counter, multiprocess, values
 
-    metrics_dir = tempfile.mkdtemp(prefix="eup-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
+    run_dir = tempfile.mkdtemp(prefix="eup-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = run_dir  # inherited by the spawned workers
+    workers_file = Path(run_dir) / "workers"
+    os.environ[WORKERS_FILE] = str(workers_file)
+    setup_logging()
     ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_serve_worker, args=(args.config, args.host, args.port), daemon=False)
-        for _ in range(args.workers)
-    ]
-    for p in procs:
+    # counted in the workers' shared metric files (prometheus-client chose in-memory values
+    # when it was imported, before the directory was set): /metrics sums it with theirs
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    restarts = Counter("eup_worker_restarts_total", "Workers that died and were replaced")
+    expected = args.workers
+    stopping: list[int] = []  # the signal received, once one is
+
+    def spawn() -> Any:
+        p = ctx.Process(target=_serve_worker, args=(args.config, args.host, args.port))
         p.start()
+        return p
+
+    def write_alive() -> None:
+        alive = sum(1 for p in procs if p.is_alive())
+        tmp = workers_file.with_suffix(".tmp")
+        tmp.write_text(f"{alive} {expected}")
+        tmp.replace(workers_file)
 
     def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
         for p in procs:
-            if p.pid is not None:
-                os.kill(p.pid, signum)
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
 
+    procs = [spawn() for _ in range(expected)]
+    gone: set[Any] = set()  # dead workers already accounted for
+    write_alive()
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    started = time.monotonic()
+    code = 0
     try:
-        for p in procs:
-            p.join()
-            if p.pid is not None:
+        while True:
+            live = [p for p in procs if p.is_alive()]
+            if stopping and not live:
+                break
+            wait([p.sentinel for p in live], timeout=1.0)
+            for i, p in enumerate(procs):
+                if p.is_alive() or p in gone:
+                    continue
+                gone.add(p)
                 multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                code = max(code, p.exitcode or 0)
+                if stopping:
+                    continue
+                if p.exitcode == 2 and time.monotonic() - started < 10:
+                    # it could not start (a port in use, a bad config): retrying cannot help
+                    forward(signal.SIGTERM, None)
+                    continue
+                log.error(
+                    "worker died: replacing it",
+                    extra={"fields": {"worker": p.pid, "exitcode": p.exitcode}},
+                )
+                restarts.inc()
+                procs[i] = spawn()
+            write_alive()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max((p.exitcode or 0) for p in procs)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 0 if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -161,6 +238,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{len(config.prices.families)} price families, "
         f"reservation policy {config.policy.reservation}, fail mode {config.policy.fail_mode})"
     )
+    for missing in missing_secrets(config):
+        print(f"warning: {missing}", file=sys.stderr)
     return 0
 
 
