@@ -376,7 +376,6 @@ def parse_config(
             "max_connections_per_org", int, _UPSTREAM.max_connections_per_org
         ),
     )
-    _check_url(r, "url", upstream.url, ("https", "http"), "UPSTREAM_URL")
     if upstream.max_connections_per_org < 0:
         raise r.fail("max_connections_per_org", "must be 0 (half of max_connections) or more")
     if not upstream.max_connections_per_org:

@@ -14,6 +14,8 @@ from typing import Any, overload
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import generate_latest
 
+from proxy.core.vocabulary import Refusal
+
 NANO = 1e9
 _LATENCY = (
     0.0005,
@@ -87,6 +89,29 @@ class LocalHistogram:
         self.target._sum.inc(self.total)
         self.total = 0.0
         self.observed = 0
+
+
+# the label values of the series alerts watch, made at 0 from the start
+SETTLE_FAILURES = (
+    "journaled",
+    "recharged",
+    "release_failed",
+    Refusal.UNKNOWN_RESERVATION,
+    Refusal.RELEASED,
+    Refusal.UNREADABLE,
+)
+JOURNAL_OUTCOMES = (
+    "written",
+    "replayed",
+    "recovered",
+    "torn",
+    "write_failed",
+    "dropped_unknown_key",
+    "dropped_unknown_org",
+    "dropped_unknown_member",
+    "dropped_member_disabled",
+)
+CONNECTION_REFUSALS = ("total", "per_client", "head_per_connection", "head_total")
 
 
 class Metrics:
@@ -247,6 +272,19 @@ class Metrics:
             "checked within policy.fail_open_known_s",
             registry=r,
         )
+        # every series an alert watches exists from the start, at 0: a labelled counter
+        # appears only at its first event otherwise, and increase() never sees it rise
+        for counter, values in (
+            (self.reloads, ("requested", "confirmed", "failed", "webhook_failed")),
+            (self.settle_failures, SETTLE_FAILURES),
+            (self.journal_entries, JOURNAL_OUTCOMES),
+            (self.late_replays, ("charged", "known", "refused")),
+            (self.renewals, ("renewed", "gone", "failed")),
+            (self.upstream_errors, ("connect", "mid_stream", "member_gone")),
+            (self.connections_refused, CONNECTION_REFUSALS),
+        ):
+            for value in values:
+                counter.labels(value)
         # the series every metered request updates, looked up once
         self.h_overhead = self.child(self.overhead)
         self.h_upstream_ttfb = self.child(self.upstream_ttfb)
