@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# what the image installs is pinned, with hashes: requirements.lock (pip-compile of
+# pyproject.toml); the package itself is built without resolving anything more
+COPY requirements.lock pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY lua ./lua
 COPY config ./config
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --require-hashes -r requirements.lock \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -14,7 +17,8 @@ RUN useradd --system --uid 10001 --no-create-home proxy \
     && mkdir -p /var/lib/extra-usage-proxy \
     && chown 10001:10001 /var/lib/extra-usage-proxy
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/extra_usage_proxy-*.whl \
+    && rm -rf /wheels
 COPY config/example.toml /etc/extra-usage-proxy/config.toml
 # the fail_open journal (policy.journal_dir, relative) lives here, writable by the proxy user
 WORKDIR /var/lib/extra-usage-proxy

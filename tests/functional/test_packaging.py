@@ -91,3 +91,20 @@ def test_the_dockerfile_build_stage_copies_everything_the_wheel_needs(tmp_path: 
         "proxy/static/admin.js",
     ):
         assert needed in names
+
+
+def test_the_image_installs_only_what_the_lockfile_pins() -> None:
+    """The Dockerfile installs its dependencies from requirements.lock with --require-hashes,
+    and the lockfile pins every runtime dependency of pyproject.toml."""
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in text
+    assert "--no-index" in text
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {line.split("==")[0].lower() for line in lock.splitlines() if "==" in line}
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = dep.split(";")[0].split(">")[0].split("=")[0].split("[")[0].strip().lower()
+        assert name in pinned, f"{name} is not pinned in requirements.lock"
+    assert "--hash=sha256:" in lock
