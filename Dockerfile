@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-FROM python:3.11-slim AS build
+# The base image pinned by digest (both stages): python:3.11-slim as published. Refresh it
+# with `docker buildx imagetools inspect python:3.11-slim` and change both lines together.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
 WORKDIR /src
 # what the image installs is pinned, with hashes: requirements.lock (pip-compile of
 # pyproject.toml); the package itself is built without resolving anything more
@@ -11,7 +13,7 @@ COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --require-hashes -r requirements.lock \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --no-create-home proxy \
     && mkdir -p /var/lib/extra-usage-proxy \

@@ -154,6 +154,13 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    # OTLP/HTTP traces endpoint ("http://otel-collector:4318/v1/traces"); "" = no traces
+    otlp_endpoint: str = ""
+    service_name: str = "extra-usage-proxy"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     org_labels: bool = False
 
@@ -170,6 +177,7 @@ class Config:
     metrics: MetricsConfig
     prices: PriceTable
     notifications: NotificationsConfig = NotificationsConfig()
+    tracing: TracingConfig = TracingConfig()
     operator_token: str = ""
     service_token: str = ""
     source: str = "<defaults>"
@@ -192,6 +200,7 @@ _PAYMENTS = PaymentsConfig()
 _LEDGER = LedgerConfig()
 _METRICS = MetricsConfig()
 _NOTIFICATIONS = NotificationsConfig()
+_TRACING = TracingConfig()
 
 FAIL_MODES = ("closed", "open")
 PAYMENT_PROVIDERS = ("auto-approve", "webhook")
@@ -303,6 +312,7 @@ def parse_config(
         "pricing",
         "metrics",
         "notifications",
+        "tracing",
     }
     for key in doc:
         if key not in known:
@@ -478,6 +488,15 @@ def parse_config(
         raise r.fail("webhook_url", "must be an http(s) URL or empty")
     r.done()
 
+    r = _section(source, doc, "tracing")
+    tracing = TracingConfig(
+        otlp_endpoint=r.get("otlp_endpoint", str, _TRACING.otlp_endpoint),
+        service_name=r.get("service_name", str, _TRACING.service_name),
+    )
+    if tracing.otlp_endpoint:
+        _check_url(r, "otlp_endpoint", tracing.otlp_endpoint, ("http", "https"), "-")
+    r.done()
+
     prices = _prices(source, doc)
     return Config(
         server=server,
@@ -490,6 +509,7 @@ def parse_config(
         metrics=metrics,
         prices=prices,
         notifications=notifications,
+        tracing=tracing,
         operator_token=env.get("OPERATOR_TOKEN", ""),
         service_token=env.get("SERVICE_TOKEN", ""),
         source=source,
@@ -559,9 +579,10 @@ def missing_secrets(config: Config) -> list[str]:
     """What ``serve`` will run without: each a warning line (the proxy still starts)."""
     out = []
     if not config.upstream.api_key:
+        env = config.upstream.api_key_env
+        named = "UPSTREAM_API_KEY" + (f" (or {env})" if env != "UPSTREAM_API_KEY" else "")
         out.append(
-            f"UPSTREAM_API_KEY (or {config.upstream.api_key_env}) is not set: only orgs with "
-            "an upstream_credential of their own can be served"
+            f"{named} is not set: only orgs with an upstream_credential of their own can be served"
         )
     if not config.operator_token:
         out.append("OPERATOR_TOKEN is not set: no one can provision organizations")

@@ -37,6 +37,7 @@ from proxy.http.appkeys import (
     PAYMENTS,
     SLOTS,
     STORE,
+    TRACING,
     UPSTREAM,
 )
 from proxy.http.body import DecodedBodies
@@ -49,6 +50,7 @@ from proxy.metering.meter import Meter
 from proxy.metering.payments import Payments
 from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Metrics
+from proxy.obs.tracing import Tracing
 from proxy.storage.store import RedisClient, Store, make_client
 from proxy.upstream.client import Upstream
 from proxy.upstream.slots import OrgSlots
@@ -142,6 +144,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
         body=request.app[METRICS].render(),
         headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+async def _close_tracing(app: web.Application) -> None:
+    await asyncio.to_thread(app[TRACING].close)  # its exporter may wait on the network
 
 
 def metrics_app(app: web.Application) -> web.Application:
@@ -286,6 +292,8 @@ def build_app(
     app[ACCESS_LOG] = AccessLog(access_log_fd)
     app[DECODED] = DecodedBodies(config.server.max_decoded_bytes_in_flight)
     app[DRAINING] = asyncio.Event()
+    app[TRACING] = Tracing(config.tracing.otlp_endpoint, config.tracing.service_name)
+    app.on_cleanup.append(_close_tracing)
     # opened in this order, closed in the reverse
     app.cleanup_ctx.extend(
         [

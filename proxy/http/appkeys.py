@@ -10,6 +10,7 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Metrics
+from proxy.obs.tracing import Tracing
 
 if TYPE_CHECKING:
     from proxy.http.body import DecodedBodies
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+TRACING = web.AppKey("tracing", Tracing)  # OpenTelemetry traces (off: nothing is made)
 STORE: web.AppKey[Store] = web.AppKey("store")
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")  # the Anthropic API
 SLOTS: web.AppKey[OrgSlots] = web.AppKey("slots")  # each org's requests in flight upstream

@@ -31,7 +31,7 @@ from proxy.core.errors import UpstreamUnavailable
 from proxy.core.ids import MODEL_ID
 from proxy.core.pricing import Usage
 from proxy.core.usage import StreamUsage, body_usage
-from proxy.http.appkeys import ACCESS_LOG, CONFIG, METER, METRICS
+from proxy.http.appkeys import ACCESS_LOG, CONFIG, METER, METRICS, TRACING
 from proxy.http.auth import ProxyKey
 from proxy.http.headers import response_headers
 from proxy.http.middleware import LoggedResponse, LoggedStreamResponse
@@ -61,6 +61,7 @@ class Metered:
         "prompt_bytes",
         "rid",
         "sent_at",
+        "settling_at",
         "started",
         "status",
         "upstream_id",
@@ -89,6 +90,7 @@ class Metered:
         self.prompt_bytes = prompt_bytes  # the request body's size: the estimate's input
         self.max_tokens = max_tokens  # the most output an estimate may count
         self.upstream_id: str | None = None  # the API's request-id for it, once it answered
+        self.settling_at = started  # perf_counter() when its settlement was sent
         self.started = started  # perf_counter() on arrival
         self.sent_at = started  # perf_counter() when it went upstream
         self.status = 0
@@ -147,6 +149,22 @@ class Metered:
             upstream_request_id=self.upstream_id,
             **self.extra,
         )
+        tracing = app[TRACING]
+        if tracing.on:
+            tracing.request(
+                {
+                    "eup.request_id": self.rid,
+                    "eup.org": self.org,
+                    "eup.mode": mode,
+                    "eup.model": model,
+                    "eup.cost_nano": cost or "",
+                    "http.status": self.status,
+                },
+                self.started,
+                self.sent_at,
+                self.settling_at,
+                time.perf_counter(),
+            )
 
 
 def out_headers(upstream: Response, m: Metered) -> CIMultiDict[str]:
@@ -182,6 +200,7 @@ def settle_and_log(
     answer; on False the caller waits for the task. ``estimated``: the usage is (in part)
     the estimate rule's, and the charge is marked so."""
     meter = app[METER]
+    m.settling_at = time.perf_counter()
     m.usage, m.status, m.extra = usage, status, extra
     if estimated:
         m.extra["estimated"] = True
