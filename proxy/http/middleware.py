@@ -135,11 +135,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error", extra={"fields": {"path": request.path}})
         response = error_response(InternalError("internal error in the proxy"), rid)
-    if not response.prepared:
-        response.headers.setdefault("x-request-id", rid)  # every answer names its request
-    if not logged:
+    if not logged:  # (a metered answer names its request itself: forwarding.out_headers)
         _log(request, rid, response.status, started)
         if not response.prepared:
+            response.headers.setdefault("x-request-id", rid)  # every answer names its request
             security_headers(request.path, response)
     if DECODED_HELD in request:
         request.app[DECODED].give_back(request)

@@ -153,8 +153,9 @@ class GuardedRequestHandler(RequestHandler):
         super().data_received(data)
         if self._messages:  # a head was parsed: what comes with it and after is its body
             message, self._body = self._messages[-1]
+            over = self._head > limits.head_bytes  # else the head alone cannot be over
             self._done_reading()
-            if head_size(message) <= limits.head_bytes:
+            if not over or head_size(message) <= limits.head_bytes:
                 return
             self._messages.clear()  # a whole head over the bound, come in one read: refused
             reason = "per_connection"
