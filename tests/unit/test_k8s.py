@@ -72,8 +72,11 @@ def test_the_proxy_pods_drain_within_their_grace_and_read_secrets_from_files() -
     config = by_kind(docs, "ConfigMap", "extra-usage-proxy-config")
     toml = config["data"]["proxy.toml"]
     server = tomllib.loads(toml)["server"]
-    # the process is gone within drain_delay_s + shutdown_grace_s + 3 s of SIGTERM
-    assert pod["terminationGracePeriodSeconds"] >= (
+    # the process is gone within drain_delay_s + shutdown_grace_s + 3 s of SIGTERM, which
+    # comes after the preStop hook
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + (
         server["drain_delay_s"] + server["shutdown_grace_s"] + 3
     )
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
