@@ -58,6 +58,9 @@ MODEL = "claude-sonnet-4-5"
 NANO = 10**9
 
 
+ALWAYS = ("--appendonly", "yes", "--appendfsync", "always")  # Redis's strictest persistence
+
+
 @dataclass
 class Row:
     scenario: str
@@ -239,6 +242,19 @@ class Stack:
         await self.admin("PATCH", f"/admin/v1/orgs/{name}/extra-usage", doc)
         return name, keys
 
+    async def restart_redis(self, *extra: str, down_s: float = 0.0, lose_aof: bool = False) -> None:
+        """kill -9 of Redis, ``down_s`` seconds down, then a new server on the same port and
+        folder (``extra``: its persistence; ``lose_aof``: back from its last snapshot alone,
+        as after a host crash that lost the log's tail), and this harness's client on it."""
+        port, folder = self.redis.port, self.redis.dir
+        self.redis.kill()
+        if lose_aof:
+            shutil.rmtree(Path(folder) / "appendonlydir", ignore_errors=True)
+        await asyncio.sleep(down_s)
+        self.redis = RedisServer(*extra, port=port, directory=folder).start()
+        await self.client.aclose()
+        self.client = aioredis.Redis.from_url(self.redis.url)
+
     async def ledger(self, org: str) -> list[dict[str, str]]:
         """The org's ledger: what is still in its Redis stream, and (with a sink) what is in
         PostgreSQL — an entry in both (written, not yet trimmed) once."""
@@ -332,6 +348,20 @@ class Load:
             n = tokens_of_chars(len(raw))
             if n not in self.sent:
                 return raw, n
+
+    def at_work(
+        self, keys: list[str], workers: int = 8, stream: bool | None = None, **send: Any
+    ) -> tuple[asyncio.Event, list[asyncio.Future[None]]]:
+        """Members sending request after request until the event is set (streams and JSON
+        answers alternating, unless ``stream``)."""
+        stop = asyncio.Event()
+
+        async def member(i: int) -> None:
+            while not stop.is_set():
+                alternate = i % 2 == 0 if stream is None else stream
+                await self.send(keys[i % len(keys)], stream=alternate, **send)
+
+        return stop, [asyncio.ensure_future(member(i)) for i in range(workers)]
 
     async def send(
         self,
@@ -565,14 +595,8 @@ async def redis_kill_aof(stack: Stack) -> Row:
         for i in range(40)
     ]
     await asyncio.sleep(0.5)
-    port, folder = stack.redis.port, stack.redis.dir
-    stack.redis.kill()  # kill -9: settlements of the requests in flight fail, journaled
-    await asyncio.sleep(2.5)
-    stack.redis = RedisServer(
-        "--appendonly", "yes", "--appendfsync", "always", port=port, directory=folder
-    ).start()
-    await stack.client.aclose()
-    stack.client = aioredis.Redis.from_url(stack.redis.url)
+    # kill -9: settlements of the requests in flight fail, journaled
+    await stack.restart_redis(*ALWAYS, down_s=2.5)
     await asyncio.gather(*tasks)
     await settle_down(stack, load, [org], within=30)
     return await account(stack, load, [org], "Redis kill -9 (AOF always), fail_closed")
@@ -581,26 +605,13 @@ async def redis_kill_aof(stack: Stack) -> Row:
 async def fail_open_two_workers(stack: Stack) -> Row:
     org, keys = await stack.org("failopen", "enterprise", 4)
     load = Load(stack)
-    stop = asyncio.Event()
-
-    async def member(i: int) -> None:
-        while not stop.is_set():
-            await load.send(keys[i % 4], stream=i % 2 == 0, output=20)
-
-    tasks = [asyncio.ensure_future(member(i)) for i in range(8)]
-    port, folder = stack.redis.port, stack.redis.dir
+    stop, tasks = load.at_work(keys, output=20)
     for _ in range(2):  # two outages
         await asyncio.sleep(1.0)
-        stack.redis.kill()
-        await asyncio.sleep(2.0)
-        stack.redis = RedisServer(
-            "--appendonly", "yes", "--appendfsync", "always", port=port, directory=folder
-        ).start()
+        await stack.restart_redis(*ALWAYS, down_s=2.0)
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.gather(*tasks)
-    await stack.client.aclose()
-    stack.client = aioredis.Redis.from_url(stack.redis.url)
     await settle_down(stack, load, [org], within=30)
     return await account(stack, load, [org], "fail_open, two workers, two Redis outages")
 
@@ -846,13 +857,7 @@ async def sink_faults(stack: Stack) -> Row:
     the refused entry goes to the dead-letter stream and is charged to no one."""
     org, keys = await stack.org("sinkfaults", "enterprise", 4)
     load = Load(stack)
-    stop = asyncio.Event()
-
-    async def member(i: int) -> None:
-        while not stop.is_set():
-            await load.send(keys[i % 4], stream=i % 2 == 0, output=20)
-
-    tasks = [asyncio.ensure_future(member(i)) for i in range(8)]
+    stop, tasks = load.at_work(keys, output=20)
     await asyncio.sleep(1.0)
     stack.pg.stop()  # PostgreSQL down: the sink waits it out
     await asyncio.sleep(2.0)
@@ -873,14 +878,8 @@ async def sink_faults(stack: Stack) -> Row:
     }
     await stack.client.xadd(org_keys("eup", org).ledger, poisoned)
     await asyncio.sleep(1.0)
-    port, folder = stack.redis.port, stack.redis.dir
-    stack.redis.kill()  # Redis down: members get 503 (fail_closed), the sink waits
-    await asyncio.sleep(1.5)
-    stack.redis = RedisServer(
-        "--appendonly", "yes", "--appendfsync", "always", port=port, directory=folder
-    ).start()
-    await stack.client.aclose()
-    stack.client = aioredis.Redis.from_url(stack.redis.url)
+    # Redis down: members get 503 (fail_closed), the sink waits
+    await stack.restart_redis(*ALWAYS, down_s=1.5)
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.gather(*tasks)
@@ -907,24 +906,12 @@ async def redis_rollback(stack: Stack) -> Row:
     with it: counted here as uncharged."""
     org, keys = await stack.org("rollback", "enterprise", 4)
     load = Load(stack)
-    stop = asyncio.Event()
     slow = {"x-mock-delay-ms": "100", "x-mock-events": "10"}
-
-    async def member(i: int) -> None:
-        while not stop.is_set():
-            await load.send(keys[i % 4], stream=True, output=20, headers=slow)
-
-    tasks = [asyncio.ensure_future(member(i)) for i in range(8)]
+    stop, tasks = load.at_work(keys, stream=True, output=20, headers=slow)
     await asyncio.sleep(1.5)
     await stack.client.save()  # what the "disk" will have
     await asyncio.sleep(1.5)
-    port, folder = stack.redis.port, stack.redis.dir
-    stack.redis.kill()
-    aof = Path(folder) / "appendonlydir"
-    shutil.rmtree(aof, ignore_errors=True)  # the lost tail: back from the snapshot alone
-    stack.redis = RedisServer(port=port, directory=folder).start()
-    await stack.client.aclose()
-    stack.client = aioredis.Redis.from_url(stack.redis.url)
+    await stack.restart_redis(lose_aof=True)  # back from the snapshot alone
     await asyncio.sleep(2.0)
     stop.set()
     await asyncio.gather(*tasks)
