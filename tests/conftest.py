@@ -20,9 +20,10 @@ from proxy.config import Config, parse_config
 from proxy.http.app import build_app
 from proxy.http.appkeys import CONFIG, METER, STORE
 from proxy.http.server import ProxyRunner
+from proxy.ledger.db import LedgerDB
 from proxy.storage.store import Store
 from proxy.tools.mock_upstream import MockUpstream, build_mock_app
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 OPERATOR = "operator-test-token"
 SERVICE = "service-test-token"
@@ -46,6 +47,22 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
     client = aioredis.Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the module's own (a module may stop and start it)."""
+    server = PostgresServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def db(postgres: PostgresServer) -> AsyncIterator[LedgerDB]:
+    ledger = await LedgerDB.connect(postgres.url)
+    await ledger.migrate()
+    yield ledger
+    await ledger.close()
 
 
 def make_config(redis_url: str, upstream_url: str, **sections: dict[str, Any]) -> Config:

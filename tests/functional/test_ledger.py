@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,6 @@ from tests.servers import PostgresServer
 
 BIN = Path(sys.executable).parent / "extra-usage-proxy"
 OCT = calendar.timegm((2026, 10, 15, 12, 0, 0))
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-async def db(postgres: PostgresServer) -> AsyncIterator[LedgerDB]:
-    ledger = await LedgerDB.connect(postgres.url)
-    await ledger.migrate()
-    yield ledger
-    await ledger.close()
 
 
 @pytest.fixture

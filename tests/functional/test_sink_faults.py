@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -19,21 +18,6 @@ from proxy.tools.embedded import RedisServer
 from proxy.tools.sink_health import sink_app
 from tests.conftest import Proxy, ProxyFactory, message
 from tests.servers import PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-async def db(postgres: PostgresServer) -> AsyncIterator[LedgerDB]:
-    ledger = await LedgerDB.connect(postgres.url)
-    await ledger.migrate()
-    yield ledger
-    await ledger.close()
 
 
 async def traffic(proxy: Proxy, requests: int = 3) -> str:
