@@ -37,7 +37,7 @@ async def test_serve_runs_the_proxy_and_stops_on_sigterm(
     port = free_port()
     proc = _serve(
         ["--config", str(ROOT / "config" / "example.toml"), "--port", str(port)],
-        _env(redis_server, upstream),
+        env_for(redis_server, upstream),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,7 +64,8 @@ def _listeners(port: int) -> int:
     return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
 
 
-def _env(redis_server: RedisServer, upstream: Any) -> dict[str, str]:
+def env_for(redis_server: RedisServer, upstream: Any) -> dict[str, str]:
+    """The environment of a `serve` process against the suite's Redis and mock upstream."""
     up_server, _ = upstream
     return {
         **os.environ,
@@ -114,7 +115,7 @@ async def test_workers_share_one_port_and_metrics_sum_over_them(
     redis_server: RedisServer, upstream: Any
 ) -> None:
     port = free_port()
-    proc = _serve(["--workers", "2", "--port", str(port)], _env(redis_server, upstream))
+    proc = _serve(["--workers", "2", "--port", str(port)], env_for(redis_server, upstream))
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base)
@@ -164,7 +165,7 @@ async def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     redis_server: RedisServer, upstream: Any
 ) -> None:
     port = free_port()
-    proc = _serve(["--port", str(port)], _env(redis_server, upstream))
+    proc = _serve(["--port", str(port)], env_for(redis_server, upstream))
     base = f"http://127.0.0.1:{port}"
     try:
         await _ready(base)

@@ -18,7 +18,7 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from proxy.core.credentials import PROXY_KEY_PREFIX, new_secret
-from proxy.core.statements import csv_cell, statement_csv
+from proxy.core.statements import TOKEN_COLUMNS, csv_cell, statement_csv
 from proxy.http.app import build_app, metrics_app
 from proxy.http.appkeys import DECODED, METRICS
 from proxy.obs.logs import JSONFormatter, json_line
@@ -270,17 +270,7 @@ def test_statement_csv_cells_cannot_be_formulas_or_rows() -> None:
         "mode": "extra_usage",
         "requests": 1,
         "cost": "1.00",
-        **dict.fromkeys(
-            (
-                "input_tokens",
-                "output_tokens",
-                "cache_write_5m_tokens",
-                "cache_write_1h_tokens",
-                "cache_read_tokens",
-                "web_search_requests",
-            ),
-            0,
-        ),
+        **dict.fromkeys(TOKEN_COLUMNS, 0),
     }
     doc = {
         "period": "2026-12",

@@ -21,21 +21,11 @@ import pytest
 from proxy.config import ConfigError, parse_config
 from proxy.tools.cli import main
 from tests.conftest import Proxy, ProxyFactory
+from tests.functional.test_cli import env_for
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "extra-usage-proxy"
-
-
-def env_for(redis_server: RedisServer, upstream: Any) -> dict[str, str]:
-    up_server, _ = upstream
-    return {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "OPERATOR_TOKEN": "op",
-        "UPSTREAM_URL": str(up_server.make_url("")).rstrip("/"),
-        "UPSTREAM_API_KEY": "k",
-    }
 
 
 async def status(url: str) -> tuple[int, Any]:
