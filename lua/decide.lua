@@ -40,9 +40,6 @@ local function decide(KEYS, ARGV)
   hset_all(org_k, org_w)
   hset_all(mem_k, mem_w)
   redis.call('HSET', req_k, rid, record)
-  local now = tonumber(ARGV[3])
-  if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
-  redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[1], 'action', ARGV[2],
-    'before', cjson.encode(before), 'after', cjson.encode(after))
+  record_change(audit_k, ARGV[1], ARGV[2], ARGV[3], before, after)
   return cjson.encode({ ok = 1, before = before, after = after })
 end

@@ -200,3 +200,12 @@ local function settled(raw)
   if #v == 0 then return nil end
   return v
 end
+
+-- record a change in the org's audit stream: who made it, as what action, the fields before
+-- and after, and when (``now_arg``: the caller's clock, or the server's when it is 0 or less)
+local function record_change(audit_k, actor, action, now_arg, before, after)
+  local now = tonumber(now_arg)
+  if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
+  redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', actor, 'action', action,
+    'before', cjson.encode(before), 'after', cjson.encode(after))
+end

@@ -50,9 +50,6 @@ local function write(KEYS, ARGV)
   end
   if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
   if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
-  local now = tonumber(ARGV[3])
-  if now <= 0 then now = tonumber(redis.call('TIME')[1]) end
-  redis.call('XADD', audit_k, '*', 'ts', fmt(now), 'actor', ARGV[1], 'action', ARGV[2],
-    'before', cjson.encode(before), 'after', cjson.encode(after))
+  record_change(audit_k, ARGV[1], ARGV[2], ARGV[3], before, after)
   return cjson.encode({ ok = 1, before = before, after = after })
 end
