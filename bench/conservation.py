@@ -228,6 +228,12 @@ class Stack:
                 raise RuntimeError(f"{method} {path}: {r.status} {doc}")
             return doc
 
+    async def check_api(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """A first-party backend's call to the check API: (the status, the answer)."""
+        headers = {"authorization": f"Bearer {SERVICE}"}
+        async with self.session.post(self.url + path, json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
     async def org(self, name: str, plan: str, members: int, **eu: Any) -> tuple[str, list[str]]:
         await self.admin("POST", "/admin/v1/orgs", {"id": name, "name": name, "plan": plan})
         keys = []
@@ -699,13 +705,9 @@ async def check_api_races(stack: Stack) -> Row:
     await stack.admin(
         "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "1.00"}
     )
-    auth = {"authorization": f"Bearer {SERVICE}"}
     row = Row("check API: settles replayed and raced, request ids reused by another member")
     served: dict[int, int] = {}
-
-    async def post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        async with stack.session.post(stack.url + path, json=body, headers=auth) as r:
-            return r.status, await r.json(content_type=None)
+    post = stack.check_api
 
     async def one(i: int) -> None:
         n = 5000 + i
@@ -742,7 +744,6 @@ async def check_api_search(stack: Stack) -> Row:
     await stack.admin(
         "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "0.10"}
     )
-    auth = {"authorization": f"Bearer {SERVICE}"}
     row = Row("check API under strict: web search declared in check, 40 at once")
     served: dict[int, int] = {}
     search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
@@ -758,8 +759,7 @@ async def check_api_search(stack: Stack) -> Row:
             "request_id": f"search-{i}",
             "tools": [search],
         }
-        async with stack.session.post(stack.url + "/v1/usage/check", json=ask, headers=auth) as r:
-            d = await r.json()
+        _, d = await stack.check_api("/v1/usage/check", ask)
         if d.get("decision") != "allow":
             return
         usage = {
@@ -769,10 +769,8 @@ async def check_api_search(stack: Stack) -> Row:
         }
         served[n] = stack.prices.cost(MODEL, usage_from_mapping(usage))
         settle = {"reservation_id": d["reservation_id"], "usage": usage}
-        async with stack.session.post(
-            stack.url + "/v1/usage/settle", json=settle, headers=auth
-        ) as r:
-            assert r.status == 200, await r.text()
+        status, doc = await stack.check_api("/v1/usage/settle", settle)
+        assert status == 200, doc
 
     await asyncio.gather(*(one(i) for i in range(40)))
     row.requests = 40
@@ -788,13 +786,11 @@ async def check_api_long(stack: Stack) -> Row:
     await stack.admin(
         "PUT", f"/admin/v1/orgs/{org}/extra-usage/members/m0", {"monthly_limit": "0.50"}
     )
-    auth = {"authorization": f"Bearer {SERVICE}"}
     row = Row("check API under strict: reservations renewed past reservation_ttl_s")
     served: dict[int, int] = {}
 
     async def post(path: str, body: dict[str, Any]) -> Any:
-        async with stack.session.post(stack.url + path, json=body, headers=auth) as r:
-            return await r.json(content_type=None)
+        return (await stack.check_api(path, body))[1]
 
     async def one(i: int, long: bool) -> None:
         n = 9000 + i
