@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from proxy.http.appkeys import CONFIG, METER, STORE, VERIFIED
 from proxy.http.auth import bearer, is_token
 from proxy.http.body import json_object
 from proxy.http.member_routes import member_status
-from proxy.storage.store import BY_MEMBER_ID, StoreRefusal, check_op_id
+from proxy.storage.store import BY_MEMBER_ID, Store, StoreRefusal, check_op_id
 
 routes = web.RouteTableDef()
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
@@ -235,16 +236,24 @@ async def settle(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/v1/usage/release")
-async def release(request: web.Request) -> web.Response:
+async def on_reservation(
+    request: web.Request, call: Callable[[Store, str, str], Awaitable[dict[str, Any]]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A call whose body is only a reservation id (release, renew): the body, and the store's
+    answer for the reservation."""
     service(request)
     doc = await json_object(request)
     only(doc, {"reservation_id"})
     org, op_id, _ = parse_reservation(doc)
     try:
-        result = await request.app[STORE].release(org, op_id)
+        return doc, await call(request.app[STORE], org, op_id)
     except StoreRefusal as exc:
         raise answer(exc, org) from exc
+
+
+@routes.post("/v1/usage/release")
+async def release(request: web.Request) -> web.Response:
+    doc, result = await on_reservation(request, Store.release)
     return web.json_response(
         {
             "reservation_id": doc["reservation_id"],
@@ -259,14 +268,7 @@ async def release(request: web.Request) -> web.Response:
 async def renew(request: web.Request) -> web.Response:
     """A long generation keeps its reservation: another ``policy.reservation_ttl_s`` from now
     (so that its room is not reclaimed and given to others while it runs). Idempotent."""
-    service(request)
-    doc = await json_object(request)
-    only(doc, {"reservation_id"})
-    org, op_id, _ = parse_reservation(doc)
-    try:
-        result = await request.app[STORE].renew(org, op_id)
-    except StoreRefusal as exc:
-        raise answer(exc, org) from exc
+    doc, result = await on_reservation(request, Store.renew)
     expires = result.get("exp") or ""
     return web.json_response(
         {
