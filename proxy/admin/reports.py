@@ -7,8 +7,10 @@ time it is read, and never changes after.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.admin.actors import Actor, require
@@ -62,6 +64,61 @@ async def statement(
         closed=closed,
     )
     return await db.freeze(org, period, doc) if closed else doc
+
+
+# a page of the credit history: at most this many purchases and reloads
+MAX_CREDITS = 200
+
+
+# a page's position in the credit history: the epoch second and the hex of the op id of the
+# last credit of the page before (every value of this form is a position)
+CREDIT_CURSOR = re.compile(r"([0-9]{1,12})-((?:[0-9a-f]{2}){0,600})")
+_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last a datetime holds
+
+
+def _credit_cursor(ts: datetime, op_id: str) -> str:
+    return f"{int(ts.timestamp())}-{op_id.encode().hex()}"
+
+
+def _credit_position(cursor: str) -> tuple[datetime, str]:
+    """Where a page of the credit history starts: a cursor this API gave, or a 400."""
+    m = CREDIT_CURSOR.fullmatch(cursor)
+    if m is None:
+        raise InvalidRequest("cursor: not a cursor this API gave (use next_cursor as it came)")
+    epoch = min(int(m[1]), _LAST_SECOND)
+    op_id = bytes.fromhex(m[2]).decode("utf-8", "replace").replace("\x00", "")
+    return datetime.fromtimestamp(epoch, UTC), op_id
+
+
+async def credit_history(
+    ledger: LazyLedger, actor: Actor, org: str, count: int, cursor: str | None = None
+) -> dict[str, Any]:
+    """Team's purchases and reloads of all time, newest first, from the durable ledger: a
+    page of ``count`` (1 to ``MAX_CREDITS``) from ``cursor`` (the ``next_cursor`` of the page
+    before), with ``next_cursor`` None on the last page. However long the audit log grows,
+    no credit falls out of it."""
+    require(actor, org)
+    before = None if cursor is None else _credit_position(cursor)
+    count = min(max(count, 1), MAX_CREDITS)
+    db = await ledger.get()
+    rows = await db.credit_history(org, count, before)
+    credits = [
+        {
+            "kind": r["kind"],
+            "at": int(r["ts"].timestamp()),
+            "amount": format_usd(int(r["balance_delta_nano"])),
+            # the purchase's idempotency key, or the reload's id
+            "reference": r["op_id"].split(":", 1)[-1],
+            "by": r["source"],
+        }
+        for r in rows
+    ]
+    last = rows[-1] if len(rows) == count else None
+    return {
+        "org_id": org,
+        "credits": credits,
+        "next_cursor": None if last is None else _credit_cursor(last["ts"], last["op_id"]),
+    }
 
 
 async def usage(

@@ -3,8 +3,12 @@ the repository as openapi.json (a test keeps the two identical)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from proxy.admin.audit import CURSOR as AUDIT_CURSOR
+from proxy.admin.audit import MAX_ENTRIES
+from proxy.admin.reports import CREDIT_CURSOR, MAX_CREDITS
 from proxy.core.vocabulary import Consent, Decision, Mode, Plan, Policy, RequestState, Role, Scope
 
 USD = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "USD, decimal string"}
@@ -95,6 +99,26 @@ def path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 OPAQUE_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"}
 ORG = path_param("org", ID)
 MEMBER_P = path_param("member", MEMBER)
+
+
+def page_params(most: int, cursor: re.Pattern[str]) -> list[dict[str, Any]]:
+    """A paged list's query: ``limit`` (1 to ``most``) and the ``cursor`` a page gave."""
+    return [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": most},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": f"^{cursor.pattern}$"},
+        },
+    ]
+
+
 UNAVAILABLE = {
     "503": {
         "description": "the ledger database is unavailable",
@@ -447,6 +471,15 @@ def document() -> dict[str, Any]:
                     ),
                 )
             },
+            eu + "/credits": {
+                "get": op(
+                    "Team: purchases and reloads of all time, newest first, a page at a time "
+                    "(the durable ledger; next_cursor: the next page's cursor, null on the last)",
+                    ANY,
+                    params=[ORG, *page_params(MAX_CREDITS, CREDIT_CURSOR)],
+                    extra=UNAVAILABLE,
+                )
+            },
             eu + "/purchases": {
                 "post": op(
                     "Team: buy prepaid credit",
@@ -535,18 +568,7 @@ def document() -> dict[str, Any]:
                     ANY,
                     params=[
                         ORG,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
-                        {
-                            "name": "cursor",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "pattern": "^[0-9]{1,19}-[0-9]{1,19}$"},
-                        },
+                        *page_params(MAX_ENTRIES, AUDIT_CURSOR),
                     ],
                 )
             },

@@ -178,6 +178,26 @@ class LedgerDB:
         )
         return [dict(r) for r in rows]
 
+    async def credit_history(
+        self, org: str, count: int, before: tuple[datetime, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Purchases and reloads of all time, newest first: ``count`` of them, older than
+        ``before`` (the (ts, op_id) of the last one of the page before) when given."""
+        # no cursor: from after any time a ledger can hold
+        after = before or (datetime.max.replace(tzinfo=UTC), "")
+        rows = await self.pool.fetch(
+            """
+            SELECT kind, op_id, ts, balance_delta_nano, source FROM ledger_entries
+            WHERE org_id = $1 AND kind IN ('purchase', 'reload')
+              AND (ts, op_id) < ($2, $3)
+            ORDER BY ts DESC, op_id DESC LIMIT $4""",
+            org,
+            after[0],
+            after[1],
+            count,
+        )
+        return [dict(r) for r in rows]
+
     async def balance_before(self, org: str, period: str) -> int:
         value = await self.pool.fetchval(
             "SELECT coalesce(sum(balance_delta_nano), 0) FROM ledger_entries "

@@ -9,7 +9,7 @@ import { adminPath, api, orgPath } from "./admin/api.js";
 import * as daily from "./admin/daily.js";
 import * as enable from "./admin/enable.js";
 import { money, usd } from "./admin/format.js";
-import { renderAudit, renderCredits } from "./admin/history.js";
+import { mergeCredits, renderAudit, renderCredits } from "./admin/history.js";
 import * as limit from "./admin/limit.js";
 import { renderLimits, renderTeamMembers, spendAgainst } from "./admin/members.js";
 import { renderRequests } from "./admin/requests.js";
@@ -80,8 +80,17 @@ async function load() {
     state.daily = null;
     state.dailyError = plainWords(err);  // the ledger database may be down: the rest works
   }
-  state.credits = settingsDoc.plan === Plan.TEAM
-    ? state.audit.filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm") : [];
+  state.credits = [];
+  state.creditsPartial = false;
+  if (settingsDoc.plan === Plan.TEAM) {
+    let ledger = null;
+    try {
+      ledger = (await api("GET", orgPath("extra-usage", "credits", { limit: 200 }))).credits;
+    } catch {
+      state.creditsPartial = true;  // the ledger database may be down: the audit log's recent ones
+    }
+    state.credits = mergeCredits(ledger, state.audit);
+  }
   render();
   const now = new Date();
   $("updated").textContent = `updated ${String(now.getHours()).padStart(2, "0")}:`

@@ -295,3 +295,65 @@ def _usd(n: int) -> str:
     from proxy.core.money import format_usd
 
     return format_usd(n)
+
+
+async def test_purchases_and_reloads_of_all_time_page_from_the_ledger(
+    billing: Proxy, db: LedgerDB
+) -> None:
+    """Credits come from the ledger, newest first, a page at a time: a thousand audit entries
+    written after them hide none (the page once rebuilt them from the newest audit entries);
+    a bad cursor or page size is a 400, and only the org's own admins read them."""
+    org = await team_traffic(billing)
+    purchases = f"/admin/v1/orgs/{org}/extra-usage/purchases"
+    for i in range(4):
+        status, _ = await billing.admin(
+            "POST", purchases, json={"amount": f"1.0{i}", "idempotency_key": f"more-{i}"}
+        )
+        assert status == 201
+    await sink_for(billing, db).drain_org(org)
+    for i in range(1001):  # bury every credit under the audit log's newest 1,000
+        await settings(billing, org, monthly_limit=f"{1000 + i}.00")
+    _, audit = await billing.admin("GET", f"/admin/v1/orgs/{org}/audit?limit=1000")
+    assert not any(e["action"].startswith("credit.") for e in audit["entries"])
+
+    want = await db.pool.fetch(
+        "SELECT op_id, ts, balance_delta_nano FROM ledger_entries WHERE org_id = $1 "
+        "AND kind IN ('purchase', 'reload') ORDER BY ts DESC, op_id DESC",
+        org,
+    )
+    assert len(want) >= 6  # the first purchase, four more, at least one reload
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        path = f"/admin/v1/orgs/{org}/extra-usage/credits?limit=2"
+        status, page = await billing.admin("GET", path + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200, page
+        seen += page["credits"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [(c["kind"] + ":" + c["reference"], c["at"]) for c in seen] == [
+        (r["op_id"], int(r["ts"].timestamp())) for r in want
+    ]
+    assert [c["amount"] for c in seen] == [_usd(r["balance_delta_nano"]) for r in want]
+    assert {c["reference"] for c in seen if c["kind"] == "purchase"} >= {"first", "more-3"}
+    assert {c["by"] for c in seen if c["kind"] == "purchase"} == {"operator"}
+
+    for query, word in (
+        ("?cursor=not-a-cursor", "cursor"),
+        ("?cursor=1-" + "a" * 1300, "cursor"),
+        ("?cursor=1-abc", "cursor"),  # half a byte
+        ("?cursor=1%0A-", "cursor"),  # a newline
+        ("?limit=0", "limit"),
+        ("?limit=201", "limit"),
+        ("?limit=1e3", "limit"),
+    ):
+        status, err = await billing.admin("GET", f"/admin/v1/orgs/{org}/extra-usage/credits{query}")
+        assert status == 400 and word in err["error"]["message"], (query, err)
+    other = await billing.org("team")
+    await billing.member(other, "olga", role="primary_owner")
+    _, tok = await billing.admin("POST", f"/admin/v1/orgs/{other}/members/olga/admin-tokens")
+    status, _ = await billing.admin(
+        "GET", f"/admin/v1/orgs/{org}/extra-usage/credits", token=tok["token"]
+    )
+    assert status in (403, 404)

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from proxy.admin import reports
 from proxy.core.statements import statement_csv
-from proxy.http.admin.common import actor, org_id
+from proxy.http.admin.common import actor, org_id, page_size
 from proxy.http.appkeys import CONFIG, LEDGER, STORE
 
 routes = web.RouteTableDef()
@@ -60,5 +60,19 @@ async def daily(request: web.Request) -> web.Response:
     app = request.app
     view = await reports.daily(
         app[STORE], app[LEDGER], await actor(request), org, request.query.get("period")
+    )
+    return web.json_response(view)
+
+
+@routes.get("/admin/v1/orgs/{org}/extra-usage/credits")
+async def credits(request: web.Request) -> web.Response:
+    """Team's purchases and reloads of all time, newest first, a page at a time (the ledger)."""
+    org = org_id(request)
+    view = await reports.credit_history(
+        request.app[LEDGER],
+        await actor(request),
+        org,
+        page_size(request, 50, reports.MAX_CREDITS),
+        request.query.get("cursor"),
     )
     return web.json_response(view)

@@ -3,10 +3,12 @@ and the ids in the path (a malformed one is a 404: no such thing)."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from proxy.admin.actors import Actor
-from proxy.core.errors import NotFound
+from proxy.core.errors import InvalidRequest, NotFound
 from proxy.core.ids import MEMBER_ID, ORG_ID
 from proxy.http.appkeys import CONFIG, STORE
 from proxy.http.auth import admin_actor
@@ -33,3 +35,14 @@ def member_id(request: web.Request) -> str:
 def tiers(request: web.Request) -> list[str]:
     """The configured seat tiers' names."""
     return list(request.app[CONFIG].tiers)
+
+
+_COUNT = re.compile(r"[0-9]{1,6}")
+
+
+def page_size(request: web.Request, default: int, most: int) -> int:
+    """A page's size from the ``limit`` query parameter: 1 to ``most``, else a 400."""
+    raw = request.query.get("limit", str(default))
+    if not _COUNT.fullmatch(raw) or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f"limit: must be an integer from 1 to {most} (got {raw[:20]!r})")
+    return int(raw)

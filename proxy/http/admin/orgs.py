@@ -8,10 +8,9 @@ from aiohttp import web
 from proxy.admin import audit as audit_log
 from proxy.admin import members, orgs
 from proxy.admin.orgs import UNSET, OrgChange
-from proxy.core.errors import InvalidRequest
 from proxy.core.validate import boolean, choice, env_name, only, string
 from proxy.core.vocabulary import Plan, Role
-from proxy.http.admin.common import actor, member_id, org_id, tiers
+from proxy.http.admin.common import actor, member_id, org_id, page_size, tiers
 from proxy.http.appkeys import CONFIG, STORE
 from proxy.http.body import json_object
 
@@ -32,10 +31,7 @@ async def me(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     """The audit log, newest first: who, what, before, after, when."""
     org = org_id(request)
-    try:
-        count = int(request.query.get("limit", "100"))
-    except ValueError as exc:
-        raise InvalidRequest("limit: must be an integer from 1 to 1000") from exc
+    count = page_size(request, 100, audit_log.MAX_ENTRIES)
     cursor = request.query.get("cursor")
     view = await audit_log.audit(request.app[STORE], await actor(request), org, count, cursor)
     return web.json_response(view)

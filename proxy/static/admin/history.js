@@ -15,24 +15,52 @@ export function renderAudit() {
   }
 }
 
-// purchases and confirmed reloads, from the audit log: when, how much, who, balance after
+// Team's purchases and confirmed reloads: all of them from the ledger (a page of its newest),
+// with those the audit log shows that the ledger sink has not moved yet (the same time,
+// amount and actor), newest first. Without the ledger (its database down, or none) the audit
+// log's alone, and the page says so.
+export function mergeCredits(ledger, audit) {
+  const fromAudit = audit
+    .filter((e) => e.action === "credit.purchase" || e.action === "credit.reload_confirm")
+    .map((e) => {
+      const after = nanoOf(e.after?.balance ?? "0");
+      return {
+        kind: e.action === "credit.purchase" ? "purchase" : "reload",
+        at: e.at,
+        amount: nanoUsd(after - nanoOf(e.before?.balance ?? "0")),
+        by: e.actor,
+        balanceAfter: nanoUsd(after),
+      };
+    });
+  if (ledger === null) return fromAudit;
+  const same = (a, b) => a.at === b.at && a.by === b.by && nanoOf(a.amount) === nanoOf(b.amount);
+  const known = [...ledger];
+  const unsunk = fromAudit.filter((a) => {
+    const i = known.findIndex((l) => same(l, a));
+    if (i < 0) return true;
+    known[i] = { ...known[i], balanceAfter: a.balanceAfter };  // the audit knows the balance
+    return false;
+  });
+  return [...unsunk, ...known].sort((a, b) => b.at - a.at);
+}
+
 export function renderCredits() {
   const list = $("credit-history");
   list.replaceChildren();
   const pending = state.settings.auto_reload?.pending_reload_id;
   $("no-credits").hidden = state.credits.length > 0 || Boolean(pending);
+  $("credits-partial").hidden = !state.creditsPartial;
   if (pending) {
     list.append(Object.assign(document.createElement("li"), {
       textContent: `Auto-reload of ${usd(state.settings.auto_reload.amount ?? "0")} requested · pending the payment provider's confirmation`,
     }));
   }
-  for (const e of state.credits) {
-    const before = nanoOf(e.before?.balance ?? "0");
-    const after = nanoOf(e.after?.balance ?? "0");
+  for (const c of state.credits) {
     const li = document.createElement("li");
-    const kind = e.action === "credit.purchase" ? "Purchase" : "Auto-reload";
-    li.textContent = `${stamp(e.at)} UTC · ${kind} of ${usd(nanoUsd(after - before))}`
-      + ` · completed · balance after ${usd(nanoUsd(after))}`;
+    const kind = c.kind === "purchase" ? "Purchase" : "Auto-reload";
+    li.textContent = `${stamp(c.at)} UTC · ${kind} of ${usd(nanoUsd(nanoOf(c.amount)))} · completed`
+      + (c.balanceAfter ? ` · balance after ${usd(c.balanceAfter)}` : "")
+      + (c.by ? ` · by ${c.by.replace(/^member:/, "")}` : "");
     list.append(li);
   }
 }

@@ -10,7 +10,8 @@ export const state = {
   usage: null,       // GET …/usage: the month to date, per member, with what binds
   requests: [],      // Enterprise: extra usage requests
   audit: [],         // the newest audit entries, in the API's words
-  credits: [],       // Team: purchases and confirmed reloads (from the audit log)
+  credits: [],       // Team: purchases and confirmed reloads (the ledger, and the audit log's newest)
+  creditsPartial: false,  // the ledger could not be read: only the audit log's recent credits
   daily: null,       // GET …/usage/daily, or null with dailyError when the ledger is down
   dailyError: "",
   // the members tables: search, sort, page, the selection changed at once
