@@ -177,6 +177,36 @@ def statement_csv(doc: Mapping[str, Any]) -> str:
                 line.get("estimated_cost", "0.00"),
             ]
         )
+    blank = [""] * (len(TOKEN_COLUMNS) + 1)  # from requests to the token columns
+    for c in doc.get("credits", []):  # Team: what was added to the balance, then the balance
+        w.writerow(
+            [
+                doc["period"],
+                f"CREDIT {c['kind']} {c['at']} {c['id']}",
+                "",
+                "",
+                "",
+                *blank,
+                c["amount"],
+                "",
+                "",
+            ]
+        )
+    if "closing_balance" in doc:
+        for name in ("opening_balance", "closing_balance"):
+            w.writerow(
+                [
+                    doc["period"],
+                    name.replace("_", " ").upper(),
+                    "",
+                    "",
+                    "",
+                    *blank,
+                    doc[name],
+                    "",
+                    "",
+                ]
+            )
     t = doc["totals"]
     w.writerow(
         [

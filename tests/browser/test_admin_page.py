@@ -484,12 +484,14 @@ def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
     expect(box).to_contain_text("(open): 2 requests")
     expect(box).to_contain_text("extra usage $0.0015")
     expect(box.locator("tr", has_text="extra usage")).to_contain_text("mia")
+    expect(box.locator(".statement-credits li")).to_contain_text("Purchase of $10.00")
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
     path = download.value.path()
     text = Path(path).read_text()
     assert download.value.suggested_filename.startswith("statement-browser-stmt-")
     assert "mia" in text and "extra_usage" in text
+    assert ",CREDIT purchase " in text and ",CLOSING BALANCE," in text
     assert t["olga_token"] not in page.url
     shot(page, "statements", "#statements")
 

@@ -67,8 +67,17 @@ def test_team_statement_balances_and_csv() -> None:
     assert (doc["opening_balance"], doc["closing_balance"]) == ("2.00", "5.50")
     assert doc["credits"][0]["at"] == "2026-11-02T00:00:00Z"
     text = statement_csv(doc)
+    rows = [r.split(",") for r in text.splitlines()]
     assert text.splitlines()[1].startswith("2026-11,ann,standard,claude-sonnet-4-5,included,2")
     assert text.splitlines()[-1].endswith(",1.50,,0.00")
+    # the credits and the balance beside the usage, each in the cost column, every row as wide
+    assert {len(r) for r in rows} == {len(rows[0])}
+    cost = rows[0].index("cost_usd")
+    assert [(r[1], r[cost]) for r in rows[3:6]] == [
+        ("CREDIT purchase 2026-11-02T00:00:00Z purchase:a", "5.00"),
+        ("OPENING BALANCE", "2.00"),
+        ("CLOSING BALANCE", "5.50"),
+    ]
 
 
 def test_estimated_charges_are_shown_apart_on_the_statement_and_its_csv() -> None:

@@ -52,6 +52,16 @@ async function view() {
     }
     if (!doc.lines.length) box.append(Object.assign(document.createElement("p"), { textContent: "No usage this month." }));
     else box.append(table);
+    if (doc.credits?.length) {  // Team: what was added to the balance in the month
+      const list = document.createElement("ul");
+      list.className = "statement-credits";
+      for (const c of doc.credits) {
+        list.append(Object.assign(document.createElement("li"), {
+          textContent: `${c.at.slice(0, 16).replace("T", " ")} UTC · ${c.kind === "purchase" ? "Purchase" : "Auto-reload"} of ${usd(c.amount)}`,
+        }));
+      }
+      box.append(Object.assign(document.createElement("h4"), { textContent: "Purchases and reloads" }), list);
+    }
   } catch (err) {
     box.append(Object.assign(document.createElement("p"), { className: "error", textContent: plainWords(err) }));
   }
