@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -240,6 +241,10 @@ def demo_config(port: int, upstream: str, redis_url: str, operator: str) -> Conf
 
 
 async def run(*, port: int, once: bool, prefer: str = "auto", out: TextIO = sys.stdout) -> int:
+    # SIGTERM stops the demo as Ctrl-C does: everything it started, its redis-server too
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     embedded = EmbeddedRedis(prefer)
     mock_runner = web.AppRunner(build_mock_app(), access_log=None)
     runner: web.AppRunner | None = None
@@ -281,7 +286,11 @@ async def run(*, port: int, once: bool, prefer: str = "auto", out: TextIO = sys.
         print(f"  operator token (admin API): {operator}", file=out, flush=True)
         await asyncio.Event().wait()
         return 0
+    except asyncio.CancelledError:
+        return 0  # SIGTERM: a clean stop
     finally:
+        if main is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         if runner is not None:
             await runner.cleanup()
         await mock_runner.cleanup()
