@@ -50,6 +50,10 @@ def obj(props: dict[str, Any], required: list[str] | None = None, **more: Any) -
     return {"type": "object", "properties": props, "required": required or [], **more}
 
 
+# the body of a call that names only its reservation (release, renew)
+ONLY_RESERVATION = obj({"reservation_id": RSV}, ["reservation_id"], additionalProperties=False)
+
+
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -319,11 +323,7 @@ def document() -> dict[str, Any]:
                 "post": op(
                     "Release a reservation without charging",
                     ANY,
-                    body=obj(
-                        {"reservation_id": RSV},
-                        ["reservation_id"],
-                        additionalProperties=False,
-                    ),
+                    body=ONLY_RESERVATION,
                     security="serviceToken",
                 )
             },
@@ -332,11 +332,7 @@ def document() -> dict[str, Any]:
                     "Keep a reservation another policy.reservation_ttl_s (a long generation); "
                     "renewed false once it is settled or released",
                     ANY,
-                    body=obj(
-                        {"reservation_id": RSV},
-                        ["reservation_id"],
-                        additionalProperties=False,
-                    ),
+                    body=ONLY_RESERVATION,
                     security="serviceToken",
                 )
             },
