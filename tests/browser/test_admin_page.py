@@ -256,6 +256,9 @@ def test_owner_sets_a_limit_in_the_dialog_and_the_proxy_enforces_it(page: Page, 
     expect(page.locator("#reload-form + .field-error")).to_contain_text("Reload amount")
     expect(page.get_by_label("Auto-reload")).not_to_be_checked()
     shot(page, "reload-error", "#team-credit")
+    page.set_viewport_size({"width": 390, "height": 844})  # the same on a phone
+    shot(page, "team-credit-390", "#team-credit")
+    page.set_viewport_size({"width": 1280, "height": 720})  # the default again
     page.get_by_label("Auto-reload").check()
     page.get_by_label("Reload when balance reaches").fill("2.00")
     page.get_by_label("reload amount").fill("20.00")
@@ -494,6 +497,8 @@ def test_statements_are_viewed_and_downloaded(page: Page, live: Live) -> None:
     assert ",CREDIT purchase " in text and ",CLOSING BALANCE," in text
     assert t["olga_token"] not in page.url
     shot(page, "statements", "#statements")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "statements-390", "#statements")
 
 
 @pytest.mark.parametrize("width", [1280, 390])
